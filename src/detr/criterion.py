@@ -1,0 +1,139 @@
+"""DETR's set loss: Hungarian matching, then class, L1 and GIoU losses on matched pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .box_ops import cxcywh_to_xyxy, elementwise_giou
+from .config import LossConfig, dataclass_from_dict
+from .distributed import mean_across_processes
+from .matcher import HungarianMatcher
+
+LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou")
+
+
+def aux_suffix(layer: int) -> str:
+    """Suffix of decoder layer `layer`'s auxiliary loss names (official: `_0` ... `_{L-2}`)."""
+    return f"_{layer}"
+
+
+def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int) -> dict[str, float]:
+    """Weights of every loss term that enters the total, auxiliary layers included."""
+    base = {"loss_ce": 1.0, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    weights = dict(base)
+    for i in range(num_aux_layers):
+        weights.update({k + aux_suffix(i): v for k, v in base.items()})
+    return weights
+
+
+class SetCriterion(nn.Module):
+    """Computes the loss dict for DETR outputs against a list of targets.
+
+    Returns `loss_ce`, `loss_bbox`, `loss_giou` (weighted by `weight_dict` into the total),
+    the logging-only `class_error` and `cardinality_error`, and for each auxiliary decoder
+    layer i the three losses and the cardinality error suffixed `_i`. Box losses are averaged over the number of
+    target boxes across all processes.
+    """
+
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
+                 eos_coef: float = 0.1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = eos_coef  # down-weight the many "no object" queries
+        self.register_buffer("class_weight", class_weight)
+
+    def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        _check_targets(targets, len(outputs["pred_logits"]), self.num_classes)
+        logits = outputs["pred_logits"]
+        num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=logits.device)
+        num_boxes = mean_across_processes(num_boxes).clamp(min=1).item()
+
+        losses = self._layer_losses(outputs, targets, num_boxes, log=True)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            layer = self._layer_losses(aux, targets, num_boxes, log=False)
+            losses.update({k + aux_suffix(i): v for k, v in layer.items()})
+        return losses
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The weighted sum that is back-propagated."""
+        return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)  # type: ignore[return-value]
+
+    def _layer_losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], num_boxes: float,
+                      log: bool) -> dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        query_idx = torch.cat([src for src, _ in indices])
+        logits = outputs["pred_logits"]  # [B, Q, C+1]
+        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[batch_idx, query_idx] = matched_labels.to(logits.device)
+
+        losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes,
+                                             self.class_weight.to(logits.dtype))}
+        src_boxes = outputs["pred_boxes"][batch_idx, query_idx]  # [N, 4]
+        tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src_boxes)  # [N, 4]
+        losses["loss_bbox"] = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum() / num_boxes
+        giou = elementwise_giou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
+        losses["loss_giou"] = (1 - giou).sum() / num_boxes
+        losses["cardinality_error"] = _cardinality_error(logits, targets)
+        if log:
+            losses["class_error"] = _class_error(logits[batch_idx, query_idx], matched_labels)
+        return losses
+
+
+@torch.no_grad()
+def _class_error(matched_logits: Tensor, matched_labels: Tensor) -> Tensor:
+    """% of matched queries whose top class is wrong (100 with no target, as the official code logs)."""
+    if matched_labels.numel() == 0:
+        return torch.full((), 100.0, device=matched_logits.device)
+    correct = matched_logits.argmax(-1) == matched_labels.to(matched_logits.device)
+    return 100.0 - 100.0 * correct.float().mean()
+
+
+@torch.no_grad()
+def _cardinality_error(logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+    """Mean |#predictions that are not "no object" - #targets| per image; logging only."""
+    num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # [B]
+    num_tgt = torch.tensor([float(len(t["labels"])) for t in targets], device=logits.device)
+    return F.l1_loss(num_pred, num_tgt)
+
+
+def _check_targets(targets: list[dict[str, Tensor]], batch_size: int, num_classes: int) -> None:
+    if len(targets) != batch_size:
+        raise ValueError(f"targets: expected {batch_size} target dicts (one per image), got {len(targets)}")
+    for i, t in enumerate(targets):
+        if "labels" not in t or "boxes" not in t:
+            raise ValueError(f"targets[{i}]: needs 'labels' [N] and 'boxes' [N, 4] (cxcywh in [0, 1])")
+        if t["boxes"].shape != (len(t["labels"]), 4):
+            raise ValueError(f"targets[{i}]: boxes of shape {tuple(t['boxes'].shape)} do not match "
+                             f"{len(t['labels'])} labels")
+        if len(t["labels"]) and (t["labels"].min() < 0 or t["labels"].max() >= num_classes):
+            raise ValueError(f"targets[{i}]: labels must be in [0, {num_classes - 1}], got "
+                             f"{t['labels'].min().item()}..{t['labels'].max().item()}")
+
+
+def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool = True,
+                     **overrides: Any) -> SetCriterion:
+    """Create the set criterion with the paper's matcher costs and loss weights.
+
+    Args:
+        num_classes: as given to `create_model`.
+        dec_layers, aux_loss: as the model's; they decide which auxiliary losses are weighted.
+        **overrides: set_cost_class, set_cost_bbox, set_cost_giou, bbox_loss_coef, giou_loss_coef, eos_coef.
+
+    Example:
+        >>> criterion = create_criterion(num_classes=91)
+        >>> losses = criterion(model(images), targets)
+        >>> criterion.total_loss(losses).backward()
+    """
+    cfg: LossConfig = dataclass_from_dict(LossConfig, overrides, where="create_criterion")
+    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
+    weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0)
+    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef)

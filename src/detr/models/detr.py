@@ -1,0 +1,188 @@
+"""The DETR model and `create_model`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig, dataclass_from_dict
+from .backbone import Backbone, Joiner
+from .position import build_position_embedding
+from .transformer import Transformer
+
+# The four published models; any ModelConfig field can still be overridden.
+MODELS: dict[str, dict[str, Any]] = {
+    "detr_r50": {"backbone": "resnet50", "dilation": False},
+    "detr_r50_dc5": {"backbone": "resnet50", "dilation": True},
+    "detr_r101": {"backbone": "resnet101", "dilation": False},
+    "detr_r101_dc5": {"backbone": "resnet101", "dilation": True},
+}
+
+
+class MLP(nn.Module):
+    """`num_layers` linear layers with ReLU between them."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class DETR(nn.Module):
+    """DETR: backbone -> 1x1 projection -> transformer -> class and box heads.
+
+    `forward(images)` takes a list of normalised [3, H, W] float images of any sizes
+    (padded bottom/right into one batch with a mask), or an already padded [B, 3, H, W]
+    tensor with an optional `mask` [B, H, W] (True on padding). It returns a dict:
+
+    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object";
+    - "pred_boxes": [B, Q, 4] boxes as (cx, cy, w, h) in [0, 1] relative to each image's
+      unpadded size;
+    - "aux_outputs" (when aux_loss): a list of L-1 dicts with the same two keys for every
+      decoder layer but the last.
+
+    The model computes no loss: see `detr.create_criterion`.
+    """
+
+    def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int = 100,
+                 aux_loss: bool = True):
+        super().__init__()
+        hidden_dim = transformer.d_model
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+        self.transformer = transformer
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
+        self.backbone = backbone
+
+    def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> dict[str, Any]:
+        batch, mask = prepare_batch(images, mask)
+        feats, mask, pos = self.backbone(batch, mask)
+        hs, _ = self.transformer(self.input_proj(feats), mask, self.query_embed.weight, pos)  # [L, B, Q, E]
+        logits = self.class_embed(hs)  # [L, B, Q, C+1]
+        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
+        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+
+def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Pad [3, H_i, W_i] images bottom/right to one [B, 3, H, W] batch and a [B, H, W] mask (True = pad)."""
+    h = max(img.shape[1] for img in images)
+    w = max(img.shape[2] for img in images)
+    first = images[0]
+    batch = first.new_zeros((len(images), first.shape[0], h, w))
+    mask = torch.ones((len(images), h, w), dtype=torch.bool, device=first.device)
+    for img, dst, m in zip(images, batch, mask):
+        dst[:, : img.shape[1], : img.shape[2]].copy_(img)
+        m[: img.shape[1], : img.shape[2]] = False
+    return batch, mask
+
+
+def prepare_batch(images: Sequence[Tensor] | Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Check the model's input and return a padded batch [B, 3, H, W] and mask [B, H, W]."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images: expected a list of [3, H, W] tensors or a [B, 3, H, W] tensor, "
+                             f"got a tensor of shape {tuple(images.shape)}")
+        _check_image(images[0] if len(images) else images, "images")
+        if mask is None:
+            mask = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.bool, device=images.device)
+        return images, mask
+    if not isinstance(images, Sequence) or len(images) == 0:
+        raise ValueError("images: expected a non-empty list of [3, H, W] image tensors")
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor) or img.dim() != 3:
+            raise ValueError(f"images[{i}]: expected a [3, H, W] tensor, got "
+                             f"{tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__}")
+        _check_image(img, f"images[{i}]")
+    return pad_images(images)
+
+
+def _check_image(img: Tensor, where: str) -> None:
+    if img.numel() == 0:
+        raise ValueError(f"{where}: empty image of shape {tuple(img.shape)}")
+    if img.shape[-3] != 3:
+        raise ValueError(f"{where}: expected 3 colour channels, got {img.shape[-3]} (shape {tuple(img.shape)})")
+    if not img.is_floating_point():
+        raise TypeError(f"{where}: expected a float image normalised with ImageNet mean/std, got {img.dtype}")
+
+
+def build_model(cfg: ModelConfig) -> DETR:
+    """Build a DETR from a ModelConfig."""
+    if cfg.num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
+    if cfg.num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {cfg.num_queries}")
+    backbone = Joiner(Backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
+                      build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
+    transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
+                              cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
+    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)
+
+
+def model_config(name: str, num_classes: int = 91, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a named model with overrides (official flag names)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if "lr_backbone" in overrides:  # official flag: a zero backbone learning rate freezes it
+        overrides["train_backbone"] = overrides.pop("lr_backbone") > 0
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"create_model: unknown option(s) {unknown}; valid options are {sorted(fields)}")
+    return dataclass_from_dict(ModelConfig, {**MODELS[name], **overrides, "num_classes": num_classes},
+                               where="create_model")
+
+
+def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any) -> DETR:
+    """Create a randomly initialised DETR.
+
+    Args:
+        name: one of `list_models()`.
+        num_classes: number of object classes (the class head has num_classes + 1 outputs;
+            COCO uses 91, the largest category id + 1).
+        **overrides: official flag names, e.g. hidden_dim, nheads, enc_layers, dec_layers,
+            dim_feedforward, dropout, num_queries, pre_norm, aux_loss, position_embedding,
+            backbone, dilation, lr_backbone.
+
+    Example:
+        >>> model = create_model("detr_r50", num_classes=91).eval()
+        >>> out = model([torch.rand(3, 480, 640)])
+        >>> out["pred_boxes"].shape
+        torch.Size([1, 100, 4])
+    """
+    return build_model(model_config(name, num_classes, **overrides))
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map an official DETR state dict (`torch.load(f)["model"]`) to this implementation.
+
+    The parameter names are the official ones, so this only strips a DDP `module.` prefix
+    and checks that the input is a state dict.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    out = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        out[key.removeprefix("module.")] = value
+    return out

@@ -1,0 +1,149 @@
+"""DETR's encoder-decoder transformer (batch-first).
+
+Differences from `nn.Transformer`, all from the paper: position encodings are added to
+queries and keys of every attention layer (not to values); the decoder returns every
+layer's normalised output for the auxiliary losses; post-norm by default, pre-norm
+optional (then the encoder gets a final LayerNorm).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, attention_dropout: float,
+                 pre_norm: bool, chunk_size: int, fused_training: bool):
+        super().__init__()
+        self.self_attn = Attention(d_model, nhead, attention_dropout, chunk_size, fused_training)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, src: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+        """src, pos [B, S, E]; mask [B, S] True on padding -> [B, S, E]."""
+        if self.pre_norm:
+            x = self.norm1(src)
+            src = src + self.dropout1(self.self_attn(x + pos, x + pos, x, mask))
+            return src + self.dropout2(self._ffn(self.norm2(src)))
+        qk = src + pos
+        src = self.norm1(src + self.dropout1(self.self_attn(qk, qk, src, mask)))
+        return self.norm2(src + self.dropout2(self._ffn(src)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, attention_dropout: float,
+                 pre_norm: bool, chunk_size: int, fused_training: bool):
+        super().__init__()
+        self.self_attn = Attention(d_model, nhead, attention_dropout, chunk_size, fused_training)
+        self.multihead_attn = Attention(d_model, nhead, attention_dropout, chunk_size, fused_training)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor) -> Tensor:
+        """tgt, query_pos [B, Q, E]; memory, pos [B, S, E]; mask [B, S] -> [B, Q, E]."""
+        key = memory + pos
+        if self.pre_norm:
+            x = self.norm1(tgt)
+            tgt = tgt + self.dropout1(self.self_attn(x + query_pos, x + query_pos, x))
+            x = self.norm2(tgt)
+            tgt = tgt + self.dropout2(self.multihead_attn(x + query_pos, key, memory, mask))
+            return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
+        qk = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt)))
+        tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, key, memory, mask)))
+        return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, layer: EncoderLayer, num_layers: int, norm: nn.LayerNorm | None):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.norm = norm
+
+    def forward(self, src: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, pos, mask)
+        return src if self.norm is None else self.norm(src)
+
+
+class Decoder(nn.Module):
+    def __init__(self, layer: DecoderLayer, num_layers: int, d_model: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor) -> Tensor:
+        """-> every layer's output after the shared final norm, [L, B, Q, E]."""
+        outputs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, pos, query_pos, mask)
+            outputs.append(self.norm(tgt))
+        return torch.stack(outputs)
+
+
+class Transformer(nn.Module):
+    """Encoder over the flattened feature map, decoder over the object queries.
+
+    Args:
+        d_model: width (hidden_dim). nhead: attention heads.
+        num_encoder_layers / num_decoder_layers: depth of each stack.
+        dim_feedforward: FFN width. dropout: dropout on residual branches and FFN.
+        attention_dropout: dropout on attention weights. None: the paper's recipe (same as
+            dropout, exact attention in training). 0.0: no dropout on the weights and the
+            fused kernel in training too (fastest; not the paper's recipe).
+        pre_norm: LayerNorm before each sub-layer instead of after.
+        chunk_size: queries per chunk when attention weights must be materialised.
+    """
+
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
+                 dim_feedforward: int = 2048, dropout: float = 0.1, attention_dropout: float | None = None,
+                 pre_norm: bool = False, chunk_size: int = 1024):
+        super().__init__()
+        fused_training = attention_dropout == 0.0
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+        args = (d_model, nhead, dim_feedforward, dropout, attention_dropout, pre_norm, chunk_size, fused_training)
+        self.encoder = Encoder(EncoderLayer(*args), num_encoder_layers, nn.LayerNorm(d_model) if pre_norm else None)
+        self.decoder = Decoder(DecoderLayer(*args), num_decoder_layers, d_model)
+        self.d_model = d_model
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """src, pos [B, E, h, w]; mask [B, h, w]; query_embed [Q, E].
+
+        Returns the decoder outputs [L, B, Q, E] and the encoder memory [B, h*w, E].
+        """
+        src = src.flatten(2).transpose(1, 2)  # [B, S, E]
+        pos = pos.flatten(2).transpose(1, 2)  # [B, S, E]
+        mask = mask.flatten(1)  # [B, S]
+        query_pos = query_embed[None].expand(src.shape[0], -1, -1)  # [B, Q, E]
+        memory = self.encoder(src, pos, mask)
+        hs = self.decoder(torch.zeros_like(query_pos), memory, pos, query_pos, mask)
+        return hs, memory
