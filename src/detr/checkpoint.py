@@ -1,0 +1,155 @@
+"""Saving and loading checkpoints safely.
+
+- Writes are atomic: a temporary file in the same folder, flushed to disk, then renamed
+  over the target, so a crash or a full disk never leaves a half-written checkpoint.
+- Reads never unpickle arbitrary objects: `torch.load(weights_only=True)` (with only
+  `argparse.Namespace` allowed, for the official training checkpoints' "args"), or
+  safetensors. A file that is missing, empty, truncated, not a checkpoint or that tries
+  to run code is refused with a `CheckpointError` naming the file and the problem.
+
+Our `.pth` checkpoints are dicts: "model" (state dict), "config" (`Config.to_dict()`),
+and for training checkpoints "optimizer", "lr_scheduler", "epoch", "rng" and more.
+Our `.safetensors` files hold the model weights with the config as JSON metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .models.detr import convert_official_state_dict
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the reason."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)`, fsync, then rename to `path`; on any error the old file stays."""
+    path = Path(path)
+    if path.parent and not path.parent.is_dir():
+        raise CheckpointError(f"{path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:
+    """Atomically save a checkpoint dict (`.safetensors`: only "model" and "config" are kept)."""
+    if str(path).endswith(".safetensors"):
+        save_safetensors(path, checkpoint["model"], checkpoint.get("config"))
+    else:
+        atomic_write(path, lambda tmp: torch.save(dict(checkpoint), tmp))
+
+
+def save_safetensors(path: str | os.PathLike, state_dict: Mapping[str, Tensor], config: Mapping | None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {"format": "pt", "config": json.dumps(config) if config is not None else "null"}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without running any code from it.
+
+    Accepts our `.pth` and `.safetensors` files, official DETR checkpoints (`{"model": ...}`,
+    with or without "args"), and bare state dicts (returned as `{"model": state_dict}`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, map_location)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to load: it contains Python objects other than tensors and "
+                              f"plain containers, which could run code ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{_first_line(e)}") from None
+    return _as_checkpoint(obj, path)
+
+
+def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(metadata.get("config", "null"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {_first_line(e)}") from None
+    return {"model": state, "config": config}
+
+
+def _as_checkpoint(obj: Any, path: Path) -> dict[str, Any]:
+    if isinstance(obj, Mapping) and "model" in obj:
+        ckpt = dict(obj)
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        ckpt = {"model": dict(obj)}
+    else:
+        raise CheckpointError(f"{path}: not a DETR checkpoint (expected a dict with a 'model' state dict, "
+                              f"got {type(obj).__name__})")
+    if not isinstance(ckpt["model"], Mapping):
+        raise CheckpointError(f"{path}: 'model' is a {type(ckpt['model']).__name__}, not a state dict")
+    try:
+        ckpt["model"] = convert_official_state_dict(ckpt["model"])
+    except TypeError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if isinstance(ckpt.get("args"), argparse.Namespace):
+        ckpt["args"] = vars(ckpt["args"])
+    return ckpt
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint",
+                       skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Strictly load `state_dict` into `model`, explaining every key that does not fit.
+
+    Keys starting with one of `skip_prefixes` keep the model's own values (e.g. a class
+    head re-initialised for fine-tuning on another number of classes).
+    """
+    own = model.state_dict()
+    state = {k: v for k, v in state_dict.items() if not k.startswith(skip_prefixes)}
+    missing = [k for k in own if k not in state and not k.startswith(skip_prefixes)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched[:5]))
+    if missing:
+        problems.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit this model ({' | '.join(problems)}); "
+                              "was it saved for another model name, backbone or number of classes/queries?")
+    model.load_state_dict({**own, **state})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
