@@ -135,6 +135,11 @@ def test_postprocess_matches_official(ref):
         assert (x["boxes"] - y["boxes"]).abs().max() <= 1e-4
 
 
+def random_outputs(g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"pred_logits": torch.randn(3, 12, 8, generator=g),
+            "pred_boxes": torch.rand(3, 12, 4, generator=g) * 0.5 + 0.1}
+
+
 @pytest.mark.reference
 def test_matcher_and_losses_match_official_on_random_outputs(ref):
     """Matcher/criterion alone (no model), many random cases including empty images."""
@@ -142,10 +147,7 @@ def test_matcher_and_losses_match_official_on_random_outputs(ref):
     crit_ours = detr.create_criterion(num_classes=7, dec_layers=2)
     for seed in range(10):
         g = torch.Generator().manual_seed(seed)
-        def outputs():
-            return {"pred_logits": torch.randn(3, 12, 8, generator=g),
-                    "pred_boxes": torch.rand(3, 12, 4, generator=g) * 0.5 + 0.1}
-        out = {**outputs(), "aux_outputs": [outputs()]}
+        out = {**random_outputs(g), "aux_outputs": [random_outputs(g)]}
         targets = random_targets(7, counts=(seed % 5, 0, 12), seed=seed)
         for (qa, ta), (qb, tb) in zip(crit_theirs.matcher(out, targets), crit_ours.matcher(out, targets)):
             assert torch.equal(qa, qb) and torch.equal(ta, tb)
