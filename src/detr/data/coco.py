@@ -1,0 +1,112 @@
+"""COCO-format detection dataset: an image folder + an instances JSON, checked up front."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .errors import DatasetError
+from .images import load_image
+from .scan import ScanReport, scan_dataset
+from .transforms import make_transforms
+
+Target = dict[str, Any]
+
+
+class CocoDetection(Dataset):
+    """Images and DETR targets of the usable images of a scanned COCO-format dataset.
+
+    `dataset[i]` is `(image, target)`: image [3, H, W] float normalised; target "boxes" [N, 4]
+    cxcywh in [0, 1] of the transformed image, "labels" [N] int64 (category ids), "image_id" int,
+    "orig_size" [2] and "size" [2] as (h, w) before/after transforms, "area" [N], "iscrowd" [N].
+
+    Args:
+        report: the result of `scan_dataset` (only images that decoded there are used).
+        transforms: `(image, target) -> (image, target)`; default: the validation pipeline.
+    """
+
+    def __init__(self, report: ScanReport, transforms: Callable[..., Any] | None = None):
+        self.report = report
+        self.ids = list(report.image_ids)
+        self.transforms = transforms if transforms is not None else make_transforms(train=False)
+        self.num_classes = report.num_classes
+        self.class_names = report.class_names
+        self._coco: Any = None
+
+    @property
+    def coco(self) -> Any:
+        """pycocotools COCO over the usable images (ground truth for COCOeval), built on first use."""
+        if self._coco is None:
+            self._coco = self.report.coco()
+        return self._coco
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image_id = self.ids[index]
+        rec = self.report.records[image_id]
+        image = load_image(rec.file, apply_exif=rec.apply_exif)
+        if image.size != (rec.width, rec.height):
+            raise DatasetError(f"{rec.file}: image is {image.width}x{image.height} now but was "
+                               f"{rec.width}x{rec.height} when the dataset was scanned (file changed?)")
+        t = rec.target
+        target: Target = {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(t["boxes"]), format="XYXY",
+                                              canvas_size=(rec.height, rec.width)),  # [N, 4] pixels
+            "labels": torch.from_numpy(t["labels"]),
+            "area": torch.from_numpy(t["area"]),
+            "iscrowd": torch.from_numpy(t["iscrowd"]),
+        }
+        image, target = self.transforms(image, target)
+        target["image_id"] = image_id
+        target["orig_size"] = torch.tensor([rec.height, rec.width])
+        return image, target
+
+
+def build_dataset(images_dir: str | Path, ann_file: str | Path, train: bool,
+                  transforms: Callable[..., Any] | None = None,
+                  num_classes: int | None = None) -> CocoDetection:
+    """Scan the dataset (one warning if anything was skipped) and wrap it for training or eval.
+
+    Args:
+        transforms: default `make_transforms(train)` (the official recipe).
+        num_classes: labels must be < num_classes; None derives max category id + 1.
+
+    Raises:
+        DatasetError: the dataset cannot be used; the message names the file and the problem.
+    """
+    report = scan_dataset(images_dir, ann_file, num_classes=num_classes)
+    report.warn()
+    return CocoDetection(report, transforms if transforms is not None else make_transforms(train))
+
+
+def coco_paths(coco_path: str | Path) -> tuple[Path, Path, Path, Path]:
+    """(train_images, train_ann, val_images, val_ann) of the COCO 2017 layout under `coco_path`.
+
+    Raises:
+        DatasetError: `coco_path` or one of its four parts is missing (all missing parts named).
+    """
+    root = Path(coco_path)
+    if not root.is_dir():
+        raise DatasetError(f"--coco_path {root}: folder not found")
+    parts = (root / "train2017", root / "annotations" / "instances_train2017.json",
+             root / "val2017", root / "annotations" / "instances_val2017.json")
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise DatasetError(f"--coco_path {root}: not a COCO 2017 folder; missing: {', '.join(missing)} "
+                           "(expected train2017/, val2017/, annotations/instances_{train,val}2017.json)")
+    return parts
+
+
+def collate_fn(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:
+    """Batch as lists (the model pads images of different sizes itself, with a mask)."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets
