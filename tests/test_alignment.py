@@ -81,7 +81,7 @@ def test_official_state_dict_loads_strictly(ref):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("case", ["r50", "pre_norm", "q10_c20"])
+@pytest.mark.parametrize("case", ["r50", "r50_dc5", "pre_norm", "learned_pos", "q10_c20"])
 def test_training_step_matches_official(ref, case):
     """dropout 0: same matching, every loss term, every parameter's gradient."""
     name, overrides = CASES[case]
