@@ -79,10 +79,12 @@ def build_dataset(images_dir: str | Path, ann_file: str | Path, train: bool,
         transforms: default `make_transforms(train)` (the official recipe).
         num_classes: labels must be < num_classes; None derives max category id + 1.
 
+    A training dataset (`train=True`) keeps no COCO ground truth (`.coco`), to save memory.
+
     Raises:
         DatasetError: the dataset cannot be used; the message names the file and the problem.
     """
-    report = scan_dataset(images_dir, ann_file, num_classes=num_classes)
+    report = scan_dataset(images_dir, ann_file, num_classes=num_classes, keep_coco=not train)
     report.warn()
     return CocoDetection(report, transforms if transforms is not None else make_transforms(train))
 

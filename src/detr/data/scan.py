@@ -61,6 +61,7 @@ PROBLEM_KINDS: dict[str, tuple[str, str]] = {
 _WARN_ACTIONS = {"skipped", "dropped", "fixed"}
 _WARN_KINDS = {"size_mismatch", "exif_ignored", "category_unlisted"}
 MAX_EXAMPLES = 3
+MAX_NUM_CLASSES = 100_000  # a guard against absurd ids making a giant classifier
 
 
 @dataclass
@@ -131,6 +132,8 @@ class ScanReport:
         """A pycocotools COCO object over the usable images (for COCOeval)."""
         from pycocotools.coco import COCO
 
+        if not self.coco_dataset:
+            raise ValueError(f"{self.ann_file}: scanned with keep_coco=False; no ground truth kept for evaluation")
         coco = COCO()
         coco.dataset = self.coco_dataset
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -187,10 +190,12 @@ def _check_annotations(report: ScanReport, data: dict[str, Any], images: dict[in
 
 
 def _probe(path: Path) -> ImageProbe | str:
-    if not path.is_file():
-        return "missing"
     try:
+        if not path.is_file():
+            return "missing"
         return probe_image(path)
+    except OSError as e:  # e.g. a file name too long for the filesystem
+        return f"{path}: cannot open ({e})"
     except DatasetError as e:
         return str(e)
 
@@ -263,14 +268,17 @@ def _clean_coco(report: ScanReport, data: dict[str, Any], entries: dict[int, dic
 
 def _resolve_num_classes(data: dict[str, Any], ann_file: Path, num_classes: int | None) -> int:
     if num_classes is None:
-        return num_classes_of(data, ann_file)
-    if not is_int(num_classes) or num_classes < 1:
-        raise DatasetError(f"num_classes must be a positive integer, got {num_classes!r}")
+        num_classes = num_classes_of(data, ann_file)
+        if num_classes > MAX_NUM_CLASSES:
+            raise DatasetError(f"{ann_file}: largest category id is {num_classes - 1}; ids above "
+                               f"{MAX_NUM_CLASSES - 1} are not supported (renumber the categories)")
+    if not is_int(num_classes) or not 1 <= num_classes <= MAX_NUM_CLASSES:
+        raise DatasetError(f"num_classes must be an integer in [1, {MAX_NUM_CLASSES}], got {num_classes!r}")
     return num_classes
 
 
 def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int | None = None,
-                 workers: int | None = None) -> ScanReport:
+                 workers: int | None = None, keep_coco: bool = True) -> ScanReport:
     """Check an image folder + COCO instances JSON; return what is usable and what was wrong.
 
     Args:
@@ -278,6 +286,8 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
         ann_file: COCO instances JSON.
         num_classes: labels must lie in [0, num_classes); None derives max category id + 1.
         workers: threads that decode images (default: up to 8).
+        keep_coco: keep the cleaned annotation dict for `report.coco()` (evaluation); False saves
+            memory for a large training set.
 
     Raises:
         DatasetError: a missing folder or file, malformed JSON, a category id >= num_classes,
@@ -313,5 +323,6 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
             _add_record(report, entries[image_id], result, by_image.get(image_id, []))
     if not report.image_ids:
         raise DatasetError(f"{ann_file}: no usable image in {images_dir}:\n{report.summary()}")
-    report.coco_dataset = _clean_coco(report, data, entries, by_image, names)
+    if keep_coco:
+        report.coco_dataset = _clean_coco(report, data, entries, by_image, names)
     return report

@@ -30,13 +30,16 @@ CROP = ((400, 500, 600), 384, 600)  # (resize scales before cropping, min crop s
 def resize_shape(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
     """(h, w) with the short side `size`, the long side at most `max_size`, rounded as the official code."""
     short, long = min(width, height), max(width, height)
+    cap = None
     if max_size is not None and long / short * size > max_size:
-        size = max(1, int(round(max_size * short / long)))
-    if short == size:
+        size = int(round(max_size * short / long))
+        if size < 1:  # extreme aspect ratio (official code would fail): 1 px short side, capped long side
+            size, cap = 1, max_size
+    if short == size and cap is None:
         return height, width
-    if width < height:
-        return max(1, int(size * height / width)), size
-    return size, max(1, int(size * width / height))
+    new_long = int(size * long / short)
+    new_long = min(new_long, cap) if cap is not None else new_long
+    return (new_long, size) if width < height else (size, new_long)
 
 
 def _image_size(flat_inputs: list[Any]) -> tuple[int, int]:
