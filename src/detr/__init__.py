@@ -12,11 +12,14 @@ from .criterion import SetCriterion, create_criterion
 from .matcher import HungarianMatcher
 from .models import DETR, convert_official_state_dict, create_model, list_models
 from .postprocess import postprocess
+from .predict import Detections, Detector
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DETR",
+    "Detections",
+    "Detector",
     "Config",
     "DataConfig",
     "HungarianMatcher",

@@ -1,0 +1,230 @@
+"""Run a trained DETR on images: `Detector` and its per-image `Detections`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .models.detr import DETR
+from .postprocess import postprocess
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
+
+
+@dataclass
+class Detections:
+    """The objects found in one image, best first.
+
+    Attributes:
+        boxes: [N, 4] float (x0, y0, x1, y1) in pixels of the original image.
+        scores: [N] class probability of each box.
+        labels: [N] class ids (COCO category ids for the official weights).
+        names: the class name of each box.
+        image_size: (height, width) of the original image.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    names: list[str]
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
+        """COCO results entries: {"image_id", "category_id", "bbox": [x, y, w, h], "score"}."""
+        out = []
+        for (x0, y0, x1, y1), score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
+            out.append({"image_id": image_id, "category_id": int(label),
+                        "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(score, 5)})
+        return out
+
+
+class Detector:
+    """A DETR model with its preprocessing, postprocessing and class names.
+
+    Args:
+        model: a DETR (put in eval mode and moved to `device`).
+        class_names: name of each class id; None: COCO names for 91 classes, else the ids.
+        device: "cpu", "cuda", "cuda:1", ...
+        threshold: keep detections whose score is at least this, in [0, 1].
+        size: short side of the resized image (validation: 800).
+        max_size: cap on the long side (validation: 1333).
+
+    Example:
+        >>> detector = Detector.from_pretrained("detr_r50")          # downloads once
+        >>> found = detector("street.jpg")                             # or PIL / numpy / tensor
+        >>> [(n, round(s, 2)) for n, s in zip(found.names, found.scores.tolist())]
+        [('car', 0.99), ('person', 0.98)]
+        >>> many = detector(["a.jpg", "b.png"])                        # a list in, a list out
+    """
+
+    def __init__(self, model: DETR, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
+                 threshold: float = 0.7, size: int = 800, max_size: int = 1333):
+        self.device = check_device(device)
+        self.model = model.eval().to(self.device)
+        self.threshold = check_threshold(threshold)
+        self.size, self.max_size = size, max_size
+        num_classes = model.class_embed.out_features - 1
+        self.class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
+                        threshold: float = 0.7, model: str | None = None, progress: bool = True,
+                        size: int = 800, max_size: int = 1333, **overrides: Any) -> Detector:
+        """Load a published model by name, one of our checkpoints, or an official weights file.
+
+        Args:
+            name_or_path: "detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", or a file path.
+            device: where to run the model.
+            threshold: minimum score of a returned detection, in [0, 1].
+            model: for an official file, the published name it was trained as (gives
+                dilation, which its shapes cannot tell), e.g. "detr_r50_dc5".
+            progress: show a progress bar when downloading.
+            size, max_size: resize of the input images (validation: 800, 1333).
+            **overrides: model options an official file's shapes cannot tell, e.g. nheads.
+
+        Returns:
+            A ready Detector.
+
+        Raises:
+            detr.weights.WeightsError: unknown name, missing file, or failed download.
+            detr.checkpoint.CheckpointError: the file is not a usable DETR checkpoint.
+
+        Example:
+            >>> detector = Detector.from_pretrained("runs/voc/checkpoint.pth", device="cuda")
+        """
+        from .weights import load_pretrained
+
+        check_threshold(threshold)
+        check_device(device)
+        net, names = load_pretrained(name_or_path, model=model, progress=progress, **overrides)
+        return cls(net, names, device=device, threshold=threshold, size=size, max_size=max_size)
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
+                 batch_size: int = 1) -> Detections | list[Detections]:
+        """Detect objects in one image or a list of images.
+
+        Args:
+            images: a file path, PIL image, HWC uint8 numpy array, [3, H, W] tensor (uint8,
+                or float in [0, 1]), a [B, 3, H, W] tensor, or a list of these.
+            threshold: overrides the detector's threshold for this call.
+            batch_size: images per forward pass (padded together as in validation).
+
+        Returns:
+            One `Detections` for a single image; a list for a list or a 4-D tensor.
+        """
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, Tensor) and images.dim() == 4)
+        items = [images] if single else list(images)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        results: list[Detections] = []
+        for start in range(0, len(items), batch_size):
+            chunk = [to_image_tensor(x) for x in items[start:start + batch_size]]
+            results += self.detect(chunk, thr)
+        return results[0] if single else results
+
+    def preprocess(self, image: Tensor) -> Tensor:
+        """[3, H, W] uint8 or float 0-1 image -> normalised resized [3, H', W'] on the device."""
+        from .data.transforms import preprocess
+
+        return preprocess(image, size=self.size, max_size=self.max_size).to(self.device)
+
+    def detect(self, images: Sequence[Tensor], threshold: float) -> list[Detections]:
+        """Detections for images already converted by `to_image_tensor`."""
+        sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        with torch.inference_mode():
+            outputs = self.model([self.preprocess(img) for img in images])
+            results = postprocess(outputs, torch.tensor(sizes, device=self.device))
+        return [self._select(r, size, threshold) for r, size in zip(results, sizes)]
+
+    def _select(self, result: dict[str, Tensor], size: tuple[int, int], threshold: float) -> Detections:
+        keep = result["scores"] >= threshold
+        order = result["scores"][keep].argsort(descending=True)
+        scores, labels = result["scores"][keep][order].cpu(), result["labels"][keep][order].cpu()
+        boxes = result["boxes"][keep][order].cpu()
+        return Detections(boxes, scores, labels, [self.label_name(int(i)) for i in labels], size)
+
+    def label_name(self, label: int) -> str:
+        """The class name of a label id (the id itself when the names do not cover it)."""
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """COCO's names for 91 classes (official weights), else the ids as text."""
+    if num_classes == 91:
+        from .data.coco_names import COCO_CLASSES
+
+        return list(COCO_CLASSES)
+    return [str(i) for i in range(num_classes)]
+
+
+def check_threshold(threshold: float) -> float:
+    """`threshold` as a float, or a ValueError when it is not in [0, 1]."""
+    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a ValueError naming what is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a device name ({e}); use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def to_image_tensor(image: ImageInput) -> Tensor:
+    """Any supported image -> [3, H, W] tensor (uint8, or float in [0, 1]) on the CPU.
+
+    Paths are read with EXIF orientation applied; PIL images of any mode (grey, RGBA,
+    palette, 16-bit) are converted to RGB; grey arrays and tensors are repeated to 3 channels.
+    """
+    from .data.images import load_image, to_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(Path(image))
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(to_rgb(image), dtype=np.uint8)).permute(2, 0, 1)
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3):
+            raise ValueError(f"image: expected an HxW or HxWxC array, got shape {image.shape}")
+        arr = image[..., None] if image.ndim == 2 else image
+        return _check_tensor(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), "HWC array")
+    if isinstance(image, Tensor):
+        if image.dim() == 2:
+            image = image[None]
+        if image.dim() != 3:
+            raise ValueError(f"image: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        return _check_tensor(image.detach().cpu(), "[C, H, W] tensor")
+    raise TypeError(f"image: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
+
+
+def _check_tensor(img: Tensor, kind: str) -> Tensor:
+    """[C, H, W] with C in 1, 3, 4 (grey, RGB, RGBA) -> [3, H, W] uint8 or float in [0, 1]."""
+    channels = img.shape[0]
+    if channels not in (1, 3, 4) or img.shape[1] < 1 or img.shape[2] < 1:
+        raise ValueError(f"image: a {kind} needs 1, 3 or 4 channels and some pixels, got shape "
+                         f"{tuple(img.shape)} as [C, H, W]")
+    img = img[:3] if channels == 4 else img.expand(3, -1, -1).contiguous() if channels == 1 else img
+    if img.dtype == torch.uint8:
+        return img
+    if not img.is_floating_point():
+        raise TypeError(f"image: expected uint8 or float pixels, got {img.dtype}")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"image: float pixels must be in [0, 1] (unnormalised), got values in [{lo:.3g}, {hi:.3g}]")
+    return img.float()
