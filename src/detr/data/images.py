@@ -78,7 +78,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def probe_image(path: Path) -> ImageProbe:
-    """Fully decode `path` (JPEGs at reduced DCT scale, which still reads every byte).
+    """Fully decode `path` (JPEGs at reduced DCT scale, which still reads every byte; PNG CRCs checked).
 
     Raises:
         DatasetError: the file cannot be decoded or converted to RGB; the message says why.
@@ -91,6 +91,10 @@ def probe_image(path: Path) -> ImageProbe:
                 img.draft(None, (max(1, width // 8), max(1, height // 8)))
             img.load()
             to_rgb(img)
+            checksummed = img.format == "PNG"
+        if checksummed:  # PNG chunks carry CRCs: a flipped byte decodes silently but fails here
+            with Image.open(path) as img:
+                img.verify()
     except Exception as e:  # PIL raises many exception types for bad files; all mean "unreadable"
         raise DatasetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     if width < 1 or height < 1:
