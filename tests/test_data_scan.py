@@ -101,7 +101,7 @@ def test_scan_counts_every_problem(zoo):
     assert not report.records[8].apply_exif and (report.records[8].width, report.records[8].height) == (40, 20)
     assert report.records[1].target["boxes"].tolist() == [[5, 5, 15, 15], [30, 20, 40, 30]]
     summary = report.summary()
-    assert "corrupt.png" in summary and "truncated" in summary
+    assert "skipped        4  image file cannot be decoded" in summary and "truncated.jpg" in summary
 
 
 def test_one_warning_then_every_item_loads(zoo):
