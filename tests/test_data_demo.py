@@ -1,0 +1,71 @@
+"""The built-in demo dataset: deterministic, well-formed COCO, reused when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import time
+import warnings
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from detr.data import DEMO_CLASSES, build_dataset, demo_transforms, make_demo_dataset
+
+
+def _digest(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_demo_is_deterministic_and_reused(tmp_path):
+    a = make_demo_dataset(tmp_path / "a", num_train=12, num_val=4, seed=3)
+    b = make_demo_dataset(tmp_path / "b", num_train=12, num_val=4, seed=3)
+    assert _digest(a["root"]) == _digest(b["root"])
+    assert len(_digest(a["root"])) == 12 + 4 + 3  # images, two JSONs, the completion marker
+    c = make_demo_dataset(tmp_path / "c", num_train=12, num_val=4, seed=4)
+    assert _digest(c["root"]) != _digest(a["root"])
+
+    stamp = a["train_annotations"].stat().st_mtime_ns
+    make_demo_dataset(tmp_path / "a", num_train=12, num_val=4, seed=3)
+    assert a["train_annotations"].stat().st_mtime_ns == stamp  # complete: not rewritten
+    (a["train_images"] / "000005.jpg").unlink()
+    make_demo_dataset(tmp_path / "a", num_train=12, num_val=4, seed=3)
+    assert _digest(a["root"]) == _digest(b["root"])  # incomplete: regenerated
+
+
+def test_demo_is_well_formed_coco(tmp_path):
+    start = time.perf_counter()
+    paths = make_demo_dataset(tmp_path, num_train=40, num_val=10)
+    assert time.perf_counter() - start < 20
+    for split, count in (("train", 40), ("val", 10)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(paths[f"{split}_annotations"]))
+        assert len(coco.getImgIds()) == count
+        assert {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())} == dict(enumerate(DEMO_CLASSES, 1))
+        per_image = [len(coco.getAnnIds(imgIds=[i])) for i in coco.getImgIds()]
+        assert min(per_image) >= 1 and max(per_image) <= 6
+        for a in coco.loadAnns(coco.getAnnIds()):
+            img = coco.imgs[a["image_id"]]
+            x, y, w, h = a["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= img["width"] and y + h <= img["height"] and w > 0 and h > 0
+            assert (paths[f"{split}_images"] / img["file_name"]).is_file()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train = COCO(str(paths["train_annotations"]))
+    used = {a["category_id"] for a in train.loadAnns(train.getAnnIds())}
+    assert used == {1, 2, 3, 4}
+
+
+def test_demo_loads_cleanly_with_demo_transforms(tmp_path):
+    paths = make_demo_dataset(tmp_path, num_train=8, num_val=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean dataset gives no warning
+        ds = build_dataset(paths["train_images"], paths["train_annotations"], train=True,
+                           transforms=demo_transforms(True))
+    assert ds.num_classes == 5 and ds.class_names == ["N/A", *DEMO_CLASSES]
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert 72 <= min(image.shape[1:]) <= 160
+        assert len(target["boxes"]) == len(target["labels"]) and target["labels"].min() >= 1
+        assert np.isfinite(target["boxes"].numpy()).all()
