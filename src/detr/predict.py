@@ -29,6 +29,7 @@ class Detections:
         labels: [N] class ids (COCO category ids for the official weights).
         names: the class name of each box.
         image_size: (height, width) of the original image.
+        queries: [N] the decoder query that found each box (for attention maps).
     """
 
     boxes: Tensor
@@ -36,6 +37,7 @@ class Detections:
     labels: Tensor
     names: list[str]
     image_size: tuple[int, int]
+    queries: Tensor
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -147,11 +149,11 @@ class Detector:
         return [self._select(r, size, threshold) for r, size in zip(results, sizes)]
 
     def _select(self, result: dict[str, Tensor], size: tuple[int, int], threshold: float) -> Detections:
-        keep = result["scores"] >= threshold
-        order = result["scores"][keep].argsort(descending=True)
-        scores, labels = result["scores"][keep][order].cpu(), result["labels"][keep][order].cpu()
-        boxes = result["boxes"][keep][order].cpu()
-        return Detections(boxes, scores, labels, [self.label_name(int(i)) for i in labels], size)
+        queries = torch.nonzero(result["scores"] >= threshold).flatten()
+        queries = queries[result["scores"][queries].argsort(descending=True, stable=True)]
+        scores, labels, boxes = (result[k][queries].cpu() for k in ("scores", "labels", "boxes"))
+        names = [self.label_name(int(i)) for i in labels]
+        return Detections(boxes, scores, labels, names, size, queries.cpu())
 
     def label_name(self, label: int) -> str:
         """The class name of a label id (the id itself when the names do not cover it)."""
