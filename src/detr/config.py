@@ -61,6 +61,12 @@ class DataConfig:
     val_annotations: str | None = None
     # Names of the classes indexed by label id (from the annotation file or the checkpoint).
     class_names: list[str] | None = None
+    # Image sizes: training resizes the short side to one of `scales` (None: the paper's
+    # 480..800), validation to the largest; the long side is capped at `max_size`.
+    scales: list[int] | None = None
+    max_size: int = 1333
+    val_scale: int | None = None  # None: max(scales)
+    random_crop: bool = True  # the paper's random resize + crop augmentation
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""COCO bbox evaluation with pycocotools, and detections in the COCO results format.
+
+Detections are lists of dicts `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`
+in original-image pixels; the category id is the model's label (DETR predicts category ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .distributed import is_distributed, world_size
+
+# The 12 numbers COCOeval.summarize() prints, in its order.
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)
+
+
+def load_coco_gt(ann_file: str | os.PathLike) -> Any:
+    """A pycocotools COCO object for an instances JSON (without pycocotools' prints)."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann_file))
+
+
+def to_coco_detections(results: Sequence[dict[str, Tensor]], image_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Postprocessed results (xyxy pixel boxes) -> COCO results entries (xywh pixel boxes)."""
+    detections = []
+    for res, image_id in zip(results, image_ids):
+        boxes = res["boxes"].detach().float().cpu()  # [Q, 4] xyxy
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        scores = res["scores"].detach().float().cpu().tolist()
+        labels = res["labels"].detach().cpu().tolist()
+        detections += [{"image_id": int(image_id), "category_id": int(c), "bbox": b, "score": s}
+                       for b, s, c in zip(xywh, scores, labels)]
+    return detections
+
+
+def gather_detections(detections: list[dict[str, Any]], image_ids: Iterable[int]) -> tuple[list, list[int]]:
+    """Collect every process's detections and evaluated image ids (each image once)."""
+    image_ids = list(image_ids)
+    if is_distributed():
+        parts: list[Any] = [None] * world_size()
+        dist.all_gather_object(parts, (detections, image_ids))
+    else:
+        parts = [(detections, image_ids)]
+    # A distributed sampler repeats a few images to give every process the same number:
+    # keep each image's detections from the first process that saw it.
+    seen: set[int] = set()
+    all_dets: list[dict[str, Any]] = []
+    for dets, ids in parts:
+        new = set(ids) - seen
+        all_dets += [d for d in dets if d["image_id"] in new]
+        seen |= new
+    return all_dets, sorted(seen)
+
+
+def coco_bbox_eval(coco_gt: Any, detections: list[dict[str, Any]], image_ids: Sequence[int]) -> tuple[list[float], str]:
+    """Run COCOeval (bbox) on `image_ids`; returns the 12 summary numbers and the printed summary."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        coco_dt = coco_gt.loadRes(detections) if detections else COCO()
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        coco_eval.params.imgIds = list(image_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    summary = "\n".join(line for line in buffer.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    return [float(s) for s in coco_eval.stats], summary
+
+
+def save_detections(path: str | os.PathLike, detections: list[dict[str, Any]]) -> None:
+    """Write detections as a COCO results JSON file (atomically)."""
+    from .checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(detections, f)
+
+    atomic_write(path, write)
