@@ -222,3 +222,13 @@ def test_coco_ground_truth_is_clean(zoo):
     coco = report.coco()
     assert sorted(coco.getCatIds()) == [1, 2, 3]
     json.dumps(gt)  # serialisable, as COCOeval users may save it
+
+
+def test_header_only_scan_trades_safety_for_speed(zoo):
+    """decode=False still skips what has no readable header, but a truncated JPEG gets through
+    and fails (clearly, naming the file) only when loaded."""
+    report = scan_dataset(*zoo, decode=False)
+    assert report.problems["image_unreadable"].count == 2  # zero.jpg, text.jpg
+    truncated = next(i for i, r in report.records.items() if r.file.name == "truncated.jpg")
+    with pytest.raises(DatasetError, match=r"truncated\.jpg: cannot decode"):
+        load_image(report.records[truncated].file)

@@ -72,19 +72,20 @@ class CocoDetection(Dataset):
 
 def build_dataset(images_dir: str | Path, ann_file: str | Path, train: bool,
                   transforms: Callable[..., Any] | None = None,
-                  num_classes: int | None = None) -> CocoDetection:
+                  num_classes: int | None = None, decode: bool = True) -> CocoDetection:
     """Scan the dataset (one warning if anything was skipped) and wrap it for training or eval.
 
     Args:
         transforms: default `make_transforms(train)` (the official recipe).
         num_classes: labels must be < num_classes; None derives max category id + 1.
+        decode: decode every image in the scan (see `scan_dataset`); False trusts the headers.
 
     A training dataset (`train=True`) keeps no COCO ground truth (`.coco`), to save memory.
 
     Raises:
         DatasetError: the dataset cannot be used; the message names the file and the problem.
     """
-    report = scan_dataset(images_dir, ann_file, num_classes=num_classes, keep_coco=not train)
+    report = scan_dataset(images_dir, ann_file, num_classes=num_classes, keep_coco=not train, decode=decode)
     report.warn()
     return CocoDetection(report, transforms if transforms is not None else make_transforms(train))
 

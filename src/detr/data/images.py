@@ -77,8 +77,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # alpha is dropped, as torchvision and the official code do
 
 
-def probe_image(path: Path) -> ImageProbe:
+def probe_image(path: Path, decode: bool = True) -> ImageProbe:
     """Fully decode `path` (JPEGs at reduced DCT scale, which still reads every byte; PNG CRCs checked).
+
+    With `decode=False` only the header is read (fast, but a truncated file goes unnoticed).
 
     Raises:
         DatasetError: the file cannot be decoded or converted to RGB; the message says why.
@@ -87,6 +89,8 @@ def probe_image(path: Path) -> ImageProbe:
         with Image.open(path) as img:
             width, height, mode = img.width, img.height, img.mode
             orientation = exif_orientation(img)
+            if not decode:
+                return ImageProbe(width, height, mode, orientation)
             if img.format == "JPEG":
                 img.draft(None, (max(1, width // 8), max(1, height // 8)))
             img.load()
