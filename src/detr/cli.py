@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("detr.cli_train", "train_command", "train a model (official DETR flags; no data: the demo dataset)"),
     "eval": ("detr.cli_train", "eval_command", "evaluate a checkpoint (COCO bbox AP) on the val set"),
     "demo": ("detr.demo", "demo_command", "make the demo dataset, train a small model, evaluate, draw predictions"),
+    "predict": ("detr.commands", "predict_command", "detect objects in images: annotated PNGs + COCO-results JSON"),
+    "explain": ("detr.commands", "explain_command", "attention maps: decoder per detected object, encoder at a pixel"),
+    "export": ("detr.commands", "export_command", "export a model to ONNX (dynamic batch and image size)"),
+    "plot": ("detr.commands", "plot_command", "training curves (loss, class error, AP) of one or several runs"),
 }
 
 USAGE = """usage: detr <command> [options]     (detr <command> --help for its options)
