@@ -207,3 +207,14 @@ def test_coco_paths(tmp_path):
     (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
     assert coco_paths(tmp_path) == (tmp_path / "train2017", tmp_path / "annotations" / "instances_train2017.json",
                                     tmp_path / "val2017", tmp_path / "annotations" / "instances_val2017.json")
+
+
+def test_preprocess_accepts_tensors_like_pil():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    from_pil = preprocess(Image.fromarray(arr), size=96, max_size=400)
+    as_uint8 = torch.from_numpy(arr).permute(2, 0, 1)  # [3, H, W]
+    torch.testing.assert_close(preprocess(as_uint8, size=96, max_size=400), from_pil)
+    from_float = preprocess(as_uint8.float() / 255, size=96, max_size=400)
+    assert from_float.shape == (3, 96, 128)
+    assert (from_float - from_pil).abs().max() < 0.05  # uint8 vs float resampling rounding only
