@@ -194,6 +194,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     from .export import export_onnx, onnx_outputs
 
+    if not Path(args.output).parent.is_dir():
+        raise ValueError(f"--output: folder {Path(args.output).parent} does not exist")
     detector = _detector(args)
     path = export_onnx(detector.model.cpu(), args.output)
     print(f"detr export: wrote {path} (input 'images' [B, 3, H, W] normalised; outputs pred_logits, pred_boxes)")
