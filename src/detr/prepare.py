@@ -129,11 +129,9 @@ def _demo_paths(root: str) -> dict[str, Any]:
     return box[0]
 
 
-def warn_if_too_few_queries(coco_gt: Any, num_queries: int, where: str) -> None:
+def warn_if_too_few_queries(max_objects: int, num_queries: int, where: str) -> None:
     """Warn when an image has more objects than --num_queries (the extra ones can never be found)."""
-    counts = [len(anns) for anns in coco_gt.imgToAnns.values()]
-    most = max(counts, default=0)
-    if most > num_queries and is_main_process():
-        warnings.warn(f"--num_queries {num_queries} is smaller than the {most} objects of the most crowded "
-                      f"image in {where}; at most {num_queries} objects per image can be detected",
+    if max_objects > num_queries and is_main_process():
+        warnings.warn(f"--num_queries {num_queries} is smaller than the {max_objects} objects of the most "
+                      f"crowded image in {where}; at most {num_queries} objects per image can be detected",
                       stacklevel=2)

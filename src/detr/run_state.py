@@ -28,7 +28,7 @@ SLEEP_IN_WRITE_ENV = "DETR_TEST_SLEEP_IN_CHECKPOINT_WRITE"
 
 @dataclass
 class RunData:
-    train: Dataset
+    train: Dataset | None
     val: Dataset | None
     coco_gt: Any  # pycocotools COCO of the validation set
 
@@ -46,17 +46,21 @@ def _transforms(cfg: Config, train: bool) -> Any:
                            val_scale=d.val_scale)
 
 
-def build_datasets(cfg: Config) -> RunData:
+def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
     """Scan and wrap the train and (if given) val datasets; labels are checked against num_classes."""
     from .data import build_dataset
 
     d, n = cfg.data, cfg.model.num_classes
-    train = build_dataset(d.train_images, d.train_annotations, True, _transforms(cfg, True), n)
-    val = coco_gt = None
+    train = val = coco_gt = None
+    if with_train:
+        if not d.train_annotations:
+            raise ValueError("no training data: give --train_images and --train_annotations (or --coco_path)")
+        train = build_dataset(d.train_images, d.train_annotations, True, _transforms(cfg, True), n)
+        most = max((len(r.target["labels"]) for r in train.report.records.values()), default=0)
+        warn_if_too_few_queries(most, cfg.model.num_queries, d.train_annotations)
     if d.val_annotations:
         val = build_dataset(d.val_images, d.val_annotations, False, _transforms(cfg, False), n)
         coco_gt = val.coco
-    warn_if_too_few_queries(train.coco, cfg.model.num_queries, d.train_annotations)
     return RunData(train, val, coco_gt)
 
 

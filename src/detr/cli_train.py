@@ -1,0 +1,164 @@
+"""`detr train` and `detr eval`: the official DETR flags -> a `Config` -> `train` / `evaluate_checkpoint`.
+
+This is the only place that sees argparse. Flags left out keep the `Config` defaults (the
+paper's), except that with no dataset at all the demo preset is the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+
+# (flag, type, help); the section a flag belongs to is the dataclass that has the field.
+FLAGS: list[tuple[str, Any, str]] = [
+    ("lr", float, "learning rate of the transformer and heads"),
+    ("lr_backbone", float, "learning rate of the backbone; 0 freezes it"),
+    ("batch_size", int, "images per process per step"),
+    ("weight_decay", float, "AdamW weight decay"),
+    ("epochs", int, "number of epochs"),
+    ("lr_drop", int, "divide the learning rates by 10 every this many epochs"),
+    ("clip_max_norm", float, "gradient clipping max norm (0: no clipping)"),
+    ("backbone", str, "torchvision ResNet: resnet18, resnet34, resnet50, resnet101"),
+    ("position_embedding", str, "sine or learned"),
+    ("enc_layers", int, "transformer encoder layers"),
+    ("dec_layers", int, "transformer decoder layers"),
+    ("dim_feedforward", int, "feed-forward width in the transformer"),
+    ("hidden_dim", int, "transformer width"),
+    ("dropout", float, "dropout in the transformer"),
+    ("attention_dropout", float, "dropout on attention weights (default: = dropout; 0 enables fused attention)"),
+    ("nheads", int, "attention heads"),
+    ("num_queries", int, "object queries (most objects one image can have)"),
+    ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
+    ("set_cost_class", float, "matcher: class cost"),
+    ("set_cost_bbox", float, "matcher: L1 box cost"),
+    ("set_cost_giou", float, "matcher: GIoU cost"),
+    ("bbox_loss_coef", float, "L1 box loss weight"),
+    ("giou_loss_coef", float, "GIoU loss weight"),
+    ("eos_coef", float, "weight of the no-object class"),
+    ("coco_path", str, "COCO 2017 folder (train2017/, val2017/, annotations/)"),
+    ("train_images", str, "custom data: training image folder"),
+    ("train_annotations", str, "custom data: training COCO instances JSON"),
+    ("val_images", str, "custom data: validation image folder"),
+    ("val_annotations", str, "custom data: validation COCO instances JSON"),
+    ("output_dir", str, "where checkpoints, log.txt and detections go (default: runs/train)"),
+    ("device", str, "cuda or cpu (default: cuda when available)"),
+    ("seed", int, "random seed"),
+    ("resume", str, "training checkpoint to continue exactly"),
+    ("weights", str, "model weights to start from (ours or official; another class count re-initialises the head)"),
+    ("num_workers", int, "data loading processes"),
+    ("amp", str, "mixed precision: none, bf16 (CPU or GPU), fp16 (GPU)"),
+    ("eval_every", int, "evaluate every this many epochs (and after the last)"),
+    ("max_size", int, "longest image side"),
+    ("val_scale", int, "validation short side (default: the largest of --scales)"),
+]
+SWITCHES = [("dilation", "DC5: dilate the last backbone stage"), ("pre_norm", "pre-norm transformer layers"),
+            ("no_aux_loss", "no auxiliary decoder losses"), ("eval", "only evaluate --resume/--weights"),
+            ("no_random_crop", "no random-crop augmentation")]
+# Official flags that do not apply here: accepted so old command lines run, and reported.
+IGNORED = {"dataset_file": "coco", "world_size": None, "dist_url": None, "start_epoch": None,
+           "remove_difficult": None, "coco_panoptic_path": None, "frozen_weights": None, "masks": None,
+           "mask_loss_coef": None, "dice_loss_coef": None}
+PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
+              "resume", "weights"}
+SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    defaults = Config().to_dict()
+    for name, kind, text in FLAGS:
+        default = next((sec[name] for sec in defaults.values() if name in sec), None)
+        metavar = {int: "N", float: "X"}.get(kind, "PATH" if name in PATH_FLAGS else "NAME")
+        parser.add_argument(f"--{name}", type=kind, default=None, metavar=metavar,
+                            help=f"{text} (default: {default})" if default not in (None, "") else text)
+    parser.add_argument("--scales", type=int, nargs="+", default=None, metavar="N",
+                        help="training short sides (default: the paper's 480 512 ... 800)")
+    for name, text in SWITCHES:
+        parser.add_argument(f"--{name}", action="store_true", help=text)
+    for name in IGNORED:
+        parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS,
+                            **({"action": "store_true"} if name in ("masks", "remove_difficult") else {}))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
+    """A Config from the parsed flags; `preset` values replace the defaults of flags not given."""
+    _check_ignored(args)
+    given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
+    values = {**(preset or {}), **given}
+    if "no_aux_loss" in values:
+        values["aux_loss"] = not values.pop("no_aux_loss")
+    if "no_random_crop" in values:
+        values["random_crop"] = not values.pop("no_random_crop")
+    values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    values.setdefault("output_dir", "runs/train")
+    values.setdefault("num_classes", None)  # resolved from the data
+    if "lr_backbone" in values:  # official meaning: a backbone learning rate of 0 freezes it
+        values["train_backbone"] = values["lr_backbone"] > 0
+    parts = {}
+    for section, cls in SECTIONS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        parts[section] = cls(**{k: v for k, v in values.items() if k in names})
+    return Config(**parts)
+
+
+def _check_ignored(args: argparse.Namespace) -> None:
+    if args.masks or args.frozen_weights:
+        raise ValueError("--masks/--frozen_weights: panoptic segmentation is not supported (detection only)")
+    if args.dataset_file not in (None, "coco"):
+        raise ValueError(f"--dataset_file {args.dataset_file}: only coco is supported; for other data use "
+                         "--train_images/--train_annotations/--val_images/--val_annotations")
+    for name in ("world_size", "dist_url", "start_epoch", "remove_difficult"):
+        if getattr(args, name):
+            warnings.warn(f"--{name} is ignored: torchrun sets up processes, --resume sets the epoch",
+                          stacklevel=2)
+        setattr(args, name, None)
+    for name in IGNORED:
+        setattr(args, name, None)
+
+
+def _has_data(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k) for k in ("coco_path", "train_annotations", "val_annotations"))
+
+
+def train_command(argv: list[str]) -> int:
+    """`detr train [flags]`: train (or with --eval, evaluate) and print a summary."""
+    from .demo import DEMO_PRESET
+
+    parser = build_parser("detr train", "Train DETR. Flags are the official ones; with no dataset flags the "
+                                        "built-in demo dataset and a small preset model are used.")
+    args = parser.parse_args(argv)
+    evaluate_only = args.eval
+    cfg = config_from_args(args, None if _has_data(args) else DEMO_PRESET)
+    if evaluate_only:
+        return _evaluate(cfg, cfg.train.resume or cfg.train.weights, "--resume/--weights")
+    from .train import train
+
+    train(cfg)
+    return 0
+
+
+def eval_command(argv: list[str]) -> int:
+    """`detr eval --weights FILE [data flags]`: COCO bbox AP of a checkpoint on the val set."""
+    parser = build_parser("detr eval", "Evaluate a checkpoint (COCO bbox AP, all 12 numbers). The model comes "
+                                       "from the checkpoint's config; data flags override its data paths.")
+    args = parser.parse_args(argv)
+    path = args.weights or args.resume or ""
+    cfg = config_from_args(args, {"output_dir": str(Path(path).parent) if path else ""})
+    return _evaluate(cfg, path, "--weights")
+
+
+def _evaluate(cfg: Config, path: str, flag: str) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    if not path:
+        raise ValueError(f"{flag} FILE is needed: the checkpoint to evaluate")
+    evaluate_checkpoint(cfg, path)
+    return 0
