@@ -8,7 +8,7 @@ import torch
 import detr
 from detr.commands import export_command
 
-from .helpers_predict import save_official
+from .helpers_predict import one_thread, save_official  # noqa: F401  (autouse fixture)
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

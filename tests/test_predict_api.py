@@ -13,12 +13,13 @@ import detr
 from detr.checkpoint import CheckpointError
 from detr.data.transforms import preprocess
 
-from .helpers_predict import (
+from .helpers_predict import (  # noqa: F401  (one_thread: autouse fixture)
     MAX_SIZE,
     SIZE,
     TINY,
     Payload,
     expected_resize,
+    one_thread,
     save_official,
     save_ours,
     tiny_model,

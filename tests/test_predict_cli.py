@@ -17,8 +17,19 @@ from detr import cli
 from detr.checkpoint import CheckpointError
 from detr.commands import explain_command, predict_command
 
-from .helpers_predict import MAX_SIZE, SIZE, TINY, Payload, save_official, save_ours, tiny_model, write_images
+from .helpers_predict import (  # noqa: F401  (autouse fixture)
+    MAX_SIZE,
+    SIZE,
+    TINY,
+    Payload,
+    one_thread,
+    save_official,
+    save_ours,
+    tiny_model,
+    write_images,
+)
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on shared cores
 FAST = ["--size", str(SIZE), "--max-size", str(MAX_SIZE)]
 
 
@@ -192,12 +203,12 @@ def test_command_line_end_to_end(weights, images, model, tmp_path):
     out = tmp_path / "out"
     base = [sys.executable, "-m", "detr", "predict", str(images["rgb.png"].parent), "--output", str(out),
             "--nheads", "2", *FAST]
-    done = subprocess.run([*base, "--weights", str(weights)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*base, "--weights", str(weights)], capture_output=True, text=True, timeout=300, env=ENV)
     assert done.returncode == 0, done.stderr
     assert len(json.loads((out / "images.json").read_text())) == len(images)
     marker = tmp_path / "pwned"
     torch.save({"model": model.state_dict(), "x": Payload(marker)}, tmp_path / "evil.pth")
     done = subprocess.run([*base, "--weights", str(tmp_path / "evil.pth")], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=ENV)
     assert done.returncode == 2 and "evil.pth" in done.stderr and "Traceback" not in done.stderr
     assert not marker.exists()

@@ -16,7 +16,7 @@ from detr.explain import explain
 from detr.predict import Detections, Detector
 from detr.visualize import draw_detections, overlay_heatmap, plot_logs
 
-from .helpers_predict import MAX_SIZE, SIZE, tiny_model, write_images
+from .helpers_predict import MAX_SIZE, SIZE, one_thread, tiny_model, write_images  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from detr import weights
 from detr.checkpoint import CheckpointError
 from detr.weights import OFFICIAL_WEIGHTS, WeightsError, cache_dir, load_pretrained, resolve_weights
 
-from .helpers_predict import save_official, tiny_model
+from .helpers_predict import one_thread, save_official, tiny_model  # noqa: F401  (autouse fixture)
 
 # The hash prefixes published in the official hubconf file names, written out independently.
 PUBLISHED = {"detr_r50": "e632da11", "detr_r50_dc5": "f0fb7ef5", "detr_r101": "2c7b67e5",
