@@ -209,3 +209,13 @@ def test_malicious_checkpoint_never_runs(tmp_path, model):
         with pytest.raises(CheckpointError, match=name):
             detr.Detector.from_pretrained(tmp_path / name)
     assert not marker.exists()
+
+
+def test_official_training_checkpoint_args_give_heads_and_dilation(model, official_file, images, tmp_path):
+    """Official training checkpoints keep "args" (a Namespace) and DDP "module." names: no flags needed."""
+    path = save_official(model, tmp_path / "checkpoint.pth", args={"nheads": 2, "dilation": False, "lr": 1e-4})
+    from_args = load(path, threshold=0.0)
+    from_flags = load(official_file, threshold=0.0, nheads=TINY["nheads"])
+    assert torch.equal(from_args(images["rgb.png"]).boxes, from_flags(images["rgb.png"]).boxes)
+    wrong_heads = load(official_file, threshold=0.0)  # 8 heads: the shapes fit, the function does not
+    assert not torch.allclose(wrong_heads(images["rgb.png"]).scores, from_flags(images["rgb.png"]).scores)
