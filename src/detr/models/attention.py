@@ -6,10 +6,11 @@ Two code paths compute the same function:
   the weights. Its backward rounds differently from the official code (gradients agree
   to ~1e-4 relative in fp32, not better), so training uses it only on request;
 - exact: explicit scale, softmax, dropout and matmul in the official order of operations
-  (gradients agree with the official code to ~1e-5), computed in chunks of queries with
-  recomputation in backward, so memory grows with chunk x keys instead of queries x keys.
-  The recomputation replays the same RNG state, so the dropout mask, and therefore the
-  gradient, is that of the unchunked computation.
+  (gradients agree with the official code to ~1e-5), computed in chunks of queries by
+  `ExactAttention`, whose backward recomputes each chunk's softmax instead of keeping the
+  L x S weights: memory grows with chunk x keys (plus a one-byte dropout mask per weight),
+  not 4-byte queries x keys tensors. Dropout draws one Bernoulli(p) mask, kept for backward,
+  so the gradient is that of the forward that was computed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
@@ -64,16 +64,8 @@ class Attention(nn.Module):
         if not self.training or (p == 0.0 and self.fused_training):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         else:
-            bias = _additive_mask(keep, q.dtype)
-            chunks = [self._explicit(q_c, k, v, bias, p) for q_c in q.split(self.chunk_size, dim=2)]
-            out = torch.cat(chunks, dim=2)
+            out = ExactAttention.apply(q, k, v, _additive_mask(keep, q.dtype), p, self.chunk_size)
         return self.out_proj(out.transpose(1, 2).flatten(2))
-
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float) -> Tensor:
-        if torch.is_grad_enabled() and q.requires_grad:
-            # Keep only the chunk's inputs for backward; the L x S weights are recomputed.
-            return checkpoint(_softmax_dropout_attention, q, k, v, bias, p, use_reentrant=False)
-        return _softmax_dropout_attention(q, k, v, bias, p)
 
     @torch.no_grad()
     def attention_weights(self, query: Tensor, key: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
@@ -92,10 +84,64 @@ def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))
 
 
-def _softmax_dropout_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float) -> Tensor:
-    """softmax(q k^T / sqrt(d) + bias) with dropout p on the weights, times v."""
-    scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)  # [B, h, L, S]
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Bernoulli(p) mask of the attention weights to drop (True = dropped), one byte per weight."""
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(p)
+
+
+def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
+    """softmax(q_scaled k^T + bias) [B, h, L, S], the softmax in fp32 for half-precision inputs (as autocast)."""
+    scores = q_scaled @ k.transpose(-2, -1)
     if bias is not None:
         scores = scores + bias
-    weights = F.dropout(scores.softmax(-1), p=p, training=True)
-    return weights @ v
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        return scores.softmax(-1, dtype=torch.float32).to(scores.dtype)
+    return scores.softmax(-1)
+
+
+class ExactAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d) + bias) with dropout p on the weights, times v, in chunks of queries.
+
+    q [B, h, L, d]; k, v [B, h, S, d]; bias [B, 1, 1, S] additive (0 or -inf) or None -> [B, h, L, d].
+    Forward keeps q, k, v and the dropout masks; backward recomputes each chunk's weights
+    (one matmul and a softmax) and applies the chain rule of the official order of operations.
+    Inputs must share one dtype (autocast is switched off inside: half precision keeps an fp32 softmax).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float,  # type: ignore[override]
+                chunk_size: int) -> Tensor:
+        with torch.autocast(q.device.type, enabled=False):
+            q_scaled = q * (q.shape[-1] ** -0.5)
+            outs, masks = [], []
+            for q_c in q_scaled.split(chunk_size, dim=2):
+                weights = _softmax(q_c, k, bias)  # [B, h, l, S]
+                if p > 0:
+                    masks.append(drop_mask(weights.shape, p, weights.device))
+                    weights = weights.masked_fill_(masks[-1], 0.0).mul_(1.0 / (1.0 - p))
+                outs.append(weights @ v)
+        ctx.save_for_backward(q_scaled, k, v, bias)
+        ctx.masks, ctx.p, ctx.chunk_size = masks, p, chunk_size
+        return torch.cat(outs, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        q_scaled, k, v, bias = ctx.saved_tensors
+        p, scale = ctx.p, q_scaled.shape[-1] ** -0.5
+        grad_q, grad_k, grad_v = [], torch.zeros_like(k), torch.zeros_like(v)
+        with torch.autocast(q_scaled.device.type, enabled=False):
+            chunks = zip(q_scaled.split(ctx.chunk_size, dim=2), grad_out.to(v.dtype).split(ctx.chunk_size, dim=2))
+            for i, (q_c, g_c) in enumerate(chunks):
+                weights = _softmax(q_c, k, bias)  # [B, h, l, S], bit-identical to forward's
+                dropped = weights
+                if p > 0:
+                    dropped = weights.masked_fill(ctx.masks[i], 0.0).mul_(1.0 / (1.0 - p))
+                grad_v += dropped.transpose(-2, -1) @ g_c
+                grad_w = g_c @ v.transpose(-2, -1)  # [B, h, l, S]
+                if p > 0:
+                    grad_w = grad_w.masked_fill_(ctx.masks[i], 0.0).mul_(1.0 / (1.0 - p))
+                grad_s = torch._softmax_backward_data(grad_w, weights, -1, weights.dtype)
+                grad_q.append((grad_s @ k) * scale)
+                grad_k += grad_s.transpose(-2, -1) @ q_c
+        ctx.masks = None
+        return torch.cat(grad_q, dim=2), grad_k, grad_v, None, None, None

@@ -1,6 +1,16 @@
-"""ResNet backbone with frozen BatchNorm, returning the last stage and the downsampled padding mask."""
+"""ResNet backbone with frozen BatchNorm, returning the last stage and the downsampled padding mask.
+
+Two exact speed-ups, both invisible in the state dict:
+- channels-last memory format for the convolutions (oneDNN's fast layout on CPU, tensor cores'
+  on GPU);
+- in eval mode, without gradients, the frozen BatchNorms are folded into the convolutions
+  before them. The folded trunk is a private copy, rebuilt whenever a weight changes (any
+  in-place update, `load_state_dict`, `.to()`), and dropped by `train()`.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +48,50 @@ class Backbone(nn.Module):
                 p.requires_grad_(False)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        self._folded: tuple[tuple[tuple[int, int], ...], nn.Module] | None = None  # (weights' versions, trunk)
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """images [B, 3, H, W], mask [B, H, W] -> features [B, C, h, w], mask [B, h, w]."""
-        feats = self.body(images)["0"]
+        """images [B, 3, H, W], mask [B, H, W] -> features [B, C, h, w] (channels-last), mask [B, h, w]."""
+        images = images if self.training else images.contiguous(memory_format=torch.channels_last)
+        feats = self._trunk()(images)["0"]
         mask = F.interpolate(mask[None].float(), size=feats.shape[-2:]).to(torch.bool)[0]
         return feats, mask
+
+    def train(self, mode: bool = True) -> Backbone:
+        self._folded = None
+        return super().train(mode)
+
+    def _trunk(self) -> nn.Module:
+        """The BatchNorm-folded copy of `body` when nothing needs gradients through it, else `body`."""
+        if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in self.body.parameters())):
+            return self.body
+        tensors = [*self.body.parameters(), *self.body.buffers()]
+        # inference tensors have no version counter; they cannot be updated in place outside inference mode
+        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = None  # free the stale copy before building the new one
+            with torch.inference_mode(False), torch.no_grad():
+                self._folded = (key, fold_frozen_batchnorm(self.body).to(memory_format=torch.channels_last))
+        return self._folded[1]
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every FrozenBatchNorm2d that directly follows a Conv2d (among its
+    parent's children, as in torchvision's ResNets) folded into that convolution's weight and bias."""
+    folded = copy.deepcopy(module).requires_grad_(False)
+    for parent in folded.modules():
+        previous = None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FrozenBatchNorm2d) and isinstance(previous, nn.Conv2d):
+                scale = child.weight * (child.running_var + child.eps).rsqrt()  # [C_out]
+                shift = child.bias - child.running_mean * scale
+                if previous.bias is not None:
+                    shift = shift + previous.bias * scale
+                previous.weight.copy_(previous.weight * scale[:, None, None, None])
+                previous.bias = nn.Parameter(shift, requires_grad=False)
+                setattr(parent, name, nn.Identity())
+            previous = child
+    return folded
 
 
 class Joiner(nn.Sequential):

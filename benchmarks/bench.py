@@ -1,0 +1,250 @@
+"""Side-by-side benchmark: this package's DETR against the official code (detr==0.1.4), same weights and inputs.
+
+    python benchmarks/bench.py                 # every case at 800x1199, prints a markdown table
+    python benchmarks/bench.py --quick         # smaller image, fewer runs (a smoke test of the script)
+    python benchmarks/bench.py --device cuda   # the same on a GPU (bf16 autocast, fused attention kernels)
+
+Each (case, implementation) runs in a fresh process so its peak resident memory (ru_maxrss;
+on CUDA, the peak allocated GPU memory) is its own. The official and our process of a case
+run back to back, alternating for `--rounds`, so both see the same machine load. Times are
+medians over `--runs` runs after one warm-up.
+
+Cases: inference (eval mode, `torch.inference_mode`), bf16 inference (autocast; ours only,
+compared with the official fp32 time, plus how far its predictions move from our fp32 ones),
+and a training step (forward, official-weighted loss, backward, clip 0.1, AdamW) with the
+default attention dropout 0.1, or 0 (`attention_dropout=0.0`, our fused-kernel option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# name: (model, mode, our overrides, official model's dropout)
+CASES = {
+    "r50_infer": ("detr_r50", "infer", {}),
+    "dc5_infer": ("detr_r50_dc5", "infer", {}),
+    "r50_infer_bf16": ("detr_r50", "infer_bf16", {}),
+    "r50_train": ("detr_r50", "train", {}),
+    "dc5_train": ("detr_r50_dc5", "train", {}),
+    "dc5_train_attn_drop0": ("detr_r50_dc5", "train", {"attention_dropout": 0.0}),
+}
+TITLES = {
+    "r50_infer": "R50 inference fp32", "dc5_infer": "R50-DC5 inference fp32",
+    "r50_infer_bf16": "R50 inference bf16 autocast (ours) vs fp32 (official)",
+    "r50_train": "R50 train step", "dc5_train": "R50-DC5 train step",
+    "dc5_train_attn_drop0": "R50-DC5 train step, `attention_dropout=0.0` (ours) vs official",
+}
+
+
+def build_pair(model_name: str, overrides: dict, impl: str, device: str) -> torch.nn.Module:
+    """The official model with seeded random weights, or ours loaded from exactly those weights."""
+    sys.path.insert(0, str(ROOT))
+    from tests import official  # the reference is importable only from the repo
+
+    import detr
+
+    ref = official.load()
+    torch.manual_seed(0)
+    theirs = official.build_model(ref, dilation=model_name.endswith("dc5"))
+    if impl == "official":
+        return theirs.to(device)
+    ours = detr.create_model(model_name, **overrides)
+    ours.load_state_dict(detr.convert_official_state_dict(theirs.state_dict()))
+    return ours.to(device)
+
+
+def make_inputs(size: tuple[int, int], device: str):
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(3, *size, generator=g).to(device)
+    targets = [{"labels": torch.tensor([1, 17, 62], device=device),
+                "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.6], [0.2, 0.3, 0.1, 0.2], [0.7, 0.6, 0.3, 0.3]],
+                                      device=device)}]
+    return [image], targets
+
+
+def make_step(model, impl: str, device: str):
+    """A closure doing one training step: forward, weighted loss, backward, clip, AdamW."""
+    if impl == "official":
+        from tests import official
+
+        criterion = official.build_criterion(official.load())
+        weights = criterion.weight_dict
+
+        def total(out, targets):
+            losses = criterion(out, targets)
+            return sum(losses[k] * weights[k] for k in losses if k in weights)
+    else:
+        import detr
+
+        criterion = detr.create_criterion(num_classes=91)
+
+        def total(out, targets):
+            return criterion.total_loss(criterion(out, targets))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+
+    def step(images, targets):
+        loss = total(model(images), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.1)
+        opt.step()
+    return step
+
+
+def timed(fn, runs: int, device: str) -> list[float]:
+    times = []
+    for _ in range(runs + 1):  # the first is the warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def bf16_shift(model, images) -> dict:
+    """How bf16 autocast moves our predictions: label changes and box L1 vs our fp32 outputs."""
+    device = images[0].device.type
+    with torch.inference_mode():
+        ref = model(images)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            low = model(images)
+    prob_ref = ref["pred_logits"].float().softmax(-1)[0]  # [Q, C+1]
+    prob_low = low["pred_logits"].float().softmax(-1)[0]
+    top = prob_ref[:, :-1].max(-1).values.topk(10).indices  # the 10 most confident queries
+    changed = prob_ref.argmax(-1) != prob_low.argmax(-1)
+    box_l1 = (ref["pred_boxes"].float() - low["pred_boxes"].float()).abs()[0].sum(-1)  # [Q], normalised cxcywh
+    return {"label_changed_all": changed.float().mean().item(), "label_changed_top10": changed[top].float().mean().item(),
+            "box_l1_mean": box_l1.mean().item(), "box_l1_top10": box_l1[top].mean().item()}
+
+
+def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str) -> dict:
+    """Run one (case, implementation) in this process and return its measurements."""
+    model_name, mode, overrides = CASES[case]
+    model = build_pair(model_name, overrides if impl == "ours" else {}, impl, device)
+    images, targets = make_inputs(size, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result: dict = {}
+    if mode == "train":
+        step = make_step(model.train(), impl, device)
+        times = timed(lambda: step(images, targets), runs, device)
+    else:
+        model.eval()
+        low = mode == "infer_bf16" and impl == "ours"
+
+        def infer():
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=low):
+                model(images)
+        times = timed(infer, runs, device)
+        if low:
+            result.update(bf16_shift(model, images))
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {**result, "times": times, "median": statistics.median(times), "peak_bytes": peak}
+
+
+def run_worker(case: str, impl: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", case, impl, "--size", *map(str, args.size), "--runs", str(args.runs),
+           "--device", args.device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case}/{impl} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torchvision
+
+    parts = [f"CPU {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"]
+    if device == "cuda":
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    parts.append(f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+                 f"official detr 0.1.4")
+    return "; ".join(parts)
+
+
+def fmt_mem(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def table(results: dict, args: argparse.Namespace) -> str:
+    mem = "peak GPU memory" if args.device == "cuda" else "peak RSS"
+    lines = [f"| case | official | ours | speed-up (official / ours) | {mem} official | {mem} ours |",
+             "|---|---|---|---|---|---|"]
+    for case, (theirs, ours) in results.items():
+        lines.append(f"| {TITLES[case]} | {theirs['median']:.2f} s | {ours['median']:.2f} s | "
+                     f"**{theirs['median'] / ours['median']:.2f}x** | {fmt_mem(theirs['peak_bytes'])} | "
+                     f"{fmt_mem(ours['peak_bytes'])} |")
+    for _, ours in results.values():
+        if "box_l1_mean" in ours:
+            lines.append("")
+            lines.append(f"bf16 vs fp32 (ours, same weights and image): label changed on "
+                         f"{ours['label_changed_all']:.1%} of all 100 queries and {ours['label_changed_top10']:.1%} "
+                         f"of the 10 most confident; mean box L1 shift (cx, cy, w, h summed, normalised) "
+                         f"{ours['box_l1_mean']:.4f} over all, {ours['box_l1_top10']:.4f} over the top 10.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="480x720 images, 1 run per case (smoke test)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"))
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per process after the warm-up")
+    parser.add_argument("--rounds", type=int, default=1, help="official/ours process pairs per case, alternating")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.size = args.size or ([480, 720] if args.quick else [800, 1199])
+    args.runs = args.runs or (1 if args.quick else 3)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, tuple(args.size), args.runs, args.device)))
+        return
+    results = {}
+    for case in args.cases:
+        runs: dict[str, list[dict]] = {"official": [], "ours": []}
+        for r in range(args.rounds):
+            for impl in (("official", "ours") if r % 2 == 0 else ("ours", "official")):
+                runs[impl].append(run_worker(case, impl, args))
+                print(f"{case} {impl}: {runs[impl][-1]['median']:.2f} s", file=sys.stderr, flush=True)
+        results[case] = tuple(_merge(runs[impl]) for impl in ("official", "ours"))
+    print(f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  \n"
+          f"Image {args.size[0]}x{args.size[1]}, batch 1, {args.device}, {args.runs} timed run(s) after a warm-up "
+          f"per process, {args.rounds} round(s)  \n{machine(args.device)}\n")
+    print(table(results, args))
+
+
+def _merge(rounds: list[dict]) -> dict:
+    """Pool the rounds of one implementation: median of all times, the largest peak."""
+    times = [t for r in rounds for t in r["times"]]
+    merged = {**rounds[0], "times": times, "median": statistics.median(times),
+              "peak_bytes": max(r["peak_bytes"] for r in rounds)}
+    return merged
+
+
+if __name__ == "__main__":
+    main()

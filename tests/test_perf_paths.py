@@ -1,0 +1,170 @@
+"""The speed-up paths compute what the plain ones do: chunked exact attention, folded BatchNorm, bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import detr
+from detr.models import attention
+from detr.models.attention import Attention, ExactAttention
+from detr.models.backbone import Backbone
+
+TINY = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 4, "enc_layers": 2, "dec_layers": 2,
+        "dim_feedforward": 64, "num_queries": 7, "num_classes": 5}
+
+
+def qkv_bias(b=2, h=3, length=13, keys=17, d=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, h, n, d, generator=g, dtype=dtype, requires_grad=True) for n in (length, keys, keys))
+    pad = torch.zeros(b, keys, dtype=torch.bool)
+    pad[1, -5:] = True  # the second item has 5 padded keys
+    bias = torch.zeros(b, 1, 1, keys, dtype=dtype).masked_fill(pad[:, None, None, :], float("-inf"))
+    return q, k, v, bias
+
+
+def reference(q, k, v, bias, dropped, p):
+    """Unchunked attention in the official order of operations, differentiated by autograd."""
+    w = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias).softmax(-1)
+    if p > 0:
+        w = w.masked_fill(dropped, 0.0) * (1.0 / (1.0 - p))
+    return w @ v
+
+
+def grads(out, *inputs, seed=3):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad(out, inputs, g)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("chunk", [4, 13, 100])
+def test_chunked_exact_attention_matches_unchunked_autograd_with_the_same_mask(monkeypatch, p, chunk):
+    q, k, v, bias = qkv_bias()
+    full = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(1)) < p  # the mask both use
+    row = [0]
+
+    def replay(shape, p_, device):  # hands out `full` chunk by chunk, in forward's order
+        assert p_ == p
+        out = full[:, :, row[0]: row[0] + shape[2]]
+        row[0] += shape[2]
+        return out.clone()
+
+    monkeypatch.setattr(attention, "drop_mask", replay)
+    ours = ExactAttention.apply(q, k, v, bias, p, chunk)
+    assert row[0] == (13 if p > 0 else 0)
+    theirs = reference(q, k, v, bias, full, p)
+    assert (ours - theirs).abs().max() <= 1e-12
+    for a, b in zip(grads(ours, q, k, v), grads(theirs, q, k, v)):
+        assert (a - b).abs().max() <= 1e-12
+
+
+def test_chunking_does_not_change_fp32_results():
+    q, k, v, bias = (t.detach().float().requires_grad_(t.requires_grad) for t in qkv_bias())
+    whole = ExactAttention.apply(q, k, v, bias, 0.0, 1000)
+    chunked = ExactAttention.apply(q, k, v, bias, 0.0, 3)
+    assert (whole - chunked).abs().max() <= 1e-6
+    for a, b in zip(grads(whole, q, k, v), grads(chunked, q, k, v)):
+        assert (a - b).abs().max() <= 1e-6
+
+
+def test_dropout_mask_rate_and_kept_scale():
+    mask = attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
+    assert abs(mask.float().mean().item() - 0.1) < 2e-3
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 1, 2000, 1, generator=g), torch.randn(1, 1, 4000, 1, generator=g), torch.ones(1, 1, 4000, 1)
+    # with v = 1, each output is (sum of kept weights) / (1 - p), whose expectation is 1
+    out = ExactAttention.apply(q, k, v, None, 0.5, 512)
+    assert abs(out.mean().item() - 1.0) < 0.01
+
+
+def test_attention_paths_agree():
+    """Fused (eval and fused training) and exact (training, chunked) paths: one function."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, dropout=0.0, chunk_size=5).double()
+    x, mem = torch.randn(2, 11, 32, dtype=torch.float64), torch.randn(2, 9, 32, dtype=torch.float64)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[0, -3:] = True
+    fused = attn.eval()(x, mem, mem, pad)
+    exact = attn.train()(x, mem, mem, pad)
+    attn.fused_training = True
+    fused_train = attn(x, mem, mem, pad)
+    assert (fused - exact).abs().max() <= 1e-12
+    assert (fused_train - exact).abs().max() <= 1e-12
+    weights = attn.attention_weights(x, mem, pad)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 11, dtype=torch.float64))
+    assert (weights[0, :, -3:] == 0).all()
+
+
+def tiny_backbone() -> Backbone:
+    torch.manual_seed(0)
+    backbone = Backbone("resnet18", dilation=False)
+    for m in backbone.modules():  # non-trivial frozen statistics, so folding has something to fold
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+            m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2.0)
+    return backbone
+
+
+def test_folded_backbone_matches_unfolded_and_keeps_its_state_dict():
+    backbone = tiny_backbone().eval()
+    images, mask = torch.randn(2, 3, 96, 128), torch.zeros(2, 96, 128, dtype=torch.bool)
+    keys = list(backbone.state_dict())
+    with torch.no_grad():
+        expected = backbone.body.double()(images.double())["0"]  # unfolded, in float64
+        backbone.float()
+        feats, _ = backbone(images, mask)
+    assert backbone._folded is not None  # the folded path ran
+    assert feats.is_contiguous(memory_format=torch.channels_last)
+    assert (feats - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert list(backbone.state_dict()) == keys
+
+
+def test_folded_backbone_follows_weight_changes():
+    backbone = tiny_backbone().eval()
+    images, mask = torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        before = backbone(images, mask)[0]
+        other = tiny_backbone()
+        other.body.layer4[1].bn2.weight.mul_(3.0)
+        backbone.load_state_dict(other.state_dict())  # in place: must invalidate the folded copy
+        after = backbone(images, mask)[0]
+        expected = backbone.body(images)["0"]
+    assert (after - before).abs().max() > 1e-3
+    assert (after - expected).abs().max() <= 1e-4 * expected.abs().max()
+    backbone.train()
+    assert backbone._folded is None
+
+
+def test_eval_with_gradients_uses_the_unfolded_trunk():
+    backbone = tiny_backbone().eval()
+    feats, _ = backbone(torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool))
+    feats.sum().backward()
+    assert backbone.body.layer4[0].conv1.weight.grad is not None
+    assert backbone._folded is None
+
+
+def test_tiny_detr_bf16_inference_and_training_run():
+    model = detr.create_model("detr_r50", **TINY)
+    images = [torch.randn(3, 96, 128), torch.randn(3, 80, 112)]
+    with torch.inference_mode():
+        fp32 = model.eval()(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images)
+    assert (low["pred_boxes"].float() - fp32["pred_boxes"]).abs().max() < 0.05
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.train()(images)  # exact attention with dropout, in bf16
+        loss = out["pred_logits"].float().logsumexp(-1).mean() + out["pred_boxes"].float().sum()
+    loss.backward()
+    grad = model.transformer.encoder.layers[0].self_attn.in_proj_weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_exact_attention_under_autocast_keeps_an_fp32_softmax():
+    q, k, v, bias = (t.detach().to(torch.bfloat16) for t in qkv_bias())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ExactAttention.apply(q, k, v, bias, 0.0, 5)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias.double())
+    assert out.dtype == torch.bfloat16
+    assert (out.double() - expected).abs().max() < 0.05
