@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,11 +83,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load: it contains Python objects other than tensors and "
-                              f"plain containers, which could run code ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        if "GLOBAL" in str(e):  # the unpickler met a class or function it would have to import
+            raise CheckpointError(f"{path}: refused to load: it references Python objects other than tensors "
+                                  f"and plain containers, which could run code ({_reason(e)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt?): {_reason(e)}") from None
+    except Exception as e:  # torch raises many types on truncated or random bytes
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{_first_line(e)}") from None
+                              f"{type(e).__name__}: {_first_line(e)}") from None
     return _as_checkpoint(obj, path)
 
 
@@ -148,6 +149,15 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], sourc
         raise CheckpointError(f"{source}: weights do not fit this model ({' | '.join(problems)}); "
                               "was it saved for another model name, backbone or number of classes/queries?")
     model.load_state_dict({**own, **state})
+
+
+def _reason(e: BaseException) -> str:
+    """The informative line of torch's long weights_only error message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("Trying to load", "Unsupported")):
+            return ln[:300]
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
