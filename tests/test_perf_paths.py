@@ -11,6 +11,7 @@ import detr
 from detr.models import attention
 from detr.models.attention import Attention, ExactAttention
 from detr.models.backbone import Backbone
+from detr.models.transformer import ReluDropout
 
 TINY = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 4, "enc_layers": 2, "dec_layers": 2,
         "dim_feedforward": 64, "num_queries": 7, "num_classes": 5}
@@ -43,17 +44,18 @@ def grads(out, *inputs, seed=3):
 def test_chunked_exact_attention_matches_unchunked_autograd_with_the_same_mask(monkeypatch, p, chunk):
     q, k, v, bias = qkv_bias()
     full = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(1)) < p  # the mask both use
-    row = [0]
+    rows = {}  # seed -> the rows of `full` handed out for it, in forward's order
 
-    def replay(shape, p_, device):  # hands out `full` chunk by chunk, in forward's order
+    def replay(shape, p_, device, seed):  # the same seed (forward, then backward) gets the same rows
         assert p_ == p
-        out = full[:, :, row[0]: row[0] + shape[2]]
-        row[0] += shape[2]
-        return out.clone()
+        if seed not in rows:
+            start = sum(r.stop - r.start for r in rows.values())
+            rows[seed] = range(start, start + shape[2])
+        return full[:, :, rows[seed].start: rows[seed].stop].clone()
 
     monkeypatch.setattr(attention, "drop_mask", replay)
     ours = ExactAttention.apply(q, k, v, bias, p, chunk)
-    assert row[0] == (13 if p > 0 else 0)
+    assert sum(len(r) for r in rows.values()) == (13 if p > 0 else 0)
     theirs = reference(q, k, v, bias, full, p)
     assert (ours - theirs).abs().max() <= 1e-12
     for a, b in zip(grads(ours, q, k, v), grads(theirs, q, k, v)):
@@ -70,8 +72,9 @@ def test_chunking_does_not_change_fp32_results():
 
 
 def test_dropout_mask_rate_and_kept_scale():
-    mask = attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
+    mask = attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5)
     assert abs(mask.float().mean().item() - 0.1) < 2e-3
+    assert torch.equal(mask, attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5))
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(1, 1, 2000, 1, generator=g), torch.randn(1, 1, 4000, 1, generator=g), torch.ones(1, 1, 4000, 1)
     # with v = 1, each output is (sum of kept weights) / (1 - p), whose expectation is 1
@@ -168,3 +171,17 @@ def test_exact_attention_under_autocast_keeps_an_fp32_softmax():
     expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias.double())
     assert out.dtype == torch.bfloat16
     assert (out.double() - expected).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+def test_relu_dropout_is_bit_identical_to_the_official_ops(p):
+    x = torch.randn(3, 50, 64, requires_grad=True)
+    g = torch.randn(3, 50, 64)
+    torch.manual_seed(7)
+    theirs = F.dropout(F.relu(x), p, training=True)
+    (grad_theirs,) = torch.autograd.grad(theirs, x, g)
+    torch.manual_seed(7)
+    ours = ReluDropout.apply(x, p)
+    (grad_ours,) = torch.autograd.grad(ours, x, g)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(grad_ours, grad_theirs)

@@ -8,9 +8,9 @@ Two code paths compute the same function:
 - exact: explicit scale, softmax, dropout and matmul in the official order of operations
   (gradients agree with the official code to ~1e-5), computed in chunks of queries by
   `ExactAttention`, whose backward recomputes each chunk's softmax instead of keeping the
-  L x S weights: memory grows with chunk x keys (plus a one-byte dropout mask per weight),
-  not 4-byte queries x keys tensors. Dropout draws one Bernoulli(p) mask, kept for backward,
-  so the gradient is that of the forward that was computed.
+  L x S weights: memory grows with chunk x keys, not queries x keys. Each chunk's dropout
+  mask is drawn from its own generator seeded from the global RNG, and drawn again from
+  the same seed in backward, so the gradient is that of the forward that was computed.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))
 
 
-def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """Bernoulli(p) mask of the attention weights to drop (True = dropped), one byte per weight."""
-    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(p)
+def drop_mask(shape: torch.Size, p: float, device: torch.device, seed: int) -> Tensor:
+    """Bernoulli(p) mask of the attention weights to drop (True = dropped), the same for the same seed."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(p, generator=generator)
 
 
 def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
@@ -103,8 +104,8 @@ class ExactAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) + bias) with dropout p on the weights, times v, in chunks of queries.
 
     q [B, h, L, d]; k, v [B, h, S, d]; bias [B, 1, 1, S] additive (0 or -inf) or None -> [B, h, L, d].
-    Forward keeps q, k, v and the dropout masks; backward recomputes each chunk's weights
-    (one matmul and a softmax) and applies the chain rule of the official order of operations.
+    Forward keeps q, k, v and one seed; backward recomputes each chunk's weights (one matmul,
+    a softmax and the dropout mask) and applies the chain rule of the official order of operations.
     Inputs must share one dtype (autocast is switched off inside: half precision keeps an fp32 softmax).
     """
 
@@ -113,15 +114,16 @@ class ExactAttention(torch.autograd.Function):
                 chunk_size: int) -> Tensor:
         with torch.autocast(q.device.type, enabled=False):
             q_scaled = q * (q.shape[-1] ** -0.5)
-            outs, masks = [], []
-            for q_c in q_scaled.split(chunk_size, dim=2):
+            seed = int(torch.randint(2**62, ())) if p > 0 else 0  # from the global RNG: reproducible
+            outs = []
+            for i, q_c in enumerate(q_scaled.split(chunk_size, dim=2)):
                 weights = _softmax(q_c, k, bias)  # [B, h, l, S]
                 if p > 0:
-                    masks.append(drop_mask(weights.shape, p, weights.device))
-                    weights = weights.masked_fill_(masks[-1], 0.0).mul_(1.0 / (1.0 - p))
+                    weights = weights.masked_fill_(drop_mask(weights.shape, p, weights.device, seed + i), 0.0)
+                    weights = weights.mul_(1.0 / (1.0 - p))
                 outs.append(weights @ v)
         ctx.save_for_backward(q_scaled, k, v, bias)
-        ctx.masks, ctx.p, ctx.chunk_size = masks, p, chunk_size
+        ctx.seed, ctx.p, ctx.chunk_size = seed, p, chunk_size
         return torch.cat(outs, dim=2)
 
     @staticmethod
@@ -133,15 +135,13 @@ class ExactAttention(torch.autograd.Function):
             chunks = zip(q_scaled.split(ctx.chunk_size, dim=2), grad_out.to(v.dtype).split(ctx.chunk_size, dim=2))
             for i, (q_c, g_c) in enumerate(chunks):
                 weights = _softmax(q_c, k, bias)  # [B, h, l, S], bit-identical to forward's
-                dropped = weights
+                dropped, grad_w = weights, g_c @ v.transpose(-2, -1)  # [B, h, l, S]
                 if p > 0:
-                    dropped = weights.masked_fill(ctx.masks[i], 0.0).mul_(1.0 / (1.0 - p))
+                    mask = drop_mask(weights.shape, p, weights.device, ctx.seed + i)  # forward's mask
+                    dropped = weights.masked_fill(mask, 0.0).mul_(1.0 / (1.0 - p))
+                    grad_w = grad_w.masked_fill_(mask, 0.0).mul_(1.0 / (1.0 - p))
                 grad_v += dropped.transpose(-2, -1) @ g_c
-                grad_w = g_c @ v.transpose(-2, -1)  # [B, h, l, S]
-                if p > 0:
-                    grad_w = grad_w.masked_fill_(ctx.masks[i], 0.0).mul_(1.0 / (1.0 - p))
                 grad_s = torch._softmax_backward_data(grad_w, weights, -1, weights.dtype)
                 grad_q.append((grad_s @ k) * scale)
                 grad_k += grad_s.transpose(-2, -1) @ q_c
-        ctx.masks = None
         return torch.cat(grad_q, dim=2), grad_k, grad_v, None, None, None

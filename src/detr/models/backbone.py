@@ -1,11 +1,14 @@
 """ResNet backbone with frozen BatchNorm, returning the last stage and the downsampled padding mask.
 
-Two exact speed-ups, both invisible in the state dict:
-- channels-last memory format for the convolutions (oneDNN's fast layout on CPU, tensor cores'
-  on GPU);
+Speed-ups, all invisible in the state dict:
 - in eval mode, without gradients, the frozen BatchNorms are folded into the convolutions
-  before them. The folded trunk is a private copy, rebuilt whenever a weight changes (any
-  in-place update, `load_state_dict`, `.to()`), and dropped by `train()`.
+  before them, and the convolutions run in channels-last memory format (oneDNN's fast layout
+  on CPU, tensor cores' on GPU). The folded trunk is a private copy, rebuilt whenever a
+  weight changes (any in-place update, `load_state_dict`, `.to()`), and dropped by `train()`;
+- in training, channels-last only on request (`channels_last_training = True`, ~1.3x faster
+  backbone on CPU): the same function, but it rounds differently from the official code,
+  and on randomly initialised weights, whose attention is saturated, parameter gradients
+  then differ by ~1e-3 relative instead of ~1e-6.
 """
 
 from __future__ import annotations
@@ -27,6 +30,19 @@ RESNETS = {
 }
 
 
+class InplaceFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (same buffers, same values) computing `x * scale + bias` in place.
+
+    Saves two activation-sized allocations per convolution in training. Only for inputs that
+    nothing else reads, such as the fresh output of the convolution before it in a ResNet.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x.mul_(scale[:, None, None]).add_(shift[:, None, None])
+
+
 class Backbone(nn.Module):
     """torchvision ResNet trunk (no pooling / fc) with FrozenBatchNorm2d.
 
@@ -35,6 +51,9 @@ class Backbone(nn.Module):
         train_backbone: if False every weight is frozen; if True only layer2-4 train
             (the stem and layer1 stay frozen, as in the paper).
         dilation: DC5 variant: the last stage is dilated instead of strided (stride 16).
+
+    Attributes:
+        channels_last_training: run the convolutions in channels-last format in training too.
     """
 
     def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False):
@@ -42,17 +61,19 @@ class Backbone(nn.Module):
         if name not in RESNETS:
             raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
         resnet = RESNETS[name](weights=None, replace_stride_with_dilation=[False, False, dilation],
-                               norm_layer=FrozenBatchNorm2d)
+                               norm_layer=InplaceFrozenBatchNorm2d)
         for pname, p in resnet.named_parameters():
             if not train_backbone or not pname.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        self.channels_last_training = False
         self._folded: tuple[tuple[tuple[int, int], ...], nn.Module] | None = None  # (weights' versions, trunk)
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W], mask [B, H, W] -> features [B, C, h, w] (channels-last), mask [B, h, w]."""
-        images = images if self.training else images.contiguous(memory_format=torch.channels_last)
+        if self.channels_last_training or not self.training:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self._trunk()(images)["0"]
         mask = F.interpolate(mask[None].float(), size=feats.shape[-2:]).to(torch.bool)[0]
         return feats, mask

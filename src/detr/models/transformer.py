@@ -4,6 +4,10 @@ Differences from `nn.Transformer`, all from the paper: position encodings are ad
 queries and keys of every attention layer (not to values); the decoder returns every
 layer's normalised output for the auxiliary losses; post-norm by default, pre-norm
 optional (then the encoder gets a final LayerNorm).
+
+The feed-forward blocks' ReLU and dropout are one autograd function that keeps only its
+output for backward (the official code keeps three [tokens, dim_feedforward] tensors), with
+the same values, random draws and gradients.
 """
 
 from __future__ import annotations
@@ -15,6 +19,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention
+
+
+class ReluDropout(torch.autograd.Function):
+    """dropout(relu(x), p) in training, as `F.dropout(F.relu(x), p)` computes it, saving only the output.
+
+    Where the output is positive the input was positive and kept, so the output alone gives
+    the gradient: grad * (1 / (1 - p)) there, 0 elsewhere (the official chain: times the
+    dropout noise, then ReLU's threshold on its output).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        out = F.relu(x)
+        ctx.scale = 1.0
+        if p > 0:
+            noise = torch.empty_like(out).bernoulli_(1 - p).div_(1 - p)  # as F.dropout draws it
+            ctx.scale = torch.ones(1, dtype=out.dtype, device=out.device).div_(1 - p).item()  # noise's kept value
+            out = out.mul_(noise)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        if ctx.scale != 1.0:
+            grad = grad * ctx.scale
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
+def _ffn(layer: EncoderLayer | DecoderLayer, x: Tensor) -> Tensor:
+    """linear2(dropout(relu(linear1(x))))."""
+    hidden = layer.linear1(x)  # [B, N, dim_feedforward]
+    if layer.training and layer.dropout.p < 1 and torch.is_grad_enabled() and hidden.requires_grad:
+        hidden = ReluDropout.apply(hidden, layer.dropout.p)
+    else:
+        hidden = layer.dropout(F.relu(hidden))
+    return layer.linear2(hidden)
 
 
 class EncoderLayer(nn.Module):
@@ -32,7 +73,7 @@ class EncoderLayer(nn.Module):
         self.pre_norm = pre_norm
 
     def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return _ffn(self, x)
 
     def forward(self, src: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
         """src, pos [B, S, E]; mask [B, S] True on padding -> [B, S, E]."""
@@ -63,7 +104,7 @@ class DecoderLayer(nn.Module):
         self.pre_norm = pre_norm
 
     def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return _ffn(self, x)
 
     def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor) -> Tensor:
         """tgt, query_pos [B, Q, E]; memory, pos [B, S, E]; mask [B, S] -> [B, Q, E]."""
