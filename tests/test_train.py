@@ -55,7 +55,7 @@ def test_checkpoint_holds_everything_to_rebuild_the_run(straight):
 
 @pytest.mark.parametrize("argv, message", [
     (["--batch_size", "0"], "--batch_size must be >= 1"),
-    (["--lr", "-1e-4"], "--lr must be >= 0"),
+    (["--lr=-1e-4"], "--lr must be >= 0"),
     (["--num_classes", "3"], "--num_classes 3 is too small"),
     (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),
     (["--resume", "/nonexistent/ckpt.pth"], "--resume /nonexistent/ckpt.pth: file not found"),

@@ -1,0 +1,153 @@
+"""Fault injection (issue 6): SIGKILL at random points, SIGTERM/SIGINT, a dying torchrun worker.
+
+Every interrupted run must leave a checkpoint that loads, and resuming must reach the same
+final weights as a run that was never interrupted (the reference, run the same way).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detr.checkpoint import load_checkpoint
+from detr.run_state import SLEEP_IN_WRITE_ENV
+
+from .train_helpers import TINY_FLAGS, data_flags, env, max_weight_diff, run_cli, tiny_data
+
+pytestmark = pytest.mark.slow
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_data(tmp_path_factory.mktemp("demo"), num_train=4, num_val=2)
+
+
+def argv(data, out: Path, resume: bool) -> list[str]:
+    ckpt = out / "checkpoint.pth"
+    extra = ["--resume", str(ckpt)] if resume and ckpt.exists() else []
+    return ["train", *TINY_FLAGS, *data_flags(data), "--epochs", str(EPOCHS), "--output_dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    proc = run_cli(argv(data, out, False), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return load_checkpoint(out / "checkpoint.pth")["model"]
+
+
+def start(args: list[str], out: Path, sleep_in_write: float = 0.0) -> tuple[subprocess.Popen, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / f"stderr-{time.monotonic_ns()}.txt"
+    e = env()
+    e[SLEEP_IN_WRITE_ENV] = str(sleep_in_write)
+    proc = subprocess.Popen([sys.executable, "-m", "detr", *args], stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"), env=e)
+    return proc, log
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> bool:
+    """Poll until `condition()`; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    raise TimeoutError("training subprocess did not reach the expected point")
+
+
+def writing(out: Path):
+    return lambda: any(p.name.startswith(".checkpoint.pth.") for p in out.iterdir())
+
+
+def text_count(log: Path, needle: str):
+    base = log.read_text().count(needle)
+    return lambda: log.read_text().count(needle) > base
+
+
+def test_sigkill_at_random_points_then_resume_reaches_the_same_weights(data, reference, tmp_path):
+    rng = random.Random()
+    out = tmp_path / "run"
+    points = ["write", "step", "eval", "write", "random", "step"]
+    kills = 0
+    for point in points:
+        proc, log = start(argv(data, out, resume=True), out, sleep_in_write=1.5)
+        condition = {
+            "write": writing(out),
+            "step": lambda log=log: "/2 [" in log.read_text(),  # tqdm shows a training step done
+            "eval": lambda log=log: "eval:" in log.read_text(),
+            "random": lambda t=time.monotonic() + rng.uniform(5, 20): time.monotonic() > t,
+        }[point]
+        if wait_for(condition, proc):
+            time.sleep(rng.uniform(0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            kills += proc.wait() == -signal.SIGKILL
+        if (out / "checkpoint.pth").exists():
+            load_checkpoint(out / "checkpoint.pth")  # the latest checkpoint always loads
+        if proc.returncode == 0:
+            break
+    assert kills >= 5
+    proc = run_cli(argv(data, out, resume=True), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = load_checkpoint(out / "checkpoint.pth")
+    assert final["epoch"] == EPOCHS - 1 and final["step_in_epoch"] is None
+    assert max_weight_diff(final["model"], reference) <= 1e-6
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_sigint_stop_cleanly_with_a_checkpoint_and_resume_exactly(sig, data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc, log = start(argv(data, out, resume=False), out)
+    assert wait_for(lambda: "1/2 [" in log.read_text(), proc)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+    assert "stopping after this step" in log.read_text() or (out / "checkpoint.pth").exists()
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert ckpt["epoch"] < EPOCHS - 1 or ckpt["step_in_epoch"] is not None  # it stopped early
+    done = run_cli(argv(data, out, resume=True), timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert max_weight_diff(load_checkpoint(out / "checkpoint.pth")["model"], reference) <= 1e-6
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_torchrun_worker_death_stops_the_job_and_it_resumes(data, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                "-m", "detr"]
+    log = out / "torchrun.txt"
+    proc = subprocess.Popen([*torchrun, *argv(data, out, False)[0:], "--eval_every", "100"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env())
+    try:
+        assert wait_for(lambda: (out / "checkpoint.pth").exists(), proc, timeout=400), log.read_text()[-3000:]
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        import os
+
+        os.kill(workers[1], signal.SIGKILL)
+        code = proc.wait(timeout=180)  # the whole job stops, it does not hang
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0
+    assert "exitcode" in log.read_text() or "Signal 9" in log.read_text() or "SIGKILL" in log.read_text()
+    load_checkpoint(out / "checkpoint.pth")
+    resumed = subprocess.run([*torchrun, *argv(data, out, True), "--eval_every", "100"], capture_output=True,
+                             text=True, env=env(), timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == EPOCHS - 1
