@@ -6,6 +6,7 @@ final weights as a run that was never interrupted (the reference, run the same w
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -69,9 +70,16 @@ def writing(out: Path):
     return lambda: any(p.name.startswith(".checkpoint.pth.") for p in out.iterdir())
 
 
-def text_count(log: Path, needle: str):
-    base = log.read_text().count(needle)
-    return lambda: log.read_text().count(needle) > base
+def kill_point(point: str, out: Path, log: Path, rng: random.Random):
+    """A condition that becomes true at the chosen moment of the run."""
+    if point == "write":
+        return writing(out)
+    if point == "step":
+        return lambda: "1/2 [" in log.read_text()  # tqdm: the first training step of an epoch is done
+    if point == "eval":
+        return lambda: "eval:" in log.read_text()
+    deadline = time.monotonic() + rng.uniform(5, 20)
+    return lambda: time.monotonic() > deadline
 
 
 def test_sigkill_at_random_points_then_resume_reaches_the_same_weights(data, reference, tmp_path):
@@ -81,13 +89,7 @@ def test_sigkill_at_random_points_then_resume_reaches_the_same_weights(data, ref
     kills = 0
     for point in points:
         proc, log = start(argv(data, out, resume=True), out, sleep_in_write=1.5)
-        condition = {
-            "write": writing(out),
-            "step": lambda log=log: "/2 [" in log.read_text(),  # tqdm shows a training step done
-            "eval": lambda log=log: "eval:" in log.read_text(),
-            "random": lambda t=time.monotonic() + rng.uniform(5, 20): time.monotonic() > t,
-        }[point]
-        if wait_for(condition, proc):
+        if wait_for(kill_point(point, out, log, rng), proc):
             time.sleep(rng.uniform(0, 0.3))
             proc.send_signal(signal.SIGKILL)
             kills += proc.wait() == -signal.SIGKILL
@@ -137,8 +139,6 @@ def test_torchrun_worker_death_stops_the_job_and_it_resumes(data, tmp_path):
         assert wait_for(lambda: (out / "checkpoint.pth").exists(), proc, timeout=400), log.read_text()[-3000:]
         workers = _children(proc.pid)
         assert len(workers) == 2
-        import os
-
         os.kill(workers[1], signal.SIGKILL)
         code = proc.wait(timeout=180)  # the whole job stops, it does not hang
     finally:
