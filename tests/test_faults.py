@@ -130,7 +130,7 @@ def _children(pid: int) -> list[int]:
 def test_torchrun_worker_death_stops_the_job_and_it_resumes(data, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "detr"]
     log = out / "torchrun.txt"
     proc = subprocess.Popen([*torchrun, *argv(data, out, False)[0:], "--eval_every", "100"],
