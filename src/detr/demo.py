@@ -11,9 +11,9 @@ from typing import Any
 # two-layer transformer, a few queries (demo images hold at most 6 shapes), ~128 px images.
 DEMO_PRESET: dict[str, Any] = {
     "backbone": "resnet18", "hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dec_layers": 2,
-    "dim_feedforward": 256, "num_queries": 12, "dropout": 0.0,
-    "lr": 5e-4, "lr_backbone": 5e-5, "batch_size": 8, "epochs": 14, "lr_drop": 10,
-    "scales": [96, 112, 128, 144, 160], "max_size": 256, "val_scale": 128, "random_crop": False,
+    "dim_feedforward": 256, "num_queries": 10, "dropout": 0.0, "attention_dropout": 0.0,
+    "lr": 1e-3, "lr_backbone": 1e-4, "batch_size": 4, "epochs": 6, "lr_drop": 5,
+    "scales": [96, 112, 128], "max_size": 200, "val_scale": 112, "random_crop": False,
     "num_workers": 1, "device": "cpu", "output_dir": "runs/demo",
 }
 

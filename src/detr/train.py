@@ -122,6 +122,8 @@ def _train(cfg: Config, device: torch.device, progress: bool) -> dict[str, Any]:
     out_dir = Path(t.output_dir) if t.output_dir and main else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.pth.*.tmp"):  # left by a run killed while writing a checkpoint
+            stale.unlink(missing_ok=True)
     torch.manual_seed(t.seed)  # the same initial model on every process
     model = build_model(cfg.model).to(device)
     if t.weights:
