@@ -102,6 +102,7 @@ def test_sigkill_at_random_points_then_resume_reaches_the_same_weights(data, ref
     assert proc.returncode == 0, proc.stderr[-2000:]
     final = load_checkpoint(out / "checkpoint.pth")
     assert final["epoch"] == EPOCHS - 1 and final["step_in_epoch"] is None
+    assert not list(out.glob(".*.tmp"))  # temp files of killed writes are cleaned up
     assert max_weight_diff(final["model"], reference) <= 1e-6
 
 
