@@ -81,7 +81,7 @@ def test_tiny_model_overfits_a_few_images(tmp_path):
     for epoch in range(500):
         stats, _ = train_one_epoch(model, criterion, train, optimizer, torch.device("cpu"), epoch, 0.1,
                                    progress=False)
-        if epoch % 20 == 19:
+        if epoch % 10 == 9:
             result, dets = evaluate(model, criterion, train, ds.coco, torch.device("cpu"), progress=False)
             if result["AP50"] >= 0.95:
                 break
