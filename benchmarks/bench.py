@@ -7,7 +7,7 @@
 Each (case, implementation) runs in a fresh process so its peak resident memory (ru_maxrss;
 on CUDA, the peak allocated GPU memory) is its own. The official and our process of a case
 run back to back, alternating for `--rounds`, so both see the same machine load. Times are
-medians over `--runs` runs after one warm-up.
+medians over `--runs` runs after warm-up (two calls for inference, one step for training).
 
 Cases: inference (eval mode, `torch.inference_mode`), bf16 inference (autocast; ours only,
 compared with the official fp32 time, plus how far its predictions move from our fp32 ones),
@@ -25,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,21 +56,31 @@ TITLES = {
 }
 
 
-def build_pair(model_name: str, overrides: dict, impl: str, device: str) -> torch.nn.Module:
-    """The official model with seeded random weights, or ours loaded from exactly those weights."""
+def official_model(model_name: str):
     sys.path.insert(0, str(ROOT))
     from tests import official  # the reference is importable only from the repo
 
+    torch.manual_seed(0)
+    return official.build_model(official.load(), dilation=model_name.endswith("dc5"))
+
+
+def save_official_weights(model_name: str, folder: Path) -> Path:
+    """Seeded random weights of the official model, shared by both implementations' processes."""
+    path = folder / f"{model_name}.pth"
+    if not path.exists():
+        torch.save(official_model(model_name).state_dict(), path)
+    return path
+
+
+def build(model_name: str, overrides: dict, impl: str, weights: Path, device: str) -> torch.nn.Module:
+    """The official model or ours, with the weights saved in `weights` (ours never builds the official one)."""
     import detr
 
-    ref = official.load()
-    torch.manual_seed(0)
-    theirs = official.build_model(ref, dilation=model_name.endswith("dc5"))
-    if impl == "official":
-        return theirs.to(device)
-    ours = detr.create_model(model_name, **overrides)
-    ours.load_state_dict(detr.convert_official_state_dict(theirs.state_dict()))
-    return ours.to(device)
+    model = official_model(model_name) if impl == "official" else detr.create_model(model_name, **overrides)
+    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    model.load_state_dict(state if impl == "official" else detr.convert_official_state_dict(state))
+    del state
+    return model.to(device)
 
 
 def make_inputs(size: tuple[int, int], device: str):
@@ -104,16 +115,16 @@ def make_step(model, impl: str, device: str):
 
     def step(images, targets):
         loss = total(model(images), targets)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)
         opt.step()
+        opt.zero_grad(set_to_none=True)  # gradients freed before the next forward, for both
     return step
 
 
-def timed(fn, runs: int, device: str) -> list[float]:
+def timed(fn, runs: int, device: str, warmup: int) -> list[float]:
     times = []
-    for _ in range(runs + 1):  # the first is the warm-up
+    for _ in range(runs + warmup):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -121,7 +132,7 @@ def timed(fn, runs: int, device: str) -> list[float]:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return times[1:]
+    return times[warmup:]
 
 
 def bf16_shift(model, images) -> dict:
@@ -140,10 +151,10 @@ def bf16_shift(model, images) -> dict:
             "box_l1_mean": box_l1.mean().item(), "box_l1_top10": box_l1[top].mean().item()}
 
 
-def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str) -> dict:
+def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str, weights: Path) -> dict:
     """Run one (case, implementation) in this process and return its measurements."""
     model_name, mode, overrides, options = CASES[case] if impl == "ours" else (*CASES[case][:2], {}, {})
-    model = build_pair(model_name, overrides, impl, device)
+    model = build(model_name, overrides, impl, weights, device)
     if options.get("channels_last"):
         model.backbone[0].channels_last_training = True
     images, targets = make_inputs(size, device)
@@ -152,7 +163,7 @@ def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str) 
     result: dict = {}
     if mode == "train":
         step = make_step(model.train(), impl, device)
-        times = timed(lambda: step(images, targets), runs, device)
+        times = timed(lambda: step(images, targets), runs, device, warmup=1)
     else:
         model.eval()
         low = bool(options.get("bf16"))
@@ -160,7 +171,7 @@ def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str) 
         def infer():
             with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=low):
                 model(images)
-        times = timed(infer, runs, device)
+        times = timed(infer, runs, device, warmup=2)  # oneDNN settles in the second call
         if low:
             result.update(bf16_shift(model, images))
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
@@ -170,7 +181,7 @@ def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str) 
 
 def run_worker(case: str, impl: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", case, impl, "--size", *map(str, args.size), "--runs", str(args.runs),
-           "--device", args.device]
+           "--device", args.device, "--weights", str(save_official_weights(CASES[case][0], args.weights))]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{case}/{impl} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -227,12 +238,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="official/ours process pairs per case, alternating")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.size = args.size or ([480, 720] if args.quick else [800, 1199])
     args.runs = args.runs or (1 if args.quick else 3)
     if args.worker:
-        print(json.dumps(worker(*args.worker, tuple(args.size), args.runs, args.device)))
+        print(json.dumps(worker(*args.worker, tuple(args.size), args.runs, args.device, args.weights)))
         return
+    with tempfile.TemporaryDirectory() as folder:
+        args.weights = Path(folder)
+        run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> None:
     groups: dict[tuple[str, str], list[str]] = {}
     for case in args.cases:  # the cases that share one official measurement
         groups.setdefault(CASES[case][:2], []).append(case)
@@ -247,7 +265,7 @@ def main() -> None:
         for case in cases:
             results[case] = (_merge(runs["official"]), _merge(runs[case]))
     print(f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  \n"
-          f"Image {args.size[0]}x{args.size[1]}, batch 1, {args.device}, {args.runs} timed run(s) after a warm-up "
+          f"Image {args.size[0]}x{args.size[1]}, batch 1, {args.device}, {args.runs} timed run(s) after warm-up "
           f"per process, {args.rounds} round(s)  \n{machine(args.device)}\n")
     print(table(results, args))
 

@@ -185,3 +185,21 @@ def test_relu_dropout_is_bit_identical_to_the_official_ops(p):
     (grad_ours,) = torch.autograd.grad(ours, x, g)
     assert torch.equal(ours, theirs)
     assert torch.equal(grad_ours, grad_theirs)
+
+
+def test_recomputed_feed_forward_gives_bit_identical_gradients(monkeypatch):
+    from detr.models import transformer
+
+    model = detr.create_model("detr_r50", **{**TINY, "dropout": 0.2}).train()
+    images = [torch.randn(3, 96, 128)]
+    results = []
+    for threshold in (2**62, 0):  # never recompute, always recompute
+        monkeypatch.setattr(transformer, "RECOMPUTE_FFN_ELEMENTS", threshold)
+        model.zero_grad()
+        torch.manual_seed(11)
+        out = model(images)
+        (out["pred_logits"].logsumexp(-1).sum() + out["pred_boxes"].sum()).backward()
+        results.append((out["pred_boxes"].detach(), [p.grad.clone() for p in model.transformer.parameters()]))
+    (boxes_a, grads_a), (boxes_b, grads_b) = results
+    assert torch.equal(boxes_a, boxes_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))

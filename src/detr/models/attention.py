@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# 2**23 weights are 32 MiB in fp32: small against the activations, and big enough for fast matmuls.
+MAX_CHUNK_WEIGHTS = 2**23
+
 
 class Attention(nn.Module):
     """Batch-first multi-head attention.
@@ -29,7 +32,8 @@ class Attention(nn.Module):
         embed_dim: model width E.
         num_heads: heads; E must be divisible by it.
         dropout: dropout on the attention weights during training.
-        chunk_size: queries per chunk on the exact path.
+        chunk_size: queries per chunk on the exact path, at most; chunks also hold at most
+            `MAX_CHUNK_WEIGHTS` attention weights (batch x heads x queries x keys).
         fused_training: use the fused kernel in training too when dropout is 0.
     """
 
@@ -64,7 +68,8 @@ class Attention(nn.Module):
         if not self.training or (p == 0.0 and self.fused_training):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         else:
-            out = ExactAttention.apply(q, k, v, _additive_mask(keep, q.dtype), p, self.chunk_size)
+            rows = min(self.chunk_size, max(1, MAX_CHUNK_WEIGHTS // (q.shape[0] * q.shape[1] * k.shape[2])))
+            out = ExactAttention.apply(q, k, v, _additive_mask(keep, q.dtype), p, rows)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     @torch.no_grad()

@@ -7,7 +7,9 @@ optional (then the encoder gets a final LayerNorm).
 
 The feed-forward blocks' ReLU and dropout are one autograd function that keeps only its
 output for backward (the official code keeps three [tokens, dim_feedforward] tensors), with
-the same values, random draws and gradients.
+the same values, random draws and gradients. When that hidden activation is large (DC5's
+3,750 encoder tokens), the block keeps only its input and is recomputed in backward with the
+same random draws (`torch.utils.checkpoint`), so gradients stay bit-identical.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
 
@@ -48,10 +51,22 @@ class ReluDropout(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
+# Feed-forward hidden activations of at least this many elements (16 MiB in fp32) are recomputed.
+RECOMPUTE_FFN_ELEMENTS = 2**22
+
+
 def _ffn(layer: EncoderLayer | DecoderLayer, x: Tensor) -> Tensor:
-    """linear2(dropout(relu(linear1(x))))."""
+    """linear2(dropout(relu(linear1(x)))), x [B, N, E]."""
+    if not (layer.training and layer.dropout.p < 1 and torch.is_grad_enabled()):
+        return layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
+    if x.shape[0] * x.shape[1] * layer.linear1.out_features >= RECOMPUTE_FFN_ELEMENTS:
+        return checkpoint(_ffn_train, layer, x, use_reentrant=False)
+    return _ffn_train(layer, x)
+
+
+def _ffn_train(layer: EncoderLayer | DecoderLayer, x: Tensor) -> Tensor:
     hidden = layer.linear1(x)  # [B, N, dim_feedforward]
-    if layer.training and layer.dropout.p < 1 and torch.is_grad_enabled() and hidden.requires_grad:
+    if hidden.requires_grad:
         hidden = ReluDropout.apply(hidden, layer.dropout.p)
     else:
         hidden = layer.dropout(F.relu(hidden))
