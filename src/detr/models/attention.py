@@ -111,6 +111,7 @@ class ExactAttention(torch.autograd.Function):
     q [B, h, L, d]; k, v [B, h, S, d]; bias [B, 1, 1, S] additive (0 or -inf) or None -> [B, h, L, d].
     Forward keeps q, k, v and one seed; backward recomputes each chunk's weights (one matmul,
     a softmax and the dropout mask) and applies the chain rule of the official order of operations.
+    When the queries fit in one chunk, forward keeps the weights and mask instead (no recompute).
     Inputs must share one dtype (autocast is switched off inside: half precision keeps an fp32 softmax).
     """
 
@@ -120,12 +121,19 @@ class ExactAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):
             q_scaled = q * (q.shape[-1] ** -0.5)
             seed = int(torch.randint(2**62, ())) if p > 0 else 0  # from the global RNG: reproducible
-            outs = []
+            outs, ctx.kept = [], None
             for i, q_c in enumerate(q_scaled.split(chunk_size, dim=2)):
                 weights = _softmax(q_c, k, bias)  # [B, h, l, S]
                 if p > 0:
-                    weights = weights.masked_fill_(drop_mask(weights.shape, p, weights.device, seed + i), 0.0)
+                    mask = drop_mask(weights.shape, p, weights.device, seed + i)
+                    if q.shape[2] <= chunk_size:  # one chunk: small enough to keep for backward
+                        ctx.kept = (weights, mask)
+                        weights = weights.masked_fill(mask, 0.0)
+                    else:
+                        weights = weights.masked_fill_(mask, 0.0)
                     weights = weights.mul_(1.0 / (1.0 - p))
+                elif q.shape[2] <= chunk_size:
+                    ctx.kept = (weights, None)
                 outs.append(weights @ v)
         ctx.save_for_backward(q_scaled, k, v, bias)
         ctx.seed, ctx.p, ctx.chunk_size = seed, p, chunk_size
@@ -139,14 +147,16 @@ class ExactAttention(torch.autograd.Function):
         with torch.autocast(q_scaled.device.type, enabled=False):
             chunks = zip(q_scaled.split(ctx.chunk_size, dim=2), grad_out.to(v.dtype).split(ctx.chunk_size, dim=2))
             for i, (q_c, g_c) in enumerate(chunks):
-                weights = _softmax(q_c, k, bias)  # [B, h, l, S], bit-identical to forward's
+                weights, mask = ctx.kept or (_softmax(q_c, k, bias), None)  # bit-identical to forward's
                 dropped, grad_w = weights, g_c @ v.transpose(-2, -1)  # [B, h, l, S]
                 if p > 0:
-                    mask = drop_mask(weights.shape, p, weights.device, ctx.seed + i)  # forward's mask
+                    if mask is None:
+                        mask = drop_mask(weights.shape, p, weights.device, ctx.seed + i)  # forward's mask
                     dropped = weights.masked_fill(mask, 0.0).mul_(1.0 / (1.0 - p))
                     grad_w = grad_w.masked_fill_(mask, 0.0).mul_(1.0 / (1.0 - p))
                 grad_v += dropped.transpose(-2, -1) @ g_c
                 grad_s = torch._softmax_backward_data(grad_w, weights, -1, weights.dtype)
                 grad_q.append((grad_s @ k) * scale)
                 grad_k += grad_s.transpose(-2, -1) @ q_c
+        ctx.kept = None
         return torch.cat(grad_q, dim=2), grad_k, grad_v, None, None, None
