@@ -191,7 +191,7 @@ def bad_checkpoints(tmp_path, model):
     torch.save({"model": mismatched}, tmp_path / "mismatch.pth")
     save_ours(model, tmp_path / "config_disagrees.pth", ["a", "b"], num_classes=2)
     return {"truncated.pth": "truncated or corrupt", "text.pth": "not a readable PyTorch checkpoint",
-            "list.pth": "(refused|not a DETR checkpoint)", "classifier.pth": "not DETR weights",
+            "list.pth": "(refused|not a DETR checkpoint|not a readable PyTorch checkpoint)", "classifier.pth": "not DETR weights",
             "mismatch.pth": "shape mismatch", "config_disagrees.pth": "shape mismatch"}
 
 
