@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,26 +79,28 @@ def kill_point(point: str, out: Path, log: Path, rng: random.Random):
         return lambda: "1/2 [" in log.read_text()  # tqdm: the first training step of an epoch is done
     if point == "eval":
         return lambda: "eval:" in log.read_text()
-    deadline = time.monotonic() + rng.uniform(5, 20)
+    deadline = time.monotonic() + rng.uniform(2, 10)
     return lambda: time.monotonic() > deadline
 
 
 def test_sigkill_at_random_points_then_resume_reaches_the_same_weights(data, reference, tmp_path):
     rng = random.Random()
     out = tmp_path / "run"
-    points = ["write", "step", "eval", "write", "random", "step"]
-    kills = 0
-    for point in points:
+    kills, last_killed = 0, False
+    for point in ["write", "step", "eval", "write", "random", "step"] * 2:
+        if kills >= 5 and last_killed:
+            break
         proc, log = start(argv(data, out, resume=True), out, sleep_in_write=1.5)
         if wait_for(kill_point(point, out, log, rng), proc):
             time.sleep(rng.uniform(0, 0.3))
             proc.send_signal(signal.SIGKILL)
-            kills += proc.wait() == -signal.SIGKILL
+        last_killed = proc.wait() == -signal.SIGKILL
+        kills += last_killed
         if (out / "checkpoint.pth").exists():
             load_checkpoint(out / "checkpoint.pth")  # the latest checkpoint always loads
-        if proc.returncode == 0:
-            break
-    assert kills >= 5
+        if proc.returncode == 0:  # the run ended before this kill point (a slow machine): start again
+            shutil.rmtree(out)
+    assert kills >= 5 and last_killed
     proc = run_cli(argv(data, out, resume=True), timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     final = load_checkpoint(out / "checkpoint.pth")

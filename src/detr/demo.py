@@ -12,9 +12,10 @@ from typing import Any
 DEMO_PRESET: dict[str, Any] = {
     "backbone": "resnet18", "hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dec_layers": 2,
     "dim_feedforward": 256, "num_queries": 10, "dropout": 0.0, "attention_dropout": 0.0,
-    "lr": 1e-3, "lr_backbone": 1e-4, "batch_size": 4, "epochs": 6, "lr_drop": 5,
-    "scales": [96, 112, 128], "max_size": 200, "val_scale": 112, "random_crop": False,
-    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo",
+    # the backbone starts from random weights here, so it learns at the full rate
+    "lr": 2e-4, "lr_backbone": 2e-4, "batch_size": 4, "epochs": 60, "lr_drop": 50,
+    "scales": [80, 96, 112], "max_size": 160, "val_scale": 96, "random_crop": False,
+    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo", "eval_every": 5,
 }
 
 
