@@ -33,8 +33,8 @@ class ModelConfig:
     num_queries: int = 100
     pre_norm: bool = False
     aux_loss: bool = True
-    # Encoder queries per chunk when attention dropout forces explicit attention weights;
-    # bounds training memory to chunk x tokens instead of tokens^2.
+    # Most queries per chunk on the exact training attention path (chunks are also capped at
+    # 2^23 attention weights); bounds training memory to chunk x tokens instead of tokens^2.
     attention_chunk_size: int = 1024
 
 
