@@ -19,22 +19,17 @@ DEMO_PRESET: dict[str, Any] = {
 }
 
 
-def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | Path, class_names: list[str],
-                     size: int, max_size: int, threshold: float = 0.5) -> Path:
+def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | Path, size: int, max_size: int,
+                     threshold: float = 0.5) -> Path:
     """Draw the model's detections on `images` side by side into one PNG file."""
     from PIL import Image
 
-    from .checkpoint import load_checkpoint
-    from .config import Config
-    from .models.detr import build_model
+    from .data import load_image
     from .predict import Detector
     from .visualize import draw_detections
 
-    ckpt = load_checkpoint(checkpoint)
-    model = build_model(Config.from_dict(ckpt["config"]).model)
-    model.load_state_dict(ckpt["model"])
-    detector = Detector(model, class_names, device="cpu", threshold=threshold, size=size, max_size=max_size)
-    drawn = [draw_detections(Image.open(p).convert("RGB"), detector(str(p))) for p in images]
+    detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=threshold, size=size, max_size=max_size)
+    drawn = [draw_detections(load_image(p), detector(load_image(p))) for p in images]
     scale = 2  # demo images are small; draw them larger so the labels stay readable
     drawn = [im.resize((im.width * scale, im.height * scale)) for im in drawn]
     sheet = Image.new("RGB", (sum(im.width for im in drawn) + 8 * (len(drawn) - 1), max(im.height for im in drawn)),
@@ -62,7 +57,7 @@ def run_demo(overrides: dict[str, Any] | None = None, num_pictures: int = 4) -> 
 
     saved = load_checkpoint(best)["config"]["data"]
     val_images = sorted(Path(saved["val_images"]).iterdir())[:num_pictures]
-    picture = draw_predictions(best, val_images, out / "predictions.png", saved["class_names"],
+    picture = draw_predictions(best, val_images, out / "predictions.png",
                                size=saved["val_scale"] or 128, max_size=saved["max_size"])
     print(f"predictions drawn on {len(val_images)} val images: {picture}")
     summary["picture"] = str(picture)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,7 @@ def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, p
     path = resolve_weights(name_or_path, progress=progress)
     if model is None and str(name_or_path) in OFFICIAL_WEIGHTS:
         model = str(name_or_path)
-    ckpt = _read_checkpoint(path)
+    ckpt = load_checkpoint(path)
     config = ckpt.get("config")
     if isinstance(config, Mapping) and config.get("model"):
         try:
@@ -147,15 +146,6 @@ def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, p
         net, names = build_model(model_config(model or "detr_r50", **{**opts, **overrides})), None
     load_model_weights(net, ckpt["model"], source=str(path))
     return net.eval(), names
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """`load_checkpoint`, with unpickler errors that it lets through (random bytes) made clear."""
-    try:
-        return load_checkpoint(path)
-    except (KeyError, IndexError, struct.error, UnicodeDecodeError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from None
 
 
 def infer_model_options(state: Mapping[str, Tensor], args: Mapping[str, Any] | None, model: str | None,
