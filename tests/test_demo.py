@@ -13,7 +13,8 @@ from detr import cli
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_draws(tmp_path):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--epochs", "1", "--output_dir", str(out), "--num_workers", "0"]) == 0
+    assert cli.main(["demo", "--epochs", "1", "--output_dir", str(out), "--num_workers", "0",
+                     "--backbone_warmup", "5"]) == 0
     logs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert len(logs) == 1 and len(logs[0]["test_coco_eval_bbox"]) == 12
     assert (out / "checkpoint.pth").is_file()

@@ -21,6 +21,7 @@ TINY_FLAGS = [
     "--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "1",
     "--dim_feedforward", "64", "--num_queries", "8", "--dropout", "0", "--scales", "64", "--max_size", "96",
     "--no_random_crop", "--device", "cpu", "--num_workers", "0", "--batch_size", "2", "--lr_drop", "100",
+    "--backbone_weights", "none",
 ]
 
 

@@ -52,6 +52,10 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("seed", int, "random seed"),
     ("resume", str, "training checkpoint to continue exactly"),
     ("weights", str, "model weights to start from (ours or official; another class count re-initialises the head)"),
+    ("backbone_weights", str, "where a fresh backbone starts: imagenet, none (random) or a torchvision ResNet "
+                              "state-dict file"),
+    ("backbone_warmup", int, "steps of dense warm-up of the backbone on the training data (for runs without "
+                             "ImageNet weights)"),
     ("num_workers", int, "data loading processes"),
     ("amp", str, "mixed precision: none, bf16 (CPU or GPU), fp16 (GPU)"),
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),

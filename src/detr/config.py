@@ -87,6 +87,11 @@ class TrainConfig:
     output_dir: str = ""
     resume: str = ""
     weights: str = ""
+    # Where a fresh run's backbone starts when no --weights are given: "imagenet" (torchvision's
+    # ImageNet ResNet, as the paper; downloaded once), "none" (random) or a ResNet state-dict file.
+    backbone_weights: str = "imagenet"
+    # Steps of the dense backbone warm-up that stands in for ImageNet pretraining (warmup.py); 0: none.
+    backbone_warmup: int = 0
     eval_every: int = 1
 
 

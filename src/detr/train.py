@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, load_model_weights
 from .config import Config
 from .criterion import create_criterion
 from .engine import evaluate, train_one_epoch
-from .models.detr import build_model
+from .models.detr import DETR, build_model
 from .prepare import resolve_data, resolve_device, validate_config
 from .run_state import (
     RunData,
@@ -37,6 +37,8 @@ from .run_state import (
     save_training_checkpoint,
     write_eval_outputs,
 )
+from .warmup import warm_up_backbone
+from .weights import load_backbone_weights
 
 
 class StopOnSignal:
@@ -97,6 +99,27 @@ def load_finetune_weights(model: nn.Module, path: str) -> None:
     load_model_weights(model, state, source=f"--weights {path}", skip_prefixes=tuple(skip))
 
 
+def initialise_weights(model: DETR, cfg: Config, data: RunData, device: torch.device) -> None:
+    """A fresh run's starting point: --weights; else --backbone_weights, then the optional
+    backbone warm-up (every process does the same; DDP then copies rank 0's weights anyway)."""
+    t = cfg.train
+    if t.weights:
+        load_finetune_weights(model, t.weights)
+        return
+    backbone = model.backbone[0]
+    if t.backbone_weights != "none":
+        path = load_backbone_weights(backbone, t.backbone_weights)
+        if distributed.is_main_process():
+            print(f"backbone starts from {path}", flush=True)
+    if t.backbone_warmup:
+        loader = make_loader(data.train, t.batch_size, True, t, distributed.rank(), distributed.world_size())
+        main = distributed.is_main_process()
+        stats = warm_up_backbone(backbone, loader, cfg.model.num_classes, t.backbone_warmup, device,
+                                 log_every=50 if main else 0)
+        if main:
+            print(f"backbone warm-up: {t.backbone_warmup} steps, last loss {stats['loss']:.3f}", flush=True)
+
+
 def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     """Train (and evaluate every `eval_every` epochs) as `cfg` says; returns a summary dict.
 
@@ -126,8 +149,6 @@ def _train(cfg: Config, device: torch.device, progress: bool) -> dict[str, Any]:
             stale.unlink(missing_ok=True)
     torch.manual_seed(t.seed)  # the same initial model on every process
     model = build_model(cfg.model).to(device)
-    if t.weights:
-        load_finetune_weights(model, t.weights)
     criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
                                  **vars(cfg.loss)).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.lr_backbone), lr=t.lr, weight_decay=t.weight_decay)
@@ -141,6 +162,8 @@ def _train(cfg: Config, device: torch.device, progress: bool) -> dict[str, Any]:
     state = {"epoch": 0, "step": 0, "best_ap": None, "best_epoch": None}
     if t.resume:
         state = restore_training_state(t.resume, model, optimizer, lr_scheduler, scaler, generator)
+    else:
+        initialise_weights(model, cfg, data, device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ddp_model = model
     if distributed.is_distributed():

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .config import Config, ModelConfig, dataclass_from_dict
+from .models.backbone import Backbone
 from .models.detr import DETR, MODELS, build_model, model_config
 
 # name -> published address; the 8 hex digits before ".pth" start the file's SHA-256.
@@ -103,6 +104,39 @@ def download(url: str, dst: Path, progress: bool = True) -> None:
     except (URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsError(f"could not download the weights ({reason}); {help_text}") from None
+
+
+def imagenet_backbone_url(backbone: str) -> str:
+    """torchvision's ImageNet weights for ResNet `backbone` (IMAGENET1K_V1, what the official code starts from)."""
+    import torchvision
+
+    return torchvision.models.get_model_weights(backbone)["IMAGENET1K_V1"].url
+
+
+def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progress: bool = True) -> Path:
+    """Load ImageNet weights ("imagenet", downloaded once into `cache_dir()`) or a torchvision
+    ResNet state-dict file into `backbone`'s trunk; its classifier (`fc.*`) is ignored.
+
+    Returns:
+        The file the weights came from.
+
+    Raises:
+        WeightsError: the file is missing or cannot be downloaded.
+        CheckpointError: the file is unreadable or holds another ResNet's weights.
+    """
+    if str(source) == "imagenet":
+        url = imagenet_backbone_url(backbone.name)
+        path = cache_dir() / url.rsplit("/", 1)[-1]
+        if not path.is_file():
+            download(url, path, progress=progress)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"--backbone_weights {path}: no such file")
+    state = load_checkpoint(path)["model"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    load_model_weights(backbone.body, state, source=f"backbone weights {path} ({backbone.name})")
+    return path
 
 
 def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, progress: bool = True,

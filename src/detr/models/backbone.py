@@ -65,6 +65,7 @@ class Backbone(nn.Module):
         for pname, p in resnet.named_parameters():
             if not train_backbone or not pname.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
+        self.name = name
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
         self.channels_last_training = False

@@ -1,0 +1,117 @@
+"""Backbone warm-up: a stand-in for ImageNet pretraining when no pretrained weights are at hand.
+
+DETR assumes a backbone whose features already tell objects apart; from random weights it
+sits for a very long time on its "mean box, prior class" plateau. Where ImageNet weights
+cannot be fetched (the built-in demo, offline machines), `warm_up_backbone` trains the ResNet
+trunk for a few hundred steps on a dense task built from the training set itself: every pixel
+is labelled with the category of the (smallest) box covering it, or background, and a 1x1
+convolution on the last stage, upsampled to the image, is trained with cross-entropy.
+
+During the warm-up the frozen BatchNorms become ordinary trainable BatchNorms (random weights
+need normalisation); afterwards they are frozen again with the learnt statistics, exactly as
+ImageNet weights arrive.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .models.backbone import Backbone, InplaceFrozenBatchNorm2d
+from .models.detr import pad_images
+
+IGNORE = -100  # cross-entropy's ignore_index: padding pixels
+
+
+def box_label_map(targets: Sequence[dict[str, Tensor]], height: int, width: int) -> Tensor:
+    """[B, H, W] long: 1 + the label of the smallest box covering each pixel, 0 for background,
+    IGNORE on padding. `targets` hold normalised cxcywh "boxes", "labels" and the unpadded "size"."""
+    labels = torch.full((len(targets), height, width), IGNORE, dtype=torch.long)
+    for out, t in zip(labels, targets):
+        h, w = (int(v) for v in t["size"])
+        out[:h, :w] = 0
+        boxes, cls = t["boxes"], t["labels"]
+        for i in (boxes[:, 2] * boxes[:, 3]).argsort(descending=True).tolist():  # small boxes drawn last, on top
+            cx, cy, bw, bh = boxes[i].tolist()
+            x0, x1 = round((cx - bw / 2) * w), round((cx + bw / 2) * w)
+            y0, y1 = round((cy - bh / 2) * h), round((cy + bh / 2) * h)
+            out[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = int(cls[i]) + 1
+    return labels
+
+
+def _swap_norms(module: nn.Module, trainable: bool) -> None:
+    """FrozenBatchNorm2d -> trainable BatchNorm2d (same statistics), or back."""
+    old_type, new_type = (FrozenBatchNorm2d, nn.BatchNorm2d) if trainable else (nn.BatchNorm2d, InplaceFrozenBatchNorm2d)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, old_type):
+                new = new_type(child.weight.numel()).to(child.weight.device)
+                with torch.no_grad():
+                    for key in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(new, key).copy_(getattr(child, key))
+                setattr(parent, name, new)
+
+
+def warm_up_backbone(backbone: Backbone, loader: Iterable[tuple[Sequence[Tensor], Sequence[dict[str, Any]]]],
+                     num_classes: int, steps: int, device: torch.device, lr: float = 2e-3,
+                     log_every: int = 0) -> dict[str, float]:
+    """Train `backbone`'s trunk for `steps` steps on the dense box-label task (see the module doc).
+
+    Args:
+        backbone: the model's `Backbone`; its trainable/frozen parameter split is kept.
+        loader: yields (images, targets) batches as the training loader does (cycled if short).
+        num_classes: category ids are < num_classes.
+        steps: optimiser steps.
+        device: where to train.
+        lr: AdamW learning rate.
+        log_every: print the loss every this many steps (0: never).
+
+    Returns:
+        {"loss", "accuracy"}: the last step's loss and its accuracy on object pixels.
+    """
+    body = backbone.body
+    trainable = [p.requires_grad for p in body.parameters()]
+    _swap_norms(body, trainable=True)
+    head = nn.Conv2d(backbone.num_channels, num_classes + 1, kernel_size=1).to(device)
+    params = [*body.parameters(), *head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    was_training = backbone.training
+    body.train()
+    stats = {"loss": float("nan"), "accuracy": float("nan")}
+    for step, (images, targets) in enumerate(itertools.islice(_cycle(loader), steps)):
+        batch, _ = pad_images([img.to(device) for img in images])  # [B, 3, H, W]
+        labels = box_label_map(targets, *batch.shape[-2:]).to(device)  # [B, H, W]
+        logits = F.interpolate(head(body(batch)["0"]), size=batch.shape[-2:], mode="bilinear")  # [B, C, H, W]
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        objects = labels > 0
+        stats = {"loss": loss.item(),
+                 "accuracy": (logits.argmax(1) == labels)[objects].float().mean().item() if objects.any() else 1.0}
+        if log_every and (step + 1) % log_every == 0:
+            print(f"backbone warm-up step {step + 1}/{steps}: loss {stats['loss']:.3f}, "
+                  f"object-pixel accuracy {stats['accuracy']:.2f}", flush=True)
+    _swap_norms(body, trainable=False)
+    for p, flag in zip(body.parameters(), trainable):
+        p.requires_grad_(flag)
+    backbone.train(was_training)
+    return stats
+
+
+def _cycle(loader: Iterable) -> Iterable:
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("backbone warm-up: the training loader yields no batches")
