@@ -30,7 +30,7 @@ def reference(q, k, v, bias, dropped, p):
     """Unchunked attention in the official order of operations, differentiated by autograd."""
     w = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias).softmax(-1)
     if p > 0:
-        w = w.masked_fill(dropped, 0.0) * (1.0 / (1.0 - p))
+        w = w.masked_fill(dropped, 0.0) * (1.0 / (1.0 - attention.drop_probability(p)))
     return w @ v
 
 
@@ -72,6 +72,8 @@ def test_chunking_does_not_change_fp32_results():
 
 
 def test_dropout_mask_rate_and_kept_scale():
+    assert attention.drop_probability(0.1) == 3277 / 2**15  # 0.1 to 15 bits, written out
+    assert attention.kept_scale(0.1) == 2**15 / (2**15 - 3277)
     mask = attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5)
     assert abs(mask.float().mean().item() - 0.1) < 2e-3
     assert torch.equal(mask, attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5))

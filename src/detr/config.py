@@ -34,7 +34,8 @@ class ModelConfig:
     pre_norm: bool = False
     aux_loss: bool = True
     # Most queries per chunk on the exact training attention path (chunks are also capped at
-    # 2^23 attention weights); bounds training memory to chunk x tokens instead of tokens^2.
+    # 2^21 attention weights when the whole attention exceeds 2^23); bounds training memory to
+    # chunk x tokens instead of tokens^2.
     attention_chunk_size: int = 1024
 
 
