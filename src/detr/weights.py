@@ -128,7 +128,12 @@ def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progres
         url = imagenet_backbone_url(backbone.name)
         path = cache_dir() / url.rsplit("/", 1)[-1]
         if not path.is_file():
-            download(url, path, progress=progress)
+            try:
+                download(url, path, progress=progress)
+            except WeightsError as e:
+                raise WeightsError(f"ImageNet weights for the {backbone.name} backbone: {e}; or pass "
+                                   "--backbone_weights FILE, or --backbone_weights none to start from random "
+                                   "weights") from None
     else:
         path = Path(source).expanduser()
         if not path.is_file():
