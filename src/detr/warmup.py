@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .box_ops import cxcywh_to_xyxy, scale_boxes
 from .models.backbone import Backbone, InplaceFrozenBatchNorm2d
 from .models.detr import pad_images
 
@@ -36,12 +37,11 @@ def box_label_map(targets: Sequence[dict[str, Tensor]], height: int, width: int)
     for out, t in zip(labels, targets):
         h, w = (int(v) for v in t["size"])
         out[:h, :w] = 0
-        boxes, cls = t["boxes"], t["labels"]
-        for i in (boxes[:, 2] * boxes[:, 3]).argsort(descending=True).tolist():  # small boxes drawn last, on top
-            cx, cy, bw, bh = boxes[i].tolist()
-            x0, x1 = round((cx - bw / 2) * w), round((cx + bw / 2) * w)
-            y0, y1 = round((cy - bh / 2) * h), round((cy + bh / 2) * h)
-            out[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = int(cls[i]) + 1
+        boxes = scale_boxes(cxcywh_to_xyxy(t["boxes"])[None], t["size"][None])[0].round().long()  # [N, 4] pixels
+        area = t["boxes"][:, 2] * t["boxes"][:, 3]
+        for i in area.argsort(descending=True).tolist():  # small boxes drawn last, on top
+            x0, y0, x1, y1 = boxes[i].tolist()
+            out[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = int(t["labels"][i]) + 1
     return labels
 
 

@@ -71,7 +71,11 @@ def resolve_weights(name_or_path: str | os.PathLike, progress: bool = True) -> P
     if name not in OFFICIAL_WEIGHTS:
         raise WeightsError(f"{name}: no such file, and not a published model name "
                            f"(known names: {', '.join(OFFICIAL_WEIGHTS)})")
-    url = OFFICIAL_WEIGHTS[name]
+    return cached_download(OFFICIAL_WEIGHTS[name], progress=progress)
+
+
+def cached_download(url: str, progress: bool = True) -> Path:
+    """`url`'s file in `cache_dir()`, downloaded (with its hash check) on first use."""
     dst = cache_dir() / url.rsplit("/", 1)[-1]
     if not dst.is_file():
         download(url, dst, progress=progress)
@@ -125,15 +129,12 @@ def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progres
         CheckpointError: the file is unreadable or holds another ResNet's weights.
     """
     if str(source) == "imagenet":
-        url = imagenet_backbone_url(backbone.name)
-        path = cache_dir() / url.rsplit("/", 1)[-1]
-        if not path.is_file():
-            try:
-                download(url, path, progress=progress)
-            except WeightsError as e:
-                raise WeightsError(f"ImageNet weights for the {backbone.name} backbone: {e}; or pass "
-                                   "--backbone_weights FILE, or --backbone_weights none to start from random "
-                                   "weights") from None
+        try:
+            path = cached_download(imagenet_backbone_url(backbone.name), progress=progress)
+        except WeightsError as e:
+            raise WeightsError(f"ImageNet weights for the {backbone.name} backbone: {e}; or pass "
+                               "--backbone_weights FILE, or --backbone_weights none to start from random "
+                               "weights") from None
     else:
         path = Path(source).expanduser()
         if not path.is_file():
