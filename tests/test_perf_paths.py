@@ -9,6 +9,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import detr
 from detr.models import attention
+from detr.models import dropout as dropout_ops
 from detr.models.attention import Attention, ExactAttention
 from detr.models.backbone import Backbone
 from detr.models.transformer import ReluDropout
@@ -30,7 +31,7 @@ def reference(q, k, v, bias, dropped, p):
     """Unchunked attention in the official order of operations, differentiated by autograd."""
     w = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias).softmax(-1)
     if p > 0:
-        w = w.masked_fill(dropped, 0.0) * (1.0 / (1.0 - attention.drop_probability(p)))
+        w = w.masked_fill(dropped, 0.0) * (1.0 / (1.0 - dropout_ops.drop_probability(p)))
     return w @ v
 
 
@@ -72,11 +73,11 @@ def test_chunking_does_not_change_fp32_results():
 
 
 def test_dropout_mask_rate_and_kept_scale():
-    assert attention.drop_probability(0.1) == 3277 / 2**15  # 0.1 to 15 bits, written out
-    assert attention.kept_scale(0.1) == 2**15 / (2**15 - 3277)
-    mask = attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5)
+    assert dropout_ops.drop_probability(0.1) == 3277 / 2**15  # 0.1 to 15 bits, written out
+    assert dropout_ops.kept_scale(0.1) == 2**15 / (2**15 - 3277)
+    mask = dropout_ops.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5)
     assert abs(mask.float().mean().item() - 0.1) < 2e-3
-    assert torch.equal(mask, attention.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5))
+    assert torch.equal(mask, dropout_ops.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5))
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(1, 1, 2000, 1, generator=g), torch.randn(1, 1, 4000, 1, generator=g), torch.ones(1, 1, 4000, 1)
     # with v = 1, each output is (sum of kept weights) / (1 - p), whose expectation is 1
@@ -175,18 +176,41 @@ def test_exact_attention_under_autocast_keeps_an_fp32_softmax():
     assert (out.double() - expected).abs().max() < 0.05
 
 
+def masked_reference(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Dropout written out: the mask `drop_mask` draws from the global RNG after `manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    if p == 0:
+        return x
+    return x.masked_fill(dropout_ops.drop_mask(x.shape, p, x.device), 0.0) * dropout_ops.kept_scale(p)
+
+
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
-def test_relu_dropout_is_bit_identical_to_the_official_ops(p):
+def test_relu_dropout_matches_relu_then_masked_dropout_under_autograd(p):
     x = torch.randn(3, 50, 64, requires_grad=True)
     g = torch.randn(3, 50, 64)
-    torch.manual_seed(7)
-    theirs = F.dropout(F.relu(x), p, training=True)
+    theirs = masked_reference(F.relu(x), p, seed=7)
     (grad_theirs,) = torch.autograd.grad(theirs, x, g)
     torch.manual_seed(7)
     ours = ReluDropout.apply(x, p)
     (grad_ours,) = torch.autograd.grad(ours, x, g)
     assert torch.equal(ours, theirs)
     assert torch.equal(grad_ours, grad_theirs)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_module_drops_at_rate_p_and_keeps_the_expectation(p):
+    layer = dropout_ops.Dropout(p)
+    x = torch.randn(1000, 1000, requires_grad=True)
+    torch.manual_seed(3)
+    out = layer.train()(x)
+    assert torch.equal(out, masked_reference(x, p, seed=3))
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - p) < 3e-3
+    ones = layer(torch.ones(1000, 1000))
+    assert abs(ones.mean().item() - 1.0) < 5e-3  # kept values are scaled by 1 / (1 - rate)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad, (out != 0).float() * dropout_ops.kept_scale(p))
+    assert layer.eval()(x) is x
 
 
 def test_recomputed_feed_forward_gives_bit_identical_gradients(monkeypatch):

@@ -10,7 +10,8 @@ Two code paths compute the same function:
   `ExactAttention`, whose backward recomputes each chunk's softmax instead of keeping the
   L x S weights: memory grows with chunk x keys, not queries x keys. Each chunk's dropout
   mask is drawn from its own generator seeded from the global RNG, and drawn again from
-  the same seed in backward, so the gradient is that of the forward that was computed.
+  the same seed in backward, so the gradient is that of the forward that was computed
+  (15-bit integer draws: see `dropout.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .dropout import drop_mask, kept_scale
 
 # Attention of at most KEEP_WEIGHTS weights (32 MiB in fp32; R50's encoder at 800 px) runs as one
 # chunk whose weights are kept for backward. Larger attention (DC5: 112M weights) runs in chunks of
@@ -94,28 +97,6 @@ def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     if keep is None:
         return None
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))
-
-
-DROP_BITS = 15  # masks compare 15-bit random integers: 2x faster than float uniforms on CPU
-
-
-def drop_probability(p: float) -> float:
-    """The rate at which `drop_mask` drops: p rounded to a multiple of 2^-15 (0.1 -> 0.100006)."""
-    return round(p * 2**DROP_BITS) / 2**DROP_BITS
-
-
-def kept_scale(p: float) -> float:
-    """What kept weights are multiplied by, so that dropout keeps the expectation: 1 / (1 - rate)."""
-    rate = drop_probability(p)
-    return 0.0 if rate >= 1.0 else 1.0 / (1.0 - rate)
-
-
-def drop_mask(shape: torch.Size, p: float, device: torch.device, seed: int) -> Tensor:
-    """Mask of the attention weights to drop (True = dropped) at rate `drop_probability(p)`,
-    the same for the same seed."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    draws = torch.empty(shape, dtype=torch.int16, device=device).random_(generator=generator)  # uniform on [0, 2^15)
-    return draws < round(p * 2**DROP_BITS)
 
 
 def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:

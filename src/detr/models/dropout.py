@@ -1,0 +1,63 @@
+"""Dropout whose CPU masks come from 15-bit random integers.
+
+On CPU, drawing 15-bit integers and comparing them with a threshold is ~3x faster than the
+float Bernoulli draws of `F.dropout` (measured: 18 ms against 56 ms for 7.7M elements on two
+cores), and DETR draws ~100M of them per DC5 training step. The price is a drop rate rounded to a
+multiple of 2^-15 (0.1 -> 0.100006); kept values are scaled by 1 / (1 - that rate), so the
+expectation is exact. On other devices `Dropout` is `F.dropout` itself (one fused kernel there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DROP_BITS = 15
+
+
+def drop_probability(p: float) -> float:
+    """The rate at which `drop_mask` drops: p rounded to a multiple of 2^-15 (0.1 -> 0.100006)."""
+    return round(p * 2**DROP_BITS) / 2**DROP_BITS
+
+
+def kept_scale(p: float) -> float:
+    """What kept values are multiplied by, so that dropout keeps the expectation: 1 / (1 - rate)."""
+    rate = drop_probability(p)
+    return 0.0 if rate >= 1.0 else 1.0 / (1.0 - rate)
+
+
+def drop_mask(shape: torch.Size, p: float, device: torch.device, seed: int | None = None) -> Tensor:
+    """Mask of the values to drop (True = dropped) at rate `drop_probability(p)`.
+
+    With a seed, the same mask for the same seed; without one, drawn from the global RNG (so
+    `torch.manual_seed` and `torch.utils.checkpoint`'s RNG replay reproduce it).
+    """
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    draws = torch.empty(shape, dtype=torch.int16, device=device).random_(generator=generator)  # on [0, 2^15)
+    return draws < round(p * 2**DROP_BITS)
+
+
+def dropout(x: Tensor, p: float, inplace: bool = False) -> Tensor:
+    """Training-mode dropout of `x` at rate p (see the module docstring for CPU's rounding of p)."""
+    if p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True, inplace=inplace)
+    mask = drop_mask(x.shape, p, x.device)
+    out = x.masked_fill_(mask, 0.0) if inplace else x.masked_fill(mask, 0.0)
+    return out.mul_(kept_scale(p))
+
+
+def dropout_scale(p: float, device: torch.device) -> float:
+    """The factor `dropout(x, p)` multiplies kept values by on `device`, as a Python float."""
+    if device.type == "cpu":
+        return kept_scale(p)
+    return torch.ones(1).div_(1 - p).item()  # F.dropout's fp32 1 / (1 - p)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` (same attribute `p`, no parameters) computing `dropout` in training."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.inplace) if self.training else x
