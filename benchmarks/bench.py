@@ -12,7 +12,12 @@ medians over `--runs` runs after warm-up (two calls for inference, one step for 
 Cases: inference (eval mode, `torch.inference_mode`), bf16 inference (autocast; ours only,
 compared with the official fp32 time, plus how far its predictions move from our fp32 ones),
 and a training step (forward, official-weighted loss, backward, clip 0.1, AdamW) with the
-default attention dropout 0.1, or 0 (`attention_dropout=0.0`, our fused-kernel option).
+default attention dropout 0.1, or 0 (`attention_dropout=0.0`, our fused-kernel option), in
+fp32 or (ours, opt-in) under bf16 autocast.
+
+After the timings, a second table puts each target in terms of the machine: the official
+model's matmul and convolution FLOPs (counted by `torch.utils.flop_counter`) over the time
+the target allows, against this machine's fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ CASES = {
     "dc5_train": ("detr_r50_dc5", "train", {}, {}),
     "dc5_train_attn_drop0": ("detr_r50_dc5", "train", {"attention_dropout": 0.0}, {}),
     "dc5_train_attn_drop0_cl": ("detr_r50_dc5", "train", {"attention_dropout": 0.0}, {"channels_last": True}),
+    "r50_train_bf16": ("detr_r50", "train", {}, {"bf16": True}),
+    "dc5_train_attn_drop0_bf16": ("detr_r50_dc5", "train", {"attention_dropout": 0.0}, {"bf16": True}),
 }
+# The issue's speed-up targets, ours / official (fp32 cases; bf16 is compared with official fp32).
+TARGETS = {"r50_infer": 1.5, "r50_infer_bf16": 3.0, "dc5_infer": 2.5, "r50_train": 1.3, "dc5_train": 1.5,
+           "dc5_train_attn_drop0": 4.0}
 TITLES = {
     "r50_infer": "R50 inference fp32",
     "r50_infer_bf16": "R50 inference, ours bf16 autocast (opt-in) vs official fp32",
@@ -53,6 +63,8 @@ TITLES = {
     "dc5_train": "R50-DC5 train step (default: exact, attention dropout 0.1)",
     "dc5_train_attn_drop0": "R50-DC5 train step, ours `attention_dropout=0.0` (opt-in)",
     "dc5_train_attn_drop0_cl": "R50-DC5 train step, ours `attention_dropout=0.0` + `channels_last_training`",
+    "r50_train_bf16": "R50 train step, ours bf16 autocast (`--amp bf16`, opt-in) vs official fp32",
+    "dc5_train_attn_drop0_bf16": "R50-DC5 train step, ours `attention_dropout=0.0` + bf16 autocast vs official fp32",
 }
 
 
@@ -92,8 +104,9 @@ def make_inputs(size: tuple[int, int], device: str):
     return [image], targets
 
 
-def make_step(model, impl: str, device: str):
-    """A closure doing one training step: forward, weighted loss, backward, clip, AdamW."""
+def make_step(model, impl: str, device: str, bf16: bool = False):
+    """A closure doing one training step: forward, weighted loss (under bf16 autocast if asked), backward,
+    clip, AdamW."""
     if impl == "official":
         from tests import official
 
@@ -105,6 +118,7 @@ def make_step(model, impl: str, device: str):
             return sum(losses[k] * weights[k] for k in losses if k in weights)
     else:
         import detr
+        from detr.engine import _float_outputs as float_outputs
 
         criterion = detr.create_criterion(num_classes=91)
 
@@ -114,7 +128,9 @@ def make_step(model, impl: str, device: str):
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
 
     def step(images, targets):
-        loss = total(model(images), targets)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            out = model(images)
+        loss = total(out if not bf16 else float_outputs(out), targets)  # as detr.engine: the loss in fp32
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)
         opt.step()
@@ -161,22 +177,43 @@ def worker(case: str, impl: str, size: tuple[int, int], runs: int, device: str, 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result: dict = {}
+    low = bool(options.get("bf16"))
     if mode == "train":
-        step = make_step(model.train(), impl, device)
-        times = timed(lambda: step(images, targets), runs, device, warmup=1)
+        step = make_step(model.train(), impl, device, bf16=low)
+
+        def call():
+            step(images, targets)
+        times = timed(call, runs, device, warmup=1)
     else:
         model.eval()
-        low = bool(options.get("bf16"))
 
-        def infer():
+        def call():
             with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=low):
                 model(images)
-        times = timed(infer, runs, device, warmup=2)  # oneDNN settles in the second call
+        times = timed(call, runs, device, warmup=2)  # oneDNN settles in the second call
         if low:
             result.update(bf16_shift(model, images))
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if impl == "official":  # the work the function takes, counted after the timed runs
+        with torch.set_grad_enabled(mode == "train"):  # (the counter fails under inference_mode)
+            result["flops"] = count_flops(call if mode == "train" else lambda: model(images))
     return {**result, "times": times, "median": statistics.median(times), "peak_bytes": peak}
+
+
+def count_flops(fn) -> int:
+    """Floating-point operations of matmuls and convolutions (forward and backward) in one call of `fn`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: str, n: int = 4096, runs: int = 5) -> float:
+    """This machine's fp32 matmul rate (FLOP/s) on n x n matrices: what the fastest kernels reach."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / statistics.median(timed(lambda: a @ b, runs, device, warmup=2))
 
 
 def run_worker(case: str, impl: str, args: argparse.Namespace) -> dict:
@@ -268,6 +305,27 @@ def run_all(args: argparse.Namespace) -> None:
           f"Image {args.size[0]}x{args.size[1]}, batch 1, {args.device}, {args.runs} timed run(s) after warm-up "
           f"per process, {args.rounds} round(s)  \n{machine(args.device)}\n")
     print(table(results, args))
+    print()
+    print(floor_table(results, matmul_peak(args.device)))
+
+
+def floor_table(results: dict, peak: float) -> str:
+    """What each target asks of the machine: the official model's FLOPs over the time the target allows."""
+    lines = [f"fp32 matmul peak of this machine (4096^3 `a @ b`): {peak / 1e9:.0f} GFLOP/s. FLOPs: matmuls and "
+             "convolutions of the official model (forward; forward + backward for a train step).", "",
+             "| case | GFLOP | official GFLOP/s | ours GFLOP/s | target | time allowed | GFLOP/s needed | of peak |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case, (theirs, ours) in results.items():
+        flops, target = theirs["flops"], TARGETS.get(case)
+        row = (f"| {TITLES[case]} | {flops / 1e9:.0f} | {flops / theirs['median'] / 1e9:.0f} | "
+               f"{flops / ours['median'] / 1e9:.0f} |")
+        if target is None:
+            lines.append(row + " - | - | - | - |")
+            continue
+        allowed = theirs["median"] / target
+        lines.append(row + f" {target}x | {allowed:.2f} s | {flops / allowed / 1e9:.0f} | "
+                           f"{flops / allowed / peak:.0%} |")
+    return "\n".join(lines)
 
 
 def _merge(rounds: list[dict]) -> dict:
