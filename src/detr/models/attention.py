@@ -103,7 +103,7 @@ def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
     """softmax(q_scaled k^T + bias) [B, h, L, S], the softmax in fp32 for half-precision inputs (as autocast)."""
     scores = q_scaled @ k.transpose(-2, -1)
     if bias is not None:
-        scores = scores + bias
+        scores += bias  # in place: scores is the fresh matmul output
     if scores.dtype in (torch.float16, torch.bfloat16):
         return scores.softmax(-1, dtype=torch.float32).to(scores.dtype)
     return scores.softmax(-1)
