@@ -219,3 +219,29 @@ def test_official_training_checkpoint_args_give_heads_and_dilation(model, offici
     assert torch.equal(from_args(images["rgb.png"]).boxes, from_flags(images["rgb.png"]).boxes)
     wrong_heads = load(official_file, threshold=0.0)  # 8 heads: the shapes fit, the function does not
     assert not torch.allclose(wrong_heads(images["rgb.png"]).scores, from_flags(images["rgb.png"]).scores)
+
+
+def test_bf16_amp_runs_the_model_in_bf16_and_moves_boxes_little(official_file, images):
+    fp32 = load(official_file, threshold=0.0, nheads=TINY["nheads"])
+    bf16 = load(official_file, threshold=0.0, nheads=TINY["nheads"], amp="bf16")
+    seen = []
+    hook = bf16.model.class_embed.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    low, ref = bf16(images["photo.jpg"]), fp32(images["photo.jpg"])
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    assert low.boxes.dtype == low.scores.dtype == torch.float32
+    # the same queries, compared query by query: bf16 keeps ~3 significant digits
+    order = ref.queries.argsort()
+    low_order = low.queries.argsort()
+    h, w = ref.image_size
+    shift = (low.boxes[low_order] - ref.boxes[order]).abs().max().item()
+    assert shift <= 0.02 * max(h, w)
+    assert (low.scores[low_order] - ref.scores[order]).abs().max() <= 0.02
+
+
+def test_amp_is_checked(official_file):
+    with pytest.raises(ValueError, match="amp: must be one of none, bf16, fp16, got 'int8'"):
+        load(official_file, nheads=TINY["nheads"], amp="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="amp: fp16 needs a CUDA device"):
+            load(official_file, nheads=TINY["nheads"], amp="fp16")

@@ -212,3 +212,18 @@ def test_command_line_end_to_end(weights, images, model, tmp_path):
                           timeout=300, env=ENV)
     assert done.returncode == 2 and "evil.pth" in done.stderr and "Traceback" not in done.stderr
     assert not marker.exists()
+
+
+def test_amp_bf16_detects_with_the_same_outputs_layout(weights, images, tmp_path, monkeypatch):
+    from detr.predict import Detector
+
+    used = []
+    real_detect = Detector.detect
+    monkeypatch.setattr(Detector, "detect", lambda self, *a: (used.append(self.amp), real_detect(self, *a))[1])
+    out = tmp_path / "out"
+    assert predict(weights, images["rgb.png"], "--output", out, "--amp", "bf16", threshold="0.0") == 0
+    assert used == ["bf16"]
+    results = json.loads((out / "detections.json").read_text())
+    assert len(results) == TINY["num_queries"] and all(len(r["bbox"]) == 4 for r in results)
+    with pytest.raises(SystemExit):
+        predict(weights, images["rgb.png"], "--output", out, "--amp", "fp8")

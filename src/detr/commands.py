@@ -47,7 +47,8 @@ def _detector(args: argparse.Namespace) -> Any:
 
     overrides = {"nheads": args.nheads} if args.nheads else {}
     return Detector.from_pretrained(args.weights, device=args.device, threshold=args.threshold, model=args.model,
-                                    size=args.size, max_size=args.max_size, **overrides)
+                                    size=args.size, max_size=args.max_size, amp=getattr(args, "amp", "none"),
+                                    **overrides)
 
 
 def output_folder(path: str | os.PathLike) -> Path:
@@ -100,6 +101,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
     _weights_arguments(parser)
     parser.add_argument("--output", default="predictions", help="folder for the results (default ./predictions)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                        help="run the model under autocast: bf16 (CPU or GPU; ~3x faster on CPUs with AVX512-BF16, "
+                             "slightly different boxes), fp16 (GPU) (default none: fp32)")
     parser.add_argument("--attention", action="store_true",
                         help="also write attention pictures (decoder per object, encoder at --pixel)")
     parser.add_argument("--pixel", default=None, help="x,y pixel for the encoder attention (default: best box centre)")
