@@ -78,6 +78,10 @@ def test_dropout_mask_rate_and_kept_scale():
     mask = dropout_ops.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5)
     assert abs(mask.float().mean().item() - 0.1) < 2e-3
     assert torch.equal(mask, dropout_ops.drop_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), seed=5))
+    for shape in ([3, 5, 7], [2, 0, 4], [1]):  # sizes that are not a multiple of the 4 draws per word
+        assert dropout_ops.drop_mask(torch.Size(shape), 0.5, torch.device("cpu")).shape == torch.Size(shape)
+    assert dropout_ops.drop_mask(torch.Size([4001]), 1.0, torch.device("cpu")).all()
+    assert not dropout_ops.drop_mask(torch.Size([4001]), 0.0, torch.device("cpu")).any()
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(1, 1, 2000, 1, generator=g), torch.randn(1, 1, 4000, 1, generator=g), torch.ones(1, 1, 4000, 1)
     # with v = 1, each output is (sum of kept weights) / (1 - p), whose expectation is 1

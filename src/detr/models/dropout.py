@@ -36,13 +36,16 @@ def drop_mask(shape: torch.Size, p: float, device: torch.device, seed: int | Non
     With a seed, the same mask for the same seed; without one, drawn from the global RNG (so
     `torch.manual_seed` and `torch.utils.checkpoint`'s RNG replay reproduce it).
     """
+    threshold = round(p * 2**DROP_BITS)
+    if threshold >= 2**DROP_BITS:  # (2^15 does not fit the int16 comparison)
+        return torch.ones(shape, dtype=torch.bool, device=device)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     numel = math.prod(shape)
     # One 63-bit draw gives four 15-bit ones (its int16 fields, sign bit cleared): the CPU generator
     # costs the same per 64-bit draw as per 16-bit one, so this halves the time of a mask.
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(generator=generator)
     draws = words.view(torch.int16)[:numel].bitwise_and_(2**DROP_BITS - 1)  # uniform on [0, 2^15)
-    return (draws < round(p * 2**DROP_BITS)).view(shape)
+    return (draws < threshold).view(shape)
 
 
 def dropout(x: Tensor, p: float, inplace: bool = False) -> Tensor:
