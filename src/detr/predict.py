@@ -63,8 +63,8 @@ class Detector:
         threshold: keep detections whose score is at least this, in [0, 1].
         size: short side of the resized image (validation: 800).
         max_size: cap on the long side (validation: 1333).
-        amp: "none" (fp32), or run the model under autocast: "bf16" (CPU or GPU; ~3x faster
-            on CPUs with AVX512-BF16, boxes move by ~0.004 normalised L1 on random weights:
+        amp: "none" (fp32), or run the model under autocast: "bf16" (CPU or GPU; R50 ~1.8x faster
+            than fp32 on a CPU with AVX512-BF16, boxes move by ~0.004 normalised L1 on random weights:
             see BENCHMARKS.md), "fp16" (GPU only).
 
     Example:
