@@ -240,8 +240,8 @@ def test_bf16_amp_runs_the_model_in_bf16_and_moves_boxes_little(official_file, i
 
 
 def test_amp_is_checked(official_file):
-    with pytest.raises(ValueError, match="amp: must be one of none, bf16, fp16, got 'int8'"):
+    with pytest.raises(ValueError, match="amp must be one of none, bf16, fp16, got 'int8'"):
         load(official_file, nheads=TINY["nheads"], amp="int8")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="amp: fp16 needs a CUDA device"):
+        with pytest.raises(ValueError, match="amp fp16 needs a CUDA device"):
             load(official_file, nheads=TINY["nheads"], amp="fp16")

@@ -16,7 +16,7 @@ from torch import Tensor
 from .engine import autocast
 from .models.detr import DETR
 from .postprocess import postprocess
-from .prepare import AMP_MODES
+from .prepare import check_amp
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 
@@ -183,15 +183,6 @@ def check_threshold(threshold: float) -> float:
     if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
     return float(threshold)
-
-
-def check_amp(amp: str, device: torch.device) -> str:
-    """`amp` if the device can run it, else a ValueError naming the choices."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp: must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp: fp16 needs a CUDA device; use bf16 on CPU")
-    return amp
 
 
 def check_device(device: str | torch.device) -> torch.device:

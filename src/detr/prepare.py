@@ -30,6 +30,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_amp(amp: str, device: torch.device, argument: str = "amp") -> str:
+    """`amp` if `device` can run it, else a ValueError naming `argument` and the choices."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"{argument} must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"{argument} fp16 needs a CUDA device; use bf16 on CPU")
+    return amp
+
+
 def validate_config(cfg: Config, training: bool = True) -> None:
     """Raise ValueError naming the argument for any option that cannot work."""
     t, m = cfg.train, cfg.model
@@ -46,7 +55,6 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
         (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),
          f"--backbone_weights {t.backbone_weights}: no such file (give imagenet, none or a ResNet state-dict file)"),
-        (t.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}"),
         (m.num_classes is None or m.num_classes >= 1, f"--num_classes must be >= 1, got {m.num_classes}"),
         (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
         (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
@@ -54,9 +62,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    device = resolve_device(t.device)
-    if t.amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    check_amp(t.amp, resolve_device(t.device), "--amp")
     if t.output_dir and Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
         raise ValueError(f"--output_dir {t.output_dir} is a file, not a folder")
     for flag, path in (("--resume", t.resume), ("--weights", t.weights)):
