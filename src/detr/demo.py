@@ -31,7 +31,8 @@ def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | P
     from .visualize import draw_detections
 
     detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=threshold, size=size, max_size=max_size)
-    drawn = [draw_detections(load_image(p), detector(load_image(p))) for p in images]
+    pictures = [load_image(p) for p in images]
+    drawn = [draw_detections(im, detector(im)) for im in pictures]  # draw_detections copies
     scale = 2  # demo images are small; draw them larger so the labels stay readable
     drawn = [im.resize((im.width * scale, im.height * scale)) for im in drawn]
     sheet = Image.new("RGB", (sum(im.width for im in drawn) + 8 * (len(drawn) - 1), max(im.height for im in drawn)),
