@@ -119,8 +119,9 @@ def make_step(model, impl: str, device: str, bf16: bool = False):
             losses = criterion(out, targets)
             return sum(losses[k] * weights[k] for k in losses if k in weights)
     else:
-        import detr
         from detr.engine import _float_outputs as float_outputs
+
+        import detr
 
         criterion = detr.create_criterion(num_classes=91)
 

@@ -8,7 +8,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from detr.data import (
-    COCO_CLASSES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     DatasetError,
@@ -23,6 +22,7 @@ from detr.data import (
 from detr.data.annotations import build_target
 from detr.data.transforms import resize_shape
 from detr.models.detr import pad_images
+from detr.registry import COCO_CLASSES
 
 from .data_helpers import ann, image_entry, save_coco
 

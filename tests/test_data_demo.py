@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from pycocotools.coco import COCO
 
-from detr.data import DEMO_CLASSES, build_dataset, demo_transforms, make_demo_dataset
+from detr.data import DEMO_CLASSES, build_dataset, make_demo_dataset, make_transforms
 
 
 def _digest(root) -> dict[str, str]:
@@ -57,12 +57,13 @@ def test_demo_is_well_formed_coco(tmp_path):
     assert used == {1, 2, 3, 4}
 
 
-def test_demo_loads_cleanly_with_demo_transforms(tmp_path):
+def test_demo_loads_cleanly_with_demo_sized_transforms(tmp_path):
     paths = make_demo_dataset(tmp_path, num_train=8, num_val=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean dataset gives no warning
         ds = build_dataset(paths["train_images"], paths["train_annotations"], train=True,
-                           transforms=demo_transforms(True))
+                           transforms=make_transforms(True, scales=[96, 128, 160], max_size=256,
+                                                      crop=([96, 128, 144], 64, 128)))
     assert ds.num_classes == 5 and ds.class_names == ["N/A", *DEMO_CLASSES]
     for i in range(len(ds)):
         image, target = ds[i]

@@ -9,8 +9,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from detr import create_criterion, create_model
-from detr.engine import evaluate, train_one_epoch
-from detr.sampler import EpochBatchSampler
+from detr.data.sampler import EpochBatchSampler
+from detr.evaluation.evaluate import evaluate
+from detr.training.engine import train_one_epoch
 
 from .train_helpers import TINY_MODEL
 
@@ -89,7 +90,7 @@ def test_sampler_splits_each_epoch_between_processes_and_depends_only_on_seed_an
 
 
 def _eval_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    from detr import engine
+    from detr.evaluation import evaluate as engine
 
     engine.coco_bbox_eval = lambda gt, dets, ids: ([0.0] * 12, "")  # only the detections are compared
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -120,7 +121,7 @@ def test_evaluation_gathers_every_image_once_from_all_processes(tmp_path, monkey
     out_file = str(tmp_path / "dets.pt")
     mp.spawn(_eval_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
     gathered = torch.load(out_file, weights_only=True)
-    from detr import engine
+    from detr.evaluation import evaluate as engine
 
     monkeypatch.setattr(engine, "coco_bbox_eval", lambda gt, dets, ids: ([0.0] * 12, ""))
     _, single = _evaluate_shard(0, 1)

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import detr
-from detr.commands import export_command
+from detr.cli.export import main as export_command
 
 from .helpers_predict import one_thread, save_official  # noqa: F401  (autouse fixture)
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from detr.export import export_onnx, onnx_outputs  # noqa: E402
+from detr.inference.export import export_onnx, onnx_outputs  # noqa: E402
 
 SMALL = {"backbone": "resnet18", "hidden_dim": 64, "nheads": 2, "enc_layers": 1, "dec_layers": 1,
          "dim_feedforward": 128, "num_queries": 10}

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from detr.checkpoint import load_checkpoint
-from detr.run_state import SLEEP_IN_WRITE_ENV
+from detr.checkpoint import SLEEP_IN_WRITE_ENV, load_checkpoint
 
 from .train_helpers import TINY_FLAGS, data_flags, env, max_weight_diff, run_cli, tiny_data
 

@@ -175,7 +175,7 @@ def test_missing_or_undecodable_image_file_names_the_file(official_file, tmp_pat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
 def test_cuda_without_gpu_is_a_clear_error(official_file):
-    with pytest.raises(ValueError, match="CUDA is not available"):
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
         load(official_file, device="cuda", nheads=TINY["nheads"])
 
 

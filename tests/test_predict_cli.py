@@ -15,7 +15,8 @@ from PIL import Image
 
 from detr import cli
 from detr.checkpoint import CheckpointError
-from detr.commands import explain_command, predict_command
+from detr.cli.explain import main as explain_command
+from detr.cli.predict import main as predict_command
 
 from .helpers_predict import (  # noqa: F401  (autouse fixture)
     MAX_SIZE,
@@ -138,8 +139,8 @@ def test_threshold_outside_0_1_is_refused(weights, images, value, capsys):
 
 
 def test_output_folder_problems(weights, images, tmp_path):
-    with pytest.raises(ValueError, match="parent folder .*missing.* does not exist"):
-        predict(weights, images["rgb.png"], "--output", tmp_path / "missing" / "out")
+    assert predict(weights, images["rgb.png"], "--output", tmp_path / "new" / "out") == 0  # made, as mkdir -p
+    assert (tmp_path / "new" / "out" / "detections.json").is_file()
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     with pytest.raises(ValueError, match="exists and is not a folder"):
@@ -167,7 +168,7 @@ def test_bad_checkpoints_are_refused_and_never_run(model, images, tmp_path):
     (tmp_path / "random.pth").write_bytes(np.random.default_rng(1).bytes(2048))
     save_official(tiny_model(backbone="resnet34"), tmp_path / "r34.pth")
     cases = {"evil.pth": "refused", "truncated.pth": "truncated or corrupt", "random.pth": "(not a readable|refused)",
-             "r34.pth": "holds resnet34 weights, but model 'detr_r50'"}
+             "r34.pth": "holds resnet34 weights, but resnet50 was asked for"}
     for name, reason in cases.items():
         extra = ["--model", "detr_r50"] if name == "r34.pth" else []
         with pytest.raises(CheckpointError, match=f"{name}.*{reason}"):
@@ -215,7 +216,7 @@ def test_command_line_end_to_end(weights, images, model, tmp_path):
 
 
 def test_amp_bf16_detects_with_the_same_outputs_layout(weights, images, tmp_path, monkeypatch):
-    from detr.predict import Detector
+    from detr.inference.detector import Detector
 
     used = []
     real_detect = Detector.detect

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 import torch
 
 from detr.checkpoint import load_checkpoint
-from detr.criterion import SetCriterion
-from detr.engine import NonFiniteLossError
-from detr.train import train
+from detr.loss.criterion import SetCriterion
+from detr.training.engine import NonFiniteLossError
+from detr.training.train import train
 
 from .train_helpers import config, max_weight_diff, tiny_data
 
@@ -80,17 +81,20 @@ def test_cuda_without_a_gpu_output_dir_file_and_missing_data(data, tmp_path):
         train(config(missing, tmp_path), progress=False)
 
 
-def test_too_few_queries_warns(data, tmp_path):
+def test_too_few_queries_warns(data, tmp_path, caplog):
     cfg = config(data, tmp_path, ["--num_queries", "1", "--epochs", "1"])
-    with pytest.warns(UserWarning, match="--num_queries 1 is smaller than"):
+    with caplog.at_level(logging.WARNING, logger="detr"):
         train(cfg, progress=False)
+    assert any("--num_queries 1 is smaller than" in r.getMessage() and r.name.startswith("detr.")
+               for r in caplog.records if r.levelno == logging.WARNING)
 
 
-def test_finetune_with_other_num_classes_reinitialises_the_class_head(data, straight, tmp_path, capsys):
+def test_finetune_with_other_num_classes_reinitialises_the_class_head(data, straight, tmp_path, caplog):
     cfg = config(data, tmp_path, ["--epochs", "1", "--num_classes", "7", "--weights",
                                   str(straight / "checkpoint.pth"), "--lr", "0", "--lr_backbone", "1e-30"])
-    train(cfg, progress=False)
-    assert "class_embed is re-initialised" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="detr"):
+        train(cfg, progress=False)
+    assert "class_embed is re-initialised" in caplog.text
     tuned = load_checkpoint(tmp_path / "checkpoint.pth")["model"]
     source = load_checkpoint(straight / "checkpoint.pth")["model"]
     assert tuned["class_embed.weight"].shape == (8, 32)

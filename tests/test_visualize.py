@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from detr.commands import plot_command
-from detr.explain import explain
-from detr.predict import Detections, Detector
-from detr.visualize import draw_detections, overlay_heatmap, plot_logs
+from detr.cli.plot import main as plot_command
+from detr.inference.detector import Detections, Detector
+from detr.inference.explain import explain
+from detr.inference.visualize import draw_detections, overlay_heatmap, plot_logs
 
 from .helpers_predict import MAX_SIZE, SIZE, one_thread, tiny_model, write_images  # noqa: F401  (autouse fixture)
 
@@ -101,7 +101,7 @@ def test_plot_does_not_touch_global_matplotlib_state(tmp_path):
     before, backend = dict(matplotlib.rcParams), matplotlib.get_backend()
     plot_logs([tmp_path / "a"], tmp_path / "c.png")
     assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
-    code = ("import sys, detr, detr.visualize, detr.commands, detr.explain, detr.export; "
+    code = ("import sys, detr, detr.inference.visualize, detr.cli.plot, detr.inference.explain, detr.inference.export; "
             "assert 'matplotlib' not in sys.modules and 'onnx' not in sys.modules, 'imported at import time'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.message
 import hashlib
 import io
@@ -11,14 +12,16 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from detr import weights
+from detr import registry
 from detr.checkpoint import CheckpointError
-from detr.weights import OFFICIAL_WEIGHTS, WeightsError, cache_dir, load_pretrained, resolve_weights
+from detr.hub import WeightsError, cache_dir
+from detr.models.loading import load_pretrained, resolve_weights
+from detr.registry import PUBLISHED as REGISTRY
 
 from .helpers_predict import one_thread, save_official, tiny_model  # noqa: F401  (autouse fixture)
 
 # The hash prefixes published in the official hubconf file names, written out independently.
-PUBLISHED = {"detr_r50": "e632da11", "detr_r50_dc5": "f0fb7ef5", "detr_r101": "2c7b67e5",
+HASHES = {"detr_r50": "e632da11", "detr_r50_dc5": "f0fb7ef5", "detr_r101": "2c7b67e5",
              "detr_r101_dc5": "a2e86def"}
 
 
@@ -65,10 +68,13 @@ def serve(monkeypatch, data: bytes) -> list[str]:
 
 
 def test_published_names_and_hash_prefixes():
-    assert set(OFFICIAL_WEIGHTS) == set(PUBLISHED)
-    for name, url in OFFICIAL_WEIGHTS.items():
-        assert url.startswith("https://dl.fbaipublicfiles.com/detr/")
-        assert weights.hash_prefix(url) == PUBLISHED[name]
+    assert set(REGISTRY) == set(HASHES)
+    for name, published in REGISTRY.items():
+        assert published.url.startswith("https://dl.fbaipublicfiles.com/detr/")
+        assert published.hash_prefix == HASHES[name]
+        assert published.url.endswith(f"-{HASHES[name]}.pth")
+        assert published.architecture == name and published.num_classes == len(published.class_names) == 91
+        assert (published.val_scale, published.max_size) == (800, 1333)  # the official evaluation size
 
 
 def test_cache_dir_follows_env_then_torch_hub(tmp_path, monkeypatch):
@@ -104,7 +110,7 @@ def test_download_goes_to_cache_with_hash_check(cache, monkeypatch):
     data = b"pretend these are weights" * 1000
     digest = hashlib.sha256(data).hexdigest()
     url = f"https://example.invalid/detr/detr-r50-{digest[:8]}.pth"
-    monkeypatch.setitem(OFFICIAL_WEIGHTS, "detr_r50", url)
+    monkeypatch.setitem(registry.PUBLISHED, "detr_r50", dataclasses.replace(REGISTRY["detr_r50"], url=url))
     asked = serve(monkeypatch, data)
     path = resolve_weights("detr_r50", progress=False)
     assert path == cache / f"detr-r50-{digest[:8]}.pth"
@@ -118,7 +124,7 @@ def test_hash_mismatch_keeps_nothing(cache, monkeypatch):
     asked = serve(monkeypatch, b"a tampered or truncated file")
     with pytest.raises(WeightsError, match="SHA-256 does not start with e632da11") as err:
         resolve_weights("detr_r50", progress=False)
-    assert asked == [OFFICIAL_WEIGHTS["detr_r50"]]
+    assert asked == [REGISTRY["detr_r50"].url]
     assert str(cache / "detr-r50-e632da11.pth") in str(err.value)
     assert list(cache.iterdir()) == []  # neither the file nor a partial download
 
@@ -141,19 +147,20 @@ def test_unwritable_cache_is_explained(tmp_path, monkeypatch, no_network):
 
 
 def test_name_loads_cached_official_file_with_name_options(cache, no_network):
-    """A name gives what shapes cannot: dilation for DC5 (R50 checked against the file's blocks)."""
+    """A published name (its file name) gives what shapes cannot: dilation for DC5 (R50 checked against the
+    file's blocks), and COCO's class names."""
     model = tiny_model(backbone="resnet50", nheads=8)
     cache.mkdir()
     save_official(model, cache / "detr-r50-e632da11.pth")
     shutil.copy(cache / "detr-r50-e632da11.pth", cache / "detr-r50-dc5-f0fb7ef5.pth")
     shutil.copy(cache / "detr-r50-e632da11.pth", cache / "detr-r101-2c7b67e5.pth")
-    plain, names = load_pretrained("detr_r50")
+    plain, cfg = load_pretrained("detr_r50")
     dc5, _ = load_pretrained("detr_r50_dc5")
-    assert names is None
+    assert cfg.data.class_names[1] == "person" and len(cfg.data.class_names) == 91
     assert plain.backbone[0].body.layer4[1].conv2.dilation == (1, 1)
     assert dc5.backbone[0].body.layer4[1].conv2.dilation == (2, 2)
     for net in (plain, dc5):
         for k, v in model.state_dict().items():
             assert torch.equal(net.state_dict()[k], v), k
-    with pytest.raises(CheckpointError, match="holds resnet50 weights, but model 'detr_r101' uses resnet101"):
+    with pytest.raises(CheckpointError, match="holds resnet50 weights, but resnet101 was asked for"):
         load_pretrained("detr_r101")

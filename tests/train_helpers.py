@@ -37,7 +37,7 @@ def data_flags(paths: dict[str, str]) -> list[str]:
 
 def config(paths: dict[str, str], output_dir: Path | str, argv: list[str] = ()) -> Config:
     """The Config `detr train` builds for TINY_FLAGS + data + `argv`."""
-    from detr.cli_train import build_parser, config_from_args
+    from detr.cli.flags import build_parser, config_from_args
 
     args = build_parser("test", "").parse_args([*TINY_FLAGS, *data_flags(paths), f"--output_dir={output_dir}",
                                                 *argv])

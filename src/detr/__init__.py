@@ -5,28 +5,31 @@ The public API:
     model = detr.create_model("detr_r50", num_classes=91)
     criterion = detr.create_criterion(num_classes=91)
     results = detr.postprocess(model(images), target_sizes)
+    detector = detr.Detector.from_pretrained("detr_r50")
 """
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
-from .criterion import SetCriterion, create_criterion
-from .matcher import HungarianMatcher
-from .models import DETR, convert_official_state_dict, create_model, list_models
-from .postprocess import postprocess
-from .predict import Detections, Detector
+from .inference.detector import Detections, Detector
+from .loss.criterion import SetCriterion, create_criterion
+from .loss.matcher import HungarianMatcher
+from .loss.postprocess import postprocess
+from .models.detr import DETR, convert_official_state_dict, create_model, list_models
+from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DETR",
-    "Detections",
-    "Detector",
     "Config",
     "DataConfig",
+    "Detections",
+    "Detector",
     "HungarianMatcher",
     "LossConfig",
     "ModelConfig",
     "SetCriterion",
     "TrainConfig",
+    "config_from_checkpoint",
     "convert_official_state_dict",
     "create_criterion",
     "create_model",

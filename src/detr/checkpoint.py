@@ -1,4 +1,4 @@
-"""Saving and loading checkpoints safely.
+"""Files, safely: atomic writes of checkpoints and outputs, and checkpoint reading that runs no code.
 
 - Writes are atomic: a temporary file in the same folder, flushed to disk, then renamed
   over the target, so a crash or a full disk never leaves a half-written checkpoint.
@@ -19,14 +19,13 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from .models.detr import convert_official_state_dict
 
 
 class CheckpointError(ValueError):
@@ -50,12 +49,56 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:
+    """Write `data` as JSON atomically (see `atomic_write`)."""
+    text = json.dumps(data, indent=indent)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def output_folder(path: str | os.PathLike, argument: str = "--output") -> Path:
+    """Create (if needed) and return a writable folder, or a ValueError naming `argument`."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{argument} {folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{argument} {folder}: folder is not writable")
+    return folder
+
+
+def output_file(path: str | os.PathLike, argument: str = "--output") -> Path:
+    """`path` as a Path whose folder exists, or a ValueError naming `argument`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{argument} {path}: is a folder; expected a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"{argument} {path}: folder {path.parent} does not exist")
+    return path
+
+
+# Test hook: seconds to sleep inside a checkpoint write (after the data, before the rename),
+# so that fault-injection tests can kill a run in the middle of writing.
+SLEEP_IN_WRITE_ENV = "DETR_TEST_SLEEP_IN_CHECKPOINT_WRITE"
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:
     """Atomically save a checkpoint dict (`.safetensors`: only "model" and "config" are kept)."""
     if str(path).endswith(".safetensors"):
         save_safetensors(path, checkpoint["model"], checkpoint.get("config"))
-    else:
-        atomic_write(path, lambda tmp: torch.save(dict(checkpoint), tmp))
+        return
+
+    def write(tmp: str) -> None:
+        torch.save(dict(checkpoint), tmp)
+        pause = float(os.environ.get(SLEEP_IN_WRITE_ENV, "0") or 0)
+        if pause > 0:
+            time.sleep(pause)
+
+    atomic_write(path, write)
 
 
 def save_safetensors(path: str | os.PathLike, state_dict: Mapping[str, Tensor], config: Mapping | None) -> None:
@@ -117,12 +160,24 @@ def _as_checkpoint(obj: Any, path: Path) -> dict[str, Any]:
     if not isinstance(ckpt["model"], Mapping):
         raise CheckpointError(f"{path}: 'model' is a {type(ckpt['model']).__name__}, not a state dict")
     try:
-        ckpt["model"] = convert_official_state_dict(ckpt["model"])
+        ckpt["model"] = plain_state_dict(ckpt["model"])
     except TypeError as e:
         raise CheckpointError(f"{path}: {e}") from None
     if isinstance(ckpt.get("args"), argparse.Namespace):
         ckpt["args"] = vars(ckpt["args"])
     return ckpt
+
+
+def plain_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict with a DDP `module.` prefix stripped; a TypeError for anything that is not one."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    out = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        out[key.removeprefix("module.")] = value
+    return out
 
 
 def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint",

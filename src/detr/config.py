@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .runtime import check_amp, resolve_device
 
 
 @dataclass
@@ -118,6 +121,41 @@ class Config:
         return cls(**parts)
 
 
+# A small model that learns the demo shapes on a CPU: ResNet-18 trunk, a thin two-layer
+# transformer, a few queries (demo images hold at most 6 shapes), ~128 px images. No ImageNet
+# weights can be fetched here, so the backbone starts random and is warmed up on the demo images
+# (see training/warmup.py), then trains at half the transformer's rate.
+DEMO_PRESET: dict[str, Any] = {
+    "backbone": "resnet18", "hidden_dim": 128, "nheads": 8, "enc_layers": 2, "dec_layers": 2,
+    "dim_feedforward": 512, "num_queries": 10, "dropout": 0.0, "attention_dropout": 0.0,
+    "backbone_weights": "none", "backbone_warmup": 600,
+    "lr": 2e-4, "lr_backbone": 1e-4, "batch_size": 4, "epochs": 50, "lr_drop": 42,
+    "scales": [112, 128, 144], "max_size": 192, "val_scale": 128, "random_crop": False,
+    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo", "eval_every": 5,
+    "num_classes": None,  # from the data
+}
+
+
+def config_from_flags(values: dict[str, Any]) -> Config:
+    """A Config from flat values named as the official flags (`lr`, `backbone`, `coco_path`, ...).
+
+    As in the official code, `lr_backbone` 0 freezes the backbone. Unknown names are an error.
+    """
+    values = dict(values)
+    if "lr_backbone" in values:
+        values["train_backbone"] = values["lr_backbone"] > 0
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    parts, used = {}, set()
+    for section, cls in sections.items():
+        names = {f.name for f in dataclasses.fields(cls)} & set(values)
+        parts[section] = cls(**{k: values[k] for k in names})
+        used |= names
+    unknown = sorted(set(values) - used)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}")
+    return Config(**parts)
+
+
 def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build dataclass `cls` from `values`, naming any unknown key in the error."""
     if not isinstance(values, dict):
@@ -127,3 +165,57 @@ def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; valid options are {sorted(known)}")
     return cls(**values)
+
+
+def validate_config(cfg: Config, training: bool = True) -> None:
+    """Raise ValueError naming the argument for any option that cannot work."""
+    t, m = cfg.train, cfg.model
+    checks = [
+        (t.batch_size >= 1, f"--batch_size must be >= 1, got {t.batch_size}"),
+        (t.lr >= 0, f"--lr must be >= 0, got {t.lr}"),
+        (t.lr_backbone >= 0, f"--lr_backbone must be >= 0 (0 freezes the backbone), got {t.lr_backbone}"),
+        (t.weight_decay >= 0, f"--weight_decay must be >= 0, got {t.weight_decay}"),
+        (t.epochs >= 1 or not training, f"--epochs must be >= 1, got {t.epochs}"),
+        (t.lr_drop >= 1, f"--lr_drop must be >= 1, got {t.lr_drop}"),
+        (t.clip_max_norm >= 0, f"--clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}"),
+        (t.num_workers >= 0, f"--num_workers must be >= 0, got {t.num_workers}"),
+        (t.eval_every >= 1, f"--eval_every must be >= 1, got {t.eval_every}"),
+        (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
+        (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),
+         f"--backbone_weights {t.backbone_weights}: no such file (give imagenet, none or a ResNet state-dict file)"),
+        (m.num_classes is None or m.num_classes >= 1, f"--num_classes must be >= 1, got {m.num_classes}"),
+        (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
+        (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    check_amp(t.amp, resolve_device(t.device, "--device"), "--amp")
+    if t.output_dir and Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
+        raise ValueError(f"--output_dir {t.output_dir} is a file, not a folder")
+    for flag, path in (("--resume", t.resume), ("--weights", t.weights)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: file not found")
+    _validate_data_paths(cfg)
+
+
+def _validate_data_paths(cfg: Config) -> None:
+    d = cfg.data
+    custom = {"--train_images": d.train_images, "--train_annotations": d.train_annotations,
+              "--val_images": d.val_images, "--val_annotations": d.val_annotations}
+    if d.coco_path and any(custom.values()):
+        raise ValueError("give either --coco_path or --train_images/--train_annotations/..., not both")
+    if d.coco_path and not Path(d.coco_path).is_dir():
+        raise ValueError(f"--coco_path {d.coco_path}: folder not found")
+    for pair in (("--train_images", "--train_annotations"), ("--val_images", "--val_annotations")):
+        given = [flag for flag in pair if custom[flag]]
+        if len(given) == 1:
+            missing = next(flag for flag in pair if flag not in given)
+            raise ValueError(f"{given[0]} needs {missing} as well")
+    for flag, path in custom.items():
+        if path is None:
+            continue
+        if flag.endswith("images") and not Path(path).is_dir():
+            raise ValueError(f"{flag} {path}: folder not found")
+        if flag.endswith("annotations") and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: file not found")

@@ -113,3 +113,23 @@ def collate_fn(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[T
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]
     return images, targets
+
+
+def move_batch(images: list[Tensor], targets: list[Target], device: torch.device) -> tuple[list[Tensor], list[Target]]:
+    """A batch from `collate_fn` with its images and every target tensor on `device`."""
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def coco_results(image_id: int, boxes: Tensor, scores: Tensor, labels: Tensor) -> list[dict[str, Any]]:
+    """Detections in the COCO results format: `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`.
+
+    `boxes` [N, 4] are (x0, y0, x1, y1) pixels; the label is the category id. Boxes are rounded to
+    1/100 pixel and scores to 5 decimals, the same for every writer (`detr eval`, `detr predict`).
+    """
+    xyxy = boxes.detach().float().cpu()
+    xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).tolist()  # [N, 4]
+    return [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(v, 2) for v in b],
+             "score": round(s, 5)}
+            for b, s, c in zip(xywh, scores.detach().float().cpu().tolist(), labels.detach().cpu().tolist())]

@@ -9,34 +9,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .transforms import make_transforms
+from ..checkpoint import write_bytes
 
 DEMO_CLASSES = ("circle", "square", "triangle", "cross")  # category ids 1, 2, 3, 4
 DEMO_NUM_CLASSES = len(DEMO_CLASSES) + 1
 _FORMAT_VERSION = 1  # bump when the generator changes, so old folders are regenerated
 _MAX_OVERLAP_IOU = 0.25
-
-
-def demo_transforms(train: bool, image_size: int = 128):
-    """The official recipe scaled down to demo images of ~`image_size` px."""
-    s = image_size
-    scales = [s - s // 4, s - s // 8, s, s + s // 8, s + s // 4]  # 96..160 for 128
-    crop = ([s - s // 4, s, s + s // 8], s // 2, s)
-    return make_transforms(train, scales=scales, max_size=2 * s, crop=crop, val_scale=s)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename, so concurrent or killed writers never leave half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -118,7 +102,7 @@ def _write_split(root: Path, split: int, name: str, count: int, image_size: int,
     for image_id in range(1, count + 1):
         data, w, h, objects = _make_image(rng, image_size)
         file_name = f"{image_id:06d}.jpg"
-        _write_atomic(folder / file_name, data)
+        write_bytes(folder / file_name, data)
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         for cls, (x, y, bw, bh) in objects:
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cls,
@@ -128,7 +112,7 @@ def _write_split(root: Path, split: int, name: str, count: int, image_size: int,
             "annotations": anns,
             "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(DEMO_CLASSES)]}
     ann_file = root / f"instances_{name}.json"
-    _write_atomic(ann_file, json.dumps(coco).encode())
+    write_bytes(ann_file, json.dumps(coco).encode())
     return ann_file
 
 
@@ -168,5 +152,5 @@ def make_demo_dataset(root: str | Path, num_train: int = 256, num_val: int = 64,
     marker.unlink(missing_ok=True)
     _write_split(root, 0, "train", num_train, image_size, seed)
     _write_split(root, 1, "val", num_val, image_size, seed)
-    _write_atomic(marker, json.dumps(params).encode())  # last: marks the folder complete
+    write_bytes(marker, json.dumps(params).encode())  # last: marks the folder complete
     return paths

@@ -1,6 +1,6 @@
 """Multi-head attention with the parameter layout of `nn.MultiheadAttention`.
 
-Two code paths compute the same function:
+Three code paths compute the same function:
 - fused: `scaled_dot_product_attention`, which never materialises the weights. Used in
   eval mode, and in training when `fused_training` is set and there is no dropout on
   the weights. Its backward rounds differently from the official code (gradients agree
@@ -11,12 +11,13 @@ Two code paths compute the same function:
   L x S weights: memory grows with chunk x keys, not queries x keys. Each chunk's dropout
   mask is drawn from its own generator seeded from the global RNG, and drawn again from
   the same seed in backward, so the gradient is that of the forward that was computed
-  (15-bit integer draws: see `dropout.py`).
+  (15-bit integer draws: see `dropout.py`);
+- explicit: the exact path's formula in one piece, for ONNX export (`explicit = True`, set by
+  `detr.inference.export`): the TorchScript exporter translates the fused kernel on these
+  transposed heads into a wrong graph (errors ~0.3 in torch 2.14), this form exports exactly.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,12 @@ class Attention(nn.Module):
             `MAX_CHUNK_WEIGHTS` attention weights (batch x heads x queries x keys), unless the
             whole attention fits in `KEEP_WEIGHTS`.
         fused_training: use the fused kernel in training too when dropout is 0.
+
+    Attributes:
+        explicit: compute inference as matmul + softmax instead of the fused kernel (ONNX export).
     """
+
+    explicit = False
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, chunk_size: int = 1024,
                  fused_training: bool = False):
@@ -73,7 +79,9 @@ class Attention(nn.Module):
         q, k, v = self._project(query, key, value)
         keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
         p = self.dropout if self.training else 0.0
-        if not self.training or (p == 0.0 and self.fused_training):
+        if self.explicit and not self.training:
+            out = _softmax(q * (q.shape[-1] ** -0.5), k, _additive_mask(keep, q.dtype)) @ v
+        elif not self.training or (p == 0.0 and self.fused_training):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         else:
             per_row = q.shape[0] * q.shape[1] * k.shape[2]
@@ -87,10 +95,7 @@ class Attention(nn.Module):
         """Head-averaged attention weights [B, L, S] (for pictures; no dropout)."""
         q, k, _ = self._project(query, key, key)
         bias = _additive_mask(None if key_padding_mask is None else ~key_padding_mask[:, None, None, :], q.dtype)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        if bias is not None:
-            scores = scores + bias
-        return scores.softmax(-1).mean(1)
+        return _softmax(q * (q.shape[-1] ** -0.5), k, bias).mean(1)
 
 
 def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:

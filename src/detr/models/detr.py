@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,18 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig, dataclass_from_dict
+from ..checkpoint import plain_state_dict
+from ..config import ModelConfig
+from ..registry import MODELS, model_config
 from .backbone import Backbone, Joiner
 from .position import build_position_embedding
 from .transformer import Transformer
-
-# The four published models; any ModelConfig field can still be overridden.
-MODELS: dict[str, dict[str, Any]] = {
-    "detr_r50": {"backbone": "resnet50", "dilation": False},
-    "detr_r50_dc5": {"backbone": "resnet50", "dilation": True},
-    "detr_r101": {"backbone": "resnet101", "dilation": False},
-    "detr_r101_dc5": {"backbone": "resnet101", "dilation": True},
-}
 
 
 class MLP(nn.Module):
@@ -134,20 +127,6 @@ def build_model(cfg: ModelConfig) -> DETR:
     return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)
 
 
-def model_config(name: str, num_classes: int = 91, **overrides: Any) -> ModelConfig:
-    """The ModelConfig of a named model with overrides (official flag names)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    if "lr_backbone" in overrides:  # official flag: a zero backbone learning rate freezes it
-        overrides["train_backbone"] = overrides.pop("lr_backbone") > 0
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"create_model: unknown option(s) {unknown}; valid options are {sorted(fields)}")
-    return dataclass_from_dict(ModelConfig, {**MODELS[name], **overrides, "num_classes": num_classes},
-                               where="create_model")
-
-
 def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any) -> DETR:
     """Create a randomly initialised DETR.
 
@@ -169,6 +148,7 @@ def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any
 
 
 def list_models() -> list[str]:
+    """The names `create_model` accepts."""
     return list(MODELS)
 
 
@@ -178,11 +158,4 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, T
     The parameter names are the official ones, so this only strips a DDP `module.` prefix
     and checks that the input is a state dict.
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
-    out = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, Tensor):
-            raise TypeError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[key.removeprefix("module.")] = value
-    return out
+    return plain_state_dict(state_dict)

@@ -13,10 +13,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .engine import autocast
-from .models.detr import DETR
-from .postprocess import postprocess
-from .prepare import check_amp
+from ..data.coco import coco_results
+from ..data.images import load_image, to_rgb
+from ..data.transforms import preprocess
+from ..loss.postprocess import postprocess
+from ..models.detr import DETR
+from ..models.loading import load_pretrained
+from ..registry import COCO_CLASSES
+from ..runtime import autocast, check_amp, check_threshold, resolve_device
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 
@@ -46,11 +50,7 @@ class Detections:
 
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results entries: {"image_id", "category_id", "bbox": [x, y, w, h], "score"}."""
-        out = []
-        for (x0, y0, x1, y1), score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
-            out.append({"image_id": image_id, "category_id": int(label),
-                        "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(score, 5)})
-        return out
+        return coco_results(image_id, self.boxes, self.scores, self.labels)
 
 
 class Detector:
@@ -77,7 +77,7 @@ class Detector:
 
     def __init__(self, model: DETR, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
                  threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none"):
-        self.device = check_device(device)
+        self.device = resolve_device(device)
         self.amp = check_amp(amp, self.device)
         self.model = model.eval().to(self.device)
         self.threshold = check_threshold(threshold)
@@ -88,36 +88,39 @@ class Detector:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
                         threshold: float = 0.7, model: str | None = None, progress: bool = True,
-                        size: int = 800, max_size: int = 1333, amp: str = "none", **overrides: Any) -> Detector:
+                        size: int | None = None, max_size: int | None = None, amp: str = "none",
+                        **overrides: Any) -> Detector:
         """Load a published model by name, one of our checkpoints, or an official weights file.
 
         Args:
             name_or_path: "detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", or a file path.
             device: where to run the model.
             threshold: minimum score of a returned detection, in [0, 1].
-            model: for an official file, the published name it was trained as (gives
+            model: for an official file, the architecture it was trained as (gives
                 dilation, which its shapes cannot tell), e.g. "detr_r50_dc5".
             progress: show a progress bar when downloading.
-            size, max_size: resize of the input images (validation: 800, 1333).
+            size, max_size: resize of the input images; default: the checkpoint's validation
+                size (800, 1333 for the published models).
             amp: "none", "bf16" or "fp16" (GPU): see the class docstring.
-            **overrides: model options an official file's shapes cannot tell, e.g. nheads.
+            **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads.
 
         Returns:
             A ready Detector.
 
         Raises:
-            detr.weights.WeightsError: unknown name, missing file, or failed download.
+            detr.hub.WeightsError: unknown name, missing file, or failed download.
             detr.checkpoint.CheckpointError: the file is not a usable DETR checkpoint.
 
         Example:
             >>> detector = Detector.from_pretrained("runs/voc/checkpoint.pth", device="cuda")
         """
-        from .weights import load_pretrained
-
         check_threshold(threshold)
-        check_amp(amp, check_device(device))
-        net, names = load_pretrained(name_or_path, model=model, progress=progress, **overrides)
-        return cls(net, names, device=device, threshold=threshold, size=size, max_size=max_size, amp=amp)
+        check_amp(amp, resolve_device(device))
+        net, cfg = load_pretrained(name_or_path, model=model, progress=progress, **overrides)
+        d = cfg.data
+        size = size or d.val_scale or (max(d.scales) if d.scales else 800)
+        return cls(net, d.class_names, device=device, threshold=threshold, size=size,
+                   max_size=max_size or d.max_size, amp=amp)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  batch_size: int = 1) -> Detections | list[Detections]:
@@ -143,8 +146,6 @@ class Detector:
 
     def preprocess(self, image: Tensor) -> Tensor:
         """[3, H, W] uint8 or float 0-1 image -> normalised resized [3, H', W'] on the device."""
-        from .data.transforms import preprocess
-
         return preprocess(image, size=self.size, max_size=self.max_size).to(self.device)
 
     def detect(self, images: Sequence[Tensor], threshold: float) -> list[Detections]:
@@ -172,30 +173,8 @@ class Detector:
 def default_class_names(num_classes: int) -> list[str]:
     """COCO's names for 91 classes (official weights), else the ids as text."""
     if num_classes == 91:
-        from .data.coco_names import COCO_CLASSES
-
         return list(COCO_CLASSES)
     return [str(i) for i in range(num_classes)]
-
-
-def check_threshold(threshold: float) -> float:
-    """`threshold` as a float, or a ValueError when it is not in [0, 1]."""
-    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold)
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device, or a ValueError naming what is available."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: {device!r} is not a device name ({e}); use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-    return dev
 
 
 def to_image_tensor(image: ImageInput) -> Tensor:
@@ -204,8 +183,6 @@ def to_image_tensor(image: ImageInput) -> Tensor:
     Paths are read with EXIF orientation applied; PIL images of any mode (grey, RGBA,
     palette, 16-bit) are converted to RGB; grey arrays and tensors are repeated to 3 channels.
     """
-    from .data.images import load_image, to_rgb
-
     if isinstance(image, (str, os.PathLike)):
         image = load_image(Path(image))
     if isinstance(image, Image.Image):

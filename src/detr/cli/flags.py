@@ -1,20 +1,20 @@
-"""`detr train` and `detr eval`: the official DETR flags -> a `Config` -> `train` / `evaluate_checkpoint`.
+"""The official DETR flags of `detr train` and `detr eval`, and the `Config` they make.
 
-This is the only place that sees argparse. Flags left out keep the `Config` defaults (the
-paper's), except that with no dataset at all the demo preset is the default.
+Flags left out keep the `Config` defaults (the paper's) or a preset's (the demo's, or --model's).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import warnings
-from pathlib import Path
+import logging
 from typing import Any
 
 import torch
 
-from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from ..config import Config, config_from_flags
+from ..registry import MODELS
+
+log = logging.getLogger(__name__)
 
 # (flag, type, help); the section a flag belongs to is the dataclass that has the field.
 FLAGS: list[tuple[str, Any, str]] = [
@@ -71,7 +71,6 @@ IGNORED = {"dataset_file": "coco", "world_size": None, "dist_url": None, "start_
            "mask_loss_coef": None, "dice_loss_coef": None}
 PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
               "resume", "weights"}
-SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "train": TrainConfig}
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -82,6 +81,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         metavar = {int: "N", float: "X"}.get(kind, "PATH" if name in PATH_FLAGS else "NAME")
         parser.add_argument(f"--{name}", type=kind, default=None, metavar=metavar,
                             help=f"{text} (default: {default})" if default not in (None, "") else text)
+    parser.add_argument("--model", choices=list(MODELS), default=None,
+                        help="architecture preset (backbone, dilation); explicit flags win. For an official "
+                             "weights file: the published model it is, for what its shapes cannot tell (DC5)")
     parser.add_argument("--scales", type=int, nargs="+", default=None, metavar="N",
                         help="training short sides (default: the paper's 480 512 ... 800)")
     for name, text in SWITCHES:
@@ -92,25 +94,27 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
-    """A Config from the parsed flags; `preset` values replace the defaults of flags not given."""
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line, as Config field names (switches translated)."""
     _check_ignored(args)
     given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
-    values = {**(preset or {}), **given}
-    if "no_aux_loss" in values:
-        values["aux_loss"] = not values.pop("no_aux_loss")
-    if "no_random_crop" in values:
-        values["random_crop"] = not values.pop("no_random_crop")
+    given.pop("eval", None)
+    if given.pop("no_aux_loss", False):
+        given["aux_loss"] = False
+    if given.pop("no_random_crop", False):
+        given["random_crop"] = False
+    return given
+
+
+def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
+    """A Config from the parsed flags; `preset` values, then --model's, replace the defaults of flags not given."""
+    given = given_flags(args)
+    model = given.pop("model", None)
+    values = {**(preset or {}), **(MODELS[model] if model else {}), **given}
     values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     values.setdefault("output_dir", "runs/train")
     values.setdefault("num_classes", None)  # resolved from the data
-    if "lr_backbone" in values:  # official meaning: a backbone learning rate of 0 freezes it
-        values["train_backbone"] = values["lr_backbone"] > 0
-    parts = {}
-    for section, cls in SECTIONS.items():
-        names = {f.name for f in dataclasses.fields(cls)}
-        parts[section] = cls(**{k: v for k, v in values.items() if k in names})
-    return Config(**parts)
+    return config_from_flags(values)
 
 
 def _check_ignored(args: argparse.Namespace) -> None:
@@ -121,48 +125,11 @@ def _check_ignored(args: argparse.Namespace) -> None:
                          "--train_images/--train_annotations/--val_images/--val_annotations")
     for name in ("world_size", "dist_url", "start_epoch", "remove_difficult"):
         if getattr(args, name):
-            warnings.warn(f"--{name} is ignored: torchrun sets up processes, --resume sets the epoch",
-                          stacklevel=2)
+            log.warning("--%s is ignored: torchrun sets up processes, --resume sets the epoch", name)
         setattr(args, name, None)
     for name in IGNORED:
         setattr(args, name, None)
 
 
-def _has_data(args: argparse.Namespace) -> bool:
+def has_data(args: argparse.Namespace) -> bool:
     return any(getattr(args, k) for k in ("coco_path", "train_annotations", "val_annotations"))
-
-
-def train_command(argv: list[str]) -> int:
-    """`detr train [flags]`: train (or with --eval, evaluate) and print a summary."""
-    from .demo import DEMO_PRESET
-
-    parser = build_parser("detr train", "Train DETR. Flags are the official ones; with no dataset flags the "
-                                        "built-in demo dataset and a small preset model are used.")
-    args = parser.parse_args(argv)
-    evaluate_only = args.eval
-    cfg = config_from_args(args, None if _has_data(args) else DEMO_PRESET)
-    if evaluate_only:
-        return _evaluate(cfg, cfg.train.resume or cfg.train.weights, "--resume/--weights")
-    from .train import train
-
-    train(cfg)
-    return 0
-
-
-def eval_command(argv: list[str]) -> int:
-    """`detr eval --weights FILE [data flags]`: COCO bbox AP of a checkpoint on the val set."""
-    parser = build_parser("detr eval", "Evaluate a checkpoint (COCO bbox AP, all 12 numbers). The model comes "
-                                       "from the checkpoint's config; data flags override its data paths.")
-    args = parser.parse_args(argv)
-    path = args.weights or args.resume or ""
-    cfg = config_from_args(args, {"output_dir": str(Path(path).parent) if path else ""})
-    return _evaluate(cfg, path, "--weights")
-
-
-def _evaluate(cfg: Config, path: str, flag: str) -> int:
-    from .evaluate import evaluate_checkpoint
-
-    if not path:
-        raise ValueError(f"{flag} FILE is needed: the checkpoint to evaluate")
-    evaluate_checkpoint(cfg, path)
-    return 0

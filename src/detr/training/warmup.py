@@ -15,6 +15,7 @@ ImageNet weights arrive.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,9 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .box_ops import cxcywh_to_xyxy, scale_boxes
-from .models.backbone import Backbone, InplaceFrozenBatchNorm2d
-from .models.detr import pad_images
+from ..loss.box_ops import cxcywh_to_xyxy, scale_boxes
+from ..models.backbone import Backbone, InplaceFrozenBatchNorm2d
+from ..models.detr import pad_images
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100  # cross-entropy's ignore_index: padding pixels
 
@@ -70,7 +73,7 @@ def warm_up_backbone(backbone: Backbone, loader: Iterable[tuple[Sequence[Tensor]
         steps: optimiser steps.
         device: where to train.
         lr: AdamW learning rate.
-        log_every: print the loss every this many steps (0: never).
+        log_every: log the loss every this many steps (0: never).
 
     Returns:
         {"loss", "accuracy"}: the last step's loss and its accuracy on object pixels.
@@ -98,8 +101,8 @@ def warm_up_backbone(backbone: Backbone, loader: Iterable[tuple[Sequence[Tensor]
         stats = {"loss": loss.item(),
                  "accuracy": (logits.argmax(1) == labels)[objects].float().mean().item() if objects.any() else 1.0}
         if log_every and (step + 1) % log_every == 0:
-            print(f"backbone warm-up step {step + 1}/{steps}: loss {stats['loss']:.3f}, "
-                  f"object-pixel accuracy {stats['accuracy']:.2f}", flush=True)
+            log.info("backbone warm-up step %d/%d: loss %.3f, object-pixel accuracy %.2f", step + 1, steps,
+                     stats["loss"], stats["accuracy"])
     _swap_norms(body, trainable=False)
     for p, flag in zip(body.parameters(), trainable):
         p.requires_grad_(flag)

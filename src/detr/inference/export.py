@@ -9,17 +9,16 @@ Needs the `export` extra (onnx; onnxruntime to verify).
 from __future__ import annotations
 
 import copy
-import math
 import os
-import types
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .models.attention import Attention
-from .models.detr import DETR
+from ..checkpoint import output_file
+from ..models.attention import Attention
+from ..models.detr import DETR
 
 OPSET = 17
 
@@ -36,29 +35,13 @@ class _ExportWrapper(nn.Module):
         return out["pred_logits"], out["pred_boxes"]
 
 
-def _explicit_attention(self: Attention, query: Tensor, key: Tensor, value: Tensor,
-                        key_padding_mask: Tensor | None = None) -> Tensor:
-    """Inference attention written with matmul + softmax.
-
-    The TorchScript ONNX exporter (the only one without onnxscript) translates the
-    fused `scaled_dot_product_attention` on these transposed heads into a wrong graph
-    (errors ~0.3 in torch 2.14); this form exports exactly.
-    """
-    q, k, v = self._project(query, key, value)  # [B, h, L|S, d]
-    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # [B, h, L, S]
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    out = scores.softmax(-1) @ v  # [B, h, L, d]
-    return self.out_proj(out.transpose(1, 2).flatten(2))
-
-
 def exportable(model: DETR) -> nn.Module:
     """A copy of `model` in eval mode with export-safe attention, wrapped to return (logits, boxes)."""
     model = copy.deepcopy(model).eval().cpu()
     model.aux_loss = False
     for module in model.modules():
         if isinstance(module, Attention):
-            module.forward = types.MethodType(_explicit_attention, module)  # type: ignore[method-assign]
+            module.explicit = True  # the fused kernel does not export correctly (see Attention)
     return _ExportWrapper(model)
 
 
@@ -82,9 +65,7 @@ def export_onnx(model: DETR, output: str | os.PathLike, height: int = 800, width
         import onnx  # noqa: F401  (the exporter needs it; fail early with a clear message)
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install 'detr[export]'") from None
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise ValueError(f"--output: folder {output.parent} does not exist")
+    output = output_file(output)
     example = torch.zeros(1, 3, height, width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the TorchScript exporter

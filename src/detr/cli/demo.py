@@ -7,30 +7,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# A small model that learns the demo shapes on a CPU: ResNet-18 trunk, a thin two-layer
-# transformer, a few queries (demo images hold at most 6 shapes), ~128 px images. No ImageNet
-# weights can be fetched here, so the backbone starts random and is warmed up on the demo images
-# (see warmup.py), then trains at half the transformer's rate.
-DEMO_PRESET: dict[str, Any] = {
-    "backbone": "resnet18", "hidden_dim": 128, "nheads": 8, "enc_layers": 2, "dec_layers": 2,
-    "dim_feedforward": 512, "num_queries": 10, "dropout": 0.0, "attention_dropout": 0.0,
-    "backbone_weights": "none", "backbone_warmup": 600,
-    "lr": 2e-4, "lr_backbone": 1e-4, "batch_size": 4, "epochs": 50, "lr_drop": 42,
-    "scales": [112, 128, 144], "max_size": 192, "val_scale": 128, "random_crop": False,
-    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo", "eval_every": 5,
-}
+from PIL import Image
+
+from ..checkpoint import load_checkpoint
+from ..config import DEMO_PRESET, config_from_flags
+from ..data.images import load_image
+from ..inference.detector import Detector
+from ..inference.visualize import draw_detections
+from ..training.train import train
+from . import show_progress
 
 
-def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | Path, size: int, max_size: int,
-                     threshold: float = 0.5) -> Path:
+def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | Path, threshold: float = 0.5) -> Path:
     """Draw the model's detections on `images` side by side into one PNG file."""
-    from PIL import Image
-
-    from .data import load_image
-    from .predict import Detector
-    from .visualize import draw_detections
-
-    detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=threshold, size=size, max_size=max_size)
+    detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=threshold)
     pictures = [load_image(p) for p in images]
     drawn = [draw_detections(im, detector(im)) for im in pictures]  # draw_detections copies
     scale = 2  # demo images are small; draw them larger so the labels stay readable
@@ -48,26 +38,19 @@ def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | P
 
 def run_demo(overrides: dict[str, Any] | None = None, num_pictures: int = 4) -> dict[str, Any]:
     """Train the demo preset (with `overrides`), then evaluate and draw; returns the training summary."""
-    from .cli_train import build_parser, config_from_args
-    from .train import train
-
-    args = build_parser("detr demo", "")
-    cfg = config_from_args(args.parse_args([]), {**DEMO_PRESET, **(overrides or {})})
-    summary = train(cfg)
+    cfg = config_from_flags({**DEMO_PRESET, **(overrides or {})})
+    summary = train(cfg, progress=show_progress())
     out = Path(cfg.train.output_dir)
     best = out / "best.pth" if (out / "best.pth").is_file() else out / "checkpoint.pth"
-    from .checkpoint import load_checkpoint
-
     saved = load_checkpoint(best)["config"]["data"]
     val_images = sorted(Path(saved["val_images"]).iterdir())[:num_pictures]
-    picture = draw_predictions(best, val_images, out / "predictions.png",
-                               size=saved["val_scale"] or 128, max_size=saved["max_size"])
+    picture = draw_predictions(best, val_images, out / "predictions.png")
     print(f"predictions drawn on {len(val_images)} val images: {picture}")
     summary["picture"] = str(picture)
     return summary
 
 
-def demo_command(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     """`detr demo [--epochs N] [--output_dir DIR] [--device cpu] ...`."""
     parser = argparse.ArgumentParser(prog="detr demo", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -12,11 +12,6 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     return box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
 
 
-def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """[..., 4] (x0, y0, x1, y1) -> [..., 4] (cx, cy, w, h)."""
-    return box_convert(boxes, in_fmt="xyxy", out_fmt="cxcywh")
-
-
 def pairwise_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Generalised IoU of every pair: [N, 4] x [M, 4] xyxy -> [N, M]."""
     return generalized_box_iou(boxes1, boxes2)

@@ -12,6 +12,7 @@ stopped by SIGINT/SIGTERM in the middle of an epoch saves its step and random st
 from __future__ import annotations
 
 import json
+import logging
 import random
 import signal
 import threading
@@ -22,23 +23,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
-from .checkpoint import load_checkpoint, load_model_weights
-from .config import Config
-from .criterion import create_criterion
-from .engine import evaluate, train_one_epoch
-from .models.detr import DETR, build_model
-from .prepare import resolve_data, resolve_device, validate_config
-from .run_state import (
-    RunData,
-    build_datasets,
-    make_loader,
-    restore_training_state,
-    save_training_checkpoint,
-    write_eval_outputs,
-)
+from .. import distributed
+from ..checkpoint import load_checkpoint, load_model_weights
+from ..config import Config, validate_config
+from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
+from ..evaluation.evaluate import evaluate, write_eval_outputs
+from ..loss.criterion import create_criterion
+from ..models.detr import DETR, build_model
+from ..models.loading import load_backbone_weights
+from ..runtime import resolve_device
+from .engine import train_one_epoch
+from .state import Progress, Run, restore_training_state, save_training_checkpoint
 from .warmup import warm_up_backbone
-from .weights import load_backbone_weights
+
+log = logging.getLogger(__name__)
 
 
 class StopOnSignal:
@@ -54,8 +52,8 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.requested = True
         if distributed.is_main_process():
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                  "(send it again to stop at once)", flush=True)
+            log.warning("%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
+                        signal.Signals(signum).name)
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
@@ -94,8 +92,8 @@ def load_finetune_weights(model: nn.Module, path: str) -> None:
         if key in state and key in own and state[key].shape != own[key].shape:
             skip.append(prefix)
             if distributed.is_main_process():
-                print(f"--weights {path}: the checkpoint has {state[key].shape[0]} {what} outputs, this model "
-                      f"{own[key].shape[0]}: {prefix.rstrip('.')} is re-initialised for fine-tuning")
+                log.info("--weights %s: the checkpoint has %d %s outputs, this model %d: %s is re-initialised "
+                         "for fine-tuning", path, state[key].shape[0], what, own[key].shape[0], prefix.rstrip("."))
     load_model_weights(model, state, source=f"--weights {path}", skip_prefixes=tuple(skip))
 
 
@@ -107,17 +105,17 @@ def initialise_weights(model: DETR, cfg: Config, data: RunData, device: torch.de
         load_finetune_weights(model, t.weights)
         return
     backbone = model.backbone[0]
+    main = distributed.is_main_process()
     if t.backbone_weights != "none":
         path = load_backbone_weights(backbone, t.backbone_weights)
-        if distributed.is_main_process():
-            print(f"backbone starts from {path}", flush=True)
+        if main:
+            log.info("backbone starts from %s", path)
     if t.backbone_warmup:
-        loader = make_loader(data.train, t.batch_size, True, t, distributed.rank(), distributed.world_size())
-        main = distributed.is_main_process()
+        loader = make_loader(data.train, t.batch_size, True, t.seed, t.num_workers)
         stats = warm_up_backbone(backbone, loader, cfg.model.num_classes, t.backbone_warmup, device,
                                  log_every=50 if main else 0)
         if main:
-            print(f"backbone warm-up: {t.backbone_warmup} steps, last loss {stats['loss']:.3f}", flush=True)
+            log.info("backbone warm-up: %d steps, last loss %.3f", t.backbone_warmup, stats["loss"])
 
 
 def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -127,116 +125,108 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     work) and NonFiniteLossError when the loss or gradients become NaN/inf.
     """
     validate_config(cfg)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
         if device.type == "cuda" and distributed.is_distributed():
             device = torch.device("cuda", torch.cuda.current_device())
         cfg = resolve_data(cfg)
-        return _train(cfg, device, progress)
+        run, start = _prepare(cfg, device)
+        return _epochs(cfg, run, start, progress)
     finally:
         if started:
             distributed.cleanup()
 
 
-def _train(cfg: Config, device: torch.device, progress: bool) -> dict[str, Any]:
-    t, rank, world = cfg.train, distributed.rank(), distributed.world_size()
-    main = distributed.is_main_process()
-    out_dir = Path(t.output_dir) if t.output_dir and main else None
+def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
+    """Build the run's objects and load --resume (returning where it stopped) or the starting weights."""
+    t = cfg.train
+    out_dir = Path(t.output_dir) if t.output_dir and distributed.is_main_process() else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".*.pth.*.tmp"):  # left by a run killed while writing a checkpoint
             stale.unlink(missing_ok=True)
     torch.manual_seed(t.seed)  # the same initial model on every process
     model = build_model(cfg.model).to(device)
-    criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
-                                 **vars(cfg.loss)).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.lr_backbone), lr=t.lr, weight_decay=t.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop)
-    scaler = torch.amp.GradScaler(device.type) if t.amp == "fp16" else None
-    data: RunData = build_datasets(cfg)
+    data = build_datasets(cfg)
     generator = torch.Generator()
-    train_loader = make_loader(data.train, t.batch_size, True, t, rank, world, generator)
-    val_loader = make_loader(data.val, t.batch_size, False, t, rank, world) if data.val is not None else None
-
-    state = {"epoch": 0, "step": 0, "best_ap": None, "best_epoch": None}
+    run = Run(
+        model=model, ddp_model=model, optimizer=optimizer,
+        criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
+                                   **vars(cfg.loss)).to(device),
+        lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop),
+        scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
+        generator=generator, data=data,
+        train_loader=make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, generator),
+        val_loader=make_loader(data.val, t.batch_size, False, t.seed, t.num_workers) if data.val is not None else None,
+        device=device, out_dir=out_dir,
+        n_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     if t.resume:
-        state = restore_training_state(t.resume, model, optimizer, lr_scheduler, scaler, generator)
+        start = restore_training_state(t.resume, run)
     else:
+        start = Progress()
         initialise_weights(model, cfg, data, device)
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ddp_model = model
     if distributed.is_distributed():
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    if main:
-        print(f"training {n_parameters:,} parameters on {len(data.train)} images ({world} process(es), {device}); "
-              f"epochs {state['epoch']}..{t.epochs - 1}, output: {t.output_dir or '(not saved)'}", flush=True)
-    parts = dict(model=model, ddp_model=ddp_model, criterion=criterion, optimizer=optimizer,
-                 lr_scheduler=lr_scheduler, scaler=scaler, generator=generator, data=data,
-                 train_loader=train_loader, val_loader=val_loader, device=device, out_dir=out_dir,
-                 n_parameters=n_parameters)
-    return _epochs(cfg, parts, state, progress)
+        run.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                            else None)
+    if distributed.is_main_process():
+        log.info("training %s parameters on %d images (%d process(es), %s); epochs %d..%d, output: %s",
+                 f"{run.n_parameters:,}", len(data.train), distributed.world_size(), device, start.epoch,
+                 t.epochs - 1, t.output_dir or "(not saved)")
+    return run, start
 
 
-def _epochs(cfg: Config, p: dict[str, Any], state: dict[str, Any], progress: bool) -> dict[str, Any]:
+def _epochs(cfg: Config, run: Run, at: Progress, progress: bool) -> dict[str, Any]:
+    """The epoch loop: train, evaluate, log, checkpoint; a signal stops it after the current step."""
     t, rank = cfg.train, distributed.rank()
     start_time = time.time()
     last_test: dict[str, Any] = {}
-    epoch, stopped = state["epoch"], None
-    if p["out_dir"]:
-        _truncate_log(p["out_dir"] / "log.txt", epoch)
+    stopped = None
+    if run.out_dir:
+        _truncate_log(run.out_dir / "log.txt", at.epoch)
     with StopOnSignal() as stop:
-        while epoch < t.epochs:
-            if state["step"] == 0:
-                seed_everything(t.seed, epoch, rank, p["generator"])
-            p["train_loader"].batch_sampler.set_epoch(epoch, state["step"])
-            steps_left = len(p["train_loader"])
+        while at.epoch < t.epochs:
+            epoch = at.epoch
+            if at.step == 0:
+                seed_everything(t.seed, epoch, rank, run.generator)
+            run.train_loader.batch_sampler.set_epoch(epoch, at.step)
+            steps_left = len(run.train_loader)
             train_stats, steps = train_one_epoch(
-                p["ddp_model"], p["criterion"], p["train_loader"], p["optimizer"], p["device"], epoch,
-                t.clip_max_norm, t.amp, p["scaler"], lambda: stop.requested, state["step"], progress)
-            if steps - state["step"] < steps_left:  # a signal stopped the epoch part-way
-                state["step"] = steps
-                save_training_checkpoint(p["out_dir"], cfg, p, state, epoch_done=False)
+                run.ddp_model, run.criterion, run.train_loader, run.optimizer, run.device, epoch,
+                t.clip_max_norm, t.amp, run.scaler, lambda: stop.requested, at.step, progress)
+            if steps - at.step < steps_left:  # a signal stopped the epoch part-way
+                at.step = steps
+                save_training_checkpoint(run, cfg, at, epoch_done=False)
                 stopped = f"stopped by a signal at epoch {epoch} step {steps}"
                 break
-            p["lr_scheduler"].step()
-            test_stats = _maybe_evaluate(cfg, p, epoch, progress)
+            run.lr_scheduler.step()
+            test_stats = _maybe_evaluate(cfg, run, epoch, progress)
             last_test = test_stats or last_test
-            is_best = _update_best(state, test_stats, epoch)
-            _write_log(p["out_dir"], train_stats, test_stats, epoch, p["n_parameters"])
-            state.update(epoch=epoch, step=0)
-            save_training_checkpoint(p["out_dir"], cfg, p, state, epoch_done=True, is_best=is_best)
-            epoch += 1
+            is_best = at.update_best(test_stats, epoch)
+            _write_log(run.out_dir, train_stats, test_stats, epoch, run.n_parameters)
+            at.step = 0
+            save_training_checkpoint(run, cfg, at, epoch_done=True, is_best=is_best)
+            at.epoch += 1
             if distributed.any_process(stop.requested):
-                stopped = f"stopped by a signal after epoch {epoch - 1}"
+                stopped = f"stopped by a signal after epoch {epoch}"
                 break
-    summary = {"epochs_done": epoch, "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
+    summary = {"epochs_done": at.epoch, "best_ap": at.best_ap, "best_epoch": at.best_epoch,
                "last_test": last_test, "stopped": stopped, "minutes": (time.time() - start_time) / 60,
                "output_dir": t.output_dir}
     if distributed.is_main_process():
-        print_summary(summary)
+        log_summary(summary)
     return summary
 
 
-def _maybe_evaluate(cfg: Config, p: dict[str, Any], epoch: int, progress: bool) -> dict[str, Any] | None:
+def _maybe_evaluate(cfg: Config, run: Run, epoch: int, progress: bool) -> dict[str, Any] | None:
     t = cfg.train
-    if p["val_loader"] is None or ((epoch + 1) % t.eval_every and epoch + 1 != t.epochs):
+    if run.val_loader is None or ((epoch + 1) % t.eval_every and epoch + 1 != t.epochs):
         return None
-    stats, detections = evaluate(p["ddp_model"], p["criterion"], p["val_loader"], p["data"].coco_gt,
-                                 p["device"], t.amp, progress)
-    write_eval_outputs(p["out_dir"], stats, detections)
+    stats, detections = evaluate(run.ddp_model, run.criterion, run.val_loader, run.data.coco_gt, run.device,
+                                 t.amp, progress)
+    write_eval_outputs(run.out_dir, stats, detections)
     return stats
-
-
-def _update_best(state: dict[str, Any], test_stats: dict[str, Any] | None, epoch: int) -> bool:
-    if not test_stats:
-        return False
-    ap = test_stats["AP"]
-    if state["best_ap"] is None or ap > state["best_ap"]:
-        state.update(best_ap=ap, best_epoch=epoch)
-        return True
-    return False
 
 
 def _write_log(out_dir: Path | None, train_stats: dict[str, Any], test_stats: dict[str, Any] | None,
@@ -265,15 +255,16 @@ def _truncate_log(path: Path, first_epoch: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def log_summary(summary: dict[str, Any]) -> None:
     """A few readable lines at the end of a run."""
-    print(f"\ndone: {summary['epochs_done']} epoch(s) in {summary['minutes']:.1f} min"
-          + (f" ({summary['stopped']})" if summary["stopped"] else ""))
+    lines = [f"done: {summary['epochs_done']} epoch(s) in {summary['minutes']:.1f} min"
+             + (f" ({summary['stopped']})" if summary["stopped"] else "")]
     test = summary["last_test"]
     if test:
-        print(test.get("coco_summary", ""))
-        print(f"last val AP {test['AP']:.3f}  AP50 {test['AP50']:.3f}  AP75 {test['AP75']:.3f}")
+        lines += [test.get("coco_summary", ""),
+                  f"last val AP {test['AP']:.3f}  AP50 {test['AP50']:.3f}  AP75 {test['AP75']:.3f}"]
     if summary["best_ap"] is not None:
-        print(f"best val AP {summary['best_ap']:.3f} at epoch {summary['best_epoch']}")
+        lines.append(f"best val AP {summary['best_ap']:.3f} at epoch {summary['best_epoch']}")
     if summary["output_dir"]:
-        print(f"checkpoints and log.txt in {summary['output_dir']}")
+        lines.append(f"checkpoints and log.txt in {summary['output_dir']}")
+    log.info("\n".join(lines))

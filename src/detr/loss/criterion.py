@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import LossConfig, dataclass_from_dict
+from ..distributed import mean_across_processes
 from .box_ops import cxcywh_to_xyxy, elementwise_giou
-from .config import LossConfig, dataclass_from_dict
-from .distributed import mean_across_processes
 from .matcher import HungarianMatcher
-
-LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 def aux_suffix(layer: int) -> str:

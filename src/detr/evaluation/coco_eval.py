@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .distributed import is_distributed, world_size
+from ..checkpoint import write_json
+from ..data.coco import coco_results
+from ..distributed import is_distributed, world_size
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
 STAT_NAMES = (
@@ -26,25 +26,10 @@ STAT_NAMES = (
 )
 
 
-def load_coco_gt(ann_file: str | os.PathLike) -> Any:
-    """A pycocotools COCO object for an instances JSON (without pycocotools' prints)."""
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann_file))
-
-
 def to_coco_detections(results: Sequence[dict[str, Tensor]], image_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Postprocessed results (xyxy pixel boxes) -> COCO results entries (xywh pixel boxes)."""
-    detections = []
-    for res, image_id in zip(results, image_ids):
-        boxes = res["boxes"].detach().float().cpu()  # [Q, 4] xyxy
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        scores = res["scores"].detach().float().cpu().tolist()
-        labels = res["labels"].detach().cpu().tolist()
-        detections += [{"image_id": int(image_id), "category_id": int(c), "bbox": b, "score": s}
-                       for b, s, c in zip(xywh, scores, labels)]
-    return detections
+    """Postprocessed results (xyxy pixel boxes) of several images -> COCO results entries."""
+    return [d for res, image_id in zip(results, image_ids)
+            for d in coco_results(image_id, res["boxes"], res["scores"], res["labels"])]
 
 
 def gather_detections(detections: list[dict[str, Any]], image_ids: Iterable[int]) -> tuple[list, list[int]]:
@@ -85,10 +70,4 @@ def coco_bbox_eval(coco_gt: Any, detections: list[dict[str, Any]], image_ids: Se
 
 def save_detections(path: str | os.PathLike, detections: list[dict[str, Any]]) -> None:
     """Write detections as a COCO results JSON file (atomically)."""
-    from .checkpoint import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(detections, f)
-
-    atomic_write(path, write)
+    write_json(path, detections)

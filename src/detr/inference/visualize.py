@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .predict import Detections
+from .detector import Detections
 
 # Colour-blind-friendly, readable on photos (Okabe-Ito plus a few strong tones); by class id.
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),

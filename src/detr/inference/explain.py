@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .predict import Detections, Detector, ImageInput, to_image_tensor
+from .detector import Detections, Detector, ImageInput, to_image_tensor
+from .visualize import draw_detections, mark_point, overlay_heatmap
 
 
 @dataclass
@@ -132,8 +133,6 @@ def save_attention_pictures(image: Image.Image, maps: AttentionMaps, folder: str
     Returns:
         The written paths: `object_<k>_<name>.png` ... then `encoder_<x>_<y>.png`.
     """
-    from .visualize import draw_detections, mark_point, overlay_heatmap
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     det = maps.detections

@@ -1,0 +1,66 @@
+"""What several commands share: the weights options, the `Detector` they build, image collection."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..inference.detector import Detector
+from ..registry import MODELS, PUBLISHED
+from ..runtime import check_threshold
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def threshold_type(text: str) -> float:
+    """argparse type for a score threshold in [0, 1]."""
+    try:
+        return check_threshold(float(text), "threshold")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default="detr_r50",
+                        help=f"checkpoint file (ours or official) or a published name: {', '.join(PUBLISHED)} "
+                             "(downloaded once; default detr_r50)")
+    parser.add_argument("--model", choices=list(MODELS), default=None,
+                        help="for an official weights file: the architecture it is (gives DC5 dilation, which its "
+                             "shapes cannot tell)")
+    parser.add_argument("--dilation", action="store_true", default=None,
+                        help="for an official weights file: its backbone is dilated (DC5)")
+    parser.add_argument("--nheads", type=int, default=None,
+                        help="for an official file trained with non-default attention heads (not in its shapes)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threshold", type=threshold_type, default=0.7, help="minimum score, in [0, 1] (default 0.7)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="short side of the resized input (default: the checkpoint's, 800 for official files)")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="cap on the long side (default: the checkpoint's, 1333 for official files)")
+
+
+def detector_from_args(args: argparse.Namespace) -> Detector:
+    """The Detector that `add_weights_arguments`' options describe."""
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in ("nheads", "dilation") if getattr(args, k)}
+    return Detector.from_pretrained(args.weights, device=args.device, threshold=args.threshold, model=args.model,
+                                    size=args.size, max_size=args.max_size, amp=getattr(args, "amp", "none"),
+                                    **overrides)
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Files named on the command line, and the image files (by suffix) of named folders, sorted."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ValueError(f"{item}: no such file or folder")
+    if not found:
+        raise ValueError(f"no image files found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+

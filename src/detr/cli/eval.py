@@ -1,0 +1,33 @@
+"""`detr eval`: COCO bbox AP of a checkpoint on a validation set (all 12 numbers)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..config import Config, ModelConfig
+from ..evaluation.evaluate import evaluate_checkpoint
+from . import show_progress
+from .flags import build_parser, config_from_args, given_flags
+
+
+def main(argv: list[str]) -> int:
+    """`detr eval --weights FILE [data flags]`: COCO bbox AP of a checkpoint on the val set."""
+    parser = build_parser("detr eval", "Evaluate a checkpoint (COCO bbox AP, all 12 numbers). The model comes "
+                                       "from the checkpoint (its config, its official args, its published name or "
+                                       "its shapes; model flags given here win); data flags override its data paths.")
+    args = parser.parse_args(argv)
+    path = args.weights or args.resume or ""
+    cfg = config_from_args(args, {"output_dir": str(Path(path).parent) if path else ""})
+    return evaluate(cfg, args, path, "--weights")
+
+
+def evaluate(cfg: Config, args: argparse.Namespace, path: str, flag: str) -> int:
+    """Evaluate the checkpoint `path` (named by `flag` in errors); model flags given in `args` win."""
+    if not path:
+        raise ValueError(f"{flag} FILE is needed: the checkpoint to evaluate")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = {k: getattr(cfg.model, k) for k in given_flags(args) if k in fields}
+    evaluate_checkpoint(cfg, path, model=args.model, progress=show_progress(), **overrides)
+    return 0

@@ -1,0 +1,35 @@
+"""`detr explain`: attention maps of a detection (decoder per object, encoder at a pixel) as PNGs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..checkpoint import output_folder
+from ..inference.detector import to_image_tensor
+from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
+from .common import add_weights_arguments, detector_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", metavar="IMAGE", help="one image file")
+    add_weights_arguments(parser)
+    parser.add_argument("--output", default="attention", help="folder for the PNGs (default ./attention)")
+    parser.add_argument("--pixel", default=None, help="x,y pixel for the encoder attention (default: best box centre)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write one decoder-attention PNG per detected object and one encoder-attention PNG."""
+    pixel = parse_pixel(args.pixel) if args.pixel else None
+    image = to_image_tensor(Path(args.image))
+    out = output_folder(args.output)
+    maps = explain(detector_from_args(args), image, pixel=pixel)
+    paths = save_attention_pictures(rgb_image(image), maps, out)
+    print(f"detr explain: {len(maps.detections)} object(s); {len(paths)} picture(s) in {out}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="detr explain", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

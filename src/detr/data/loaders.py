@@ -1,0 +1,113 @@
+"""From a `Config` to data: concrete paths and class count, scanned datasets, and their loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import distributed
+from ..config import Config
+from .annotations import class_names_from_annotations, num_classes_from_annotations
+from .coco import build_dataset, coco_paths, collate_fn
+from .demo import make_demo_dataset
+from .sampler import EpochBatchSampler
+from .transforms import make_transforms
+
+log = logging.getLogger(__name__)
+
+DEMO_DATA_DIR = "runs/demo/data"
+
+
+@dataclass
+class RunData:
+    """The datasets of a run; `coco_gt` is the pycocotools COCO of the validation set."""
+
+    train: Dataset | None
+    val: Dataset | None
+    coco_gt: Any
+
+
+def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
+    """A copy of `cfg` with concrete data paths, num_classes and class names.
+
+    --coco_path gives the COCO 2017 layout and 91 classes; custom data gives num_classes =
+    largest category id + 1 unless set; with no data at all the demo dataset is generated
+    (by the main process only) under `demo_root`.
+    """
+    d = cfg.data
+    if d.coco_path:
+        keys = ("train_images", "train_annotations", "val_images", "val_annotations")
+        d = dataclasses.replace(d, **{k: str(v) for k, v in zip(keys, coco_paths(d.coco_path))})
+    elif not d.train_annotations and not d.val_annotations:
+        paths = _demo_paths(demo_root or _default_demo_root(cfg))
+        d = dataclasses.replace(d, **{k: str(v) for k, v in paths.items() if hasattr(d, k)})
+    ann_files = [a for a in (d.train_annotations, d.val_annotations) if a]
+    needed = max(num_classes_from_annotations(a) for a in ann_files)
+    num_classes = cfg.model.num_classes
+    if num_classes is None:
+        num_classes = 91 if cfg.data.coco_path else needed
+    elif num_classes < needed:
+        raise ValueError(f"--num_classes {num_classes} is too small: the annotations use category id "
+                         f"{needed - 1}, so num_classes must be >= {needed}")
+    if d.class_names is None:
+        d = dataclasses.replace(d, class_names=class_names_from_annotations(ann_files[0]))
+    model = dataclasses.replace(cfg.model, num_classes=num_classes)
+    return dataclasses.replace(cfg, data=d, model=model)
+
+
+def _default_demo_root(cfg: Config) -> str:
+    return str(Path(cfg.train.output_dir) / "data") if cfg.train.output_dir else DEMO_DATA_DIR
+
+
+def _demo_paths(root: str) -> dict[str, Any]:
+    """Generate the demo dataset on the main process; the others wait and reuse it."""
+    made = make_demo_dataset(root) if distributed.is_main_process() else None
+    box = [{k: str(v) for k, v in made.items()} if made is not None else None]
+    if distributed.is_distributed():
+        torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _transforms(cfg: Config, train: bool) -> Any:
+    d = cfg.data
+    if d.scales is None:
+        return make_transforms(train, max_size=d.max_size, val_scale=d.val_scale)
+    top = max(d.scales)
+    # The paper's crop branch scaled to these image sizes (official: 400/500/600, crop 384..600 for 800).
+    crop = (tuple(round(s * top / 800) for s in (400, 500, 600)), round(384 * top / 800), round(600 * top / 800))
+    return make_transforms(train, scales=d.scales, max_size=d.max_size, crop=crop if d.random_crop else None,
+                           val_scale=d.val_scale)
+
+
+def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
+    """Scan and wrap the train and (if given) val datasets; labels are checked against num_classes."""
+    d, n = cfg.data, cfg.model.num_classes
+    train = val = coco_gt = None
+    if with_train:
+        if not d.train_annotations:
+            raise ValueError("no training data: give --train_images and --train_annotations (or --coco_path)")
+        train = build_dataset(d.train_images, d.train_annotations, True, _transforms(cfg, True), n)
+        most = max((len(r.target["labels"]) for r in train.report.records.values()), default=0)
+        if most > cfg.model.num_queries and distributed.is_main_process():
+            log.warning("--num_queries %d is smaller than the %d objects of the most crowded image in %s; at most "
+                        "%d objects per image can be detected", cfg.model.num_queries, most, d.train_annotations,
+                        cfg.model.num_queries)
+    if d.val_annotations:
+        val = build_dataset(d.val_images, d.val_annotations, False, _transforms(cfg, False), n)
+        coco_gt = val.coco
+    return RunData(train, val, coco_gt)
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """A DataLoader of this process's share, its batches from an `EpochBatchSampler` (exact resume)."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed,
+                                rank=distributed.rank(), world_size=distributed.world_size())
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      generator=generator, persistent_workers=False)

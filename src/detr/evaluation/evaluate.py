@@ -1,0 +1,129 @@
+"""Evaluation: losses and COCO bbox AP of a model on a validation loader, and of a saved checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import distributed
+from ..checkpoint import load_checkpoint, load_model_weights, write_json
+from ..config import Config, dataclass_from_dict, validate_config
+from ..data.coco import move_batch
+from ..data.loaders import build_datasets, make_loader, resolve_data
+from ..loss.criterion import create_criterion
+from ..loss.postprocess import postprocess
+from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
+from ..models.detr import build_model
+from ..registry import config_from_checkpoint
+from ..runtime import autocast, resolve_device
+from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: Any, device: torch.device,
+             amp: str = "none", progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Losses and COCO bbox AP on `loader`, with detections gathered from every process.
+
+    Returns the stats (mean losses, "coco_eval_bbox": the 12 COCOeval numbers, "AP", "AP50",
+    ..., and "coco_summary": COCOeval's printed table) and the detections in COCO results format.
+    """
+    model.eval()
+    criterion.eval()
+    averages = RunningMeans()
+    detections: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    bar = tqdm(loader, desc="eval", dynamic_ncols=True, disable=None if progress and distributed.is_main_process() else True)
+    for images, targets in bar:
+        images, targets = move_batch(images, targets, device)
+        with autocast(device, amp):
+            outputs = float_outputs(model(images))
+        losses = criterion(outputs, targets)
+        stats, _ = reduce_losses(losses, criterion.weight_dict, stop=False)
+        averages.update(stats)
+        orig_sizes = torch.stack([torch.as_tensor(t["orig_size"], device=device) for t in targets])
+        ids = [int(t["image_id"]) for t in targets]
+        detections += to_coco_detections(postprocess(outputs, orig_sizes), ids)
+        image_ids += ids
+    bar.close()
+
+    detections, image_ids = gather_detections(detections, image_ids)
+    stats = averages.means()
+    if distributed.is_main_process():
+        coco_stats, summary = coco_bbox_eval(coco_gt, detections, image_ids)
+    else:
+        coco_stats, summary = [], ""
+    coco_stats = _broadcast(coco_stats)
+    stats.update({"coco_eval_bbox": coco_stats, "coco_summary": summary, **dict(zip(STAT_NAMES, coco_stats))})
+    return stats, detections
+
+
+def _broadcast(values: list[float]) -> list[float]:
+    """Rank 0's list on every process (COCOeval runs once, on rank 0)."""
+    if not distributed.is_distributed():
+        return values
+    box = [values]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: list[dict[str, Any]]) -> None:
+    """Save the detections (COCO results format) and the 12 COCO numbers of the last evaluation."""
+    if out_dir is None:
+        return
+    save_detections(out_dir / "detections_val.json", detections)
+    summary = {k: stats[k] for k in ("coco_eval_bbox", "AP", "AP50", "AP75") if k in stats}
+    write_json(out_dir / "eval.json", summary, indent=1)
+
+
+def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progress: bool = True,
+                        **overrides: Any) -> dict[str, Any]:
+    """Evaluate the model in `path` on cfg's validation data (or the data the checkpoint was trained on).
+
+    The architecture comes from the checkpoint (`detr.registry.config_from_checkpoint`, with
+    `model` and the ModelConfig `overrides` for what an official file cannot tell); cfg's model
+    section is not used. Returns the evaluation stats (losses, "coco_eval_bbox" with the 12
+    COCOeval numbers, "AP", ...).
+    """
+    validate_config(cfg, training=False)
+    ckpt = load_checkpoint(path)  # refuses anything that is not plain tensors and containers
+    saved = config_from_checkpoint(ckpt, path, model=model, **overrides)
+    data_cfg = cfg.data
+    trained_on = (ckpt.get("config") or {}).get("data") if isinstance(ckpt.get("config"), dict) else None
+    if not (data_cfg.coco_path or data_cfg.val_annotations) and trained_on:
+        data_cfg = dataclass_from_dict(type(cfg.data), trained_on, where=f"{path}: config.data")
+    cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
+    device = resolve_device(cfg.train.device, "--device")
+    started = distributed.init_from_env(device)
+    try:
+        cfg = resolve_data(cfg)
+        if not cfg.data.val_annotations:
+            raise ValueError("no validation data: give --val_images and --val_annotations (or --coco_path)")
+        data = build_datasets(cfg, with_train=False)
+        net = build_model(cfg.model).to(device)
+        load_model_weights(net, ckpt["model"], source=path)
+        criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
+                                     **vars(cfg.loss)).to(device)
+        loader = make_loader(data.val, cfg.train.batch_size, False, cfg.train.seed, cfg.train.num_workers)
+        stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress)
+        out_dir = Path(cfg.train.output_dir) if cfg.train.output_dir and distributed.is_main_process() else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        write_eval_outputs(out_dir, stats, detections)
+        if distributed.is_main_process():
+            log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val),
+                     stats["coco_summary"])
+            if out_dir:
+                log.info("detections (COCO results format) in %s", out_dir / "detections_val.json")
+        return stats
+    finally:
+        if started:
+            distributed.cleanup()

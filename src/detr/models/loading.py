@@ -1,0 +1,108 @@
+"""Where model weights come from: a local file or a published name, into a built model.
+
+Published models are downloaded once (`detr.hub`); what a file holds is decided by
+`detr.registry.config_from_checkpoint`, the one routine that does so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import load_checkpoint, load_model_weights
+from ..config import Config
+from ..hub import WeightsError, cached_download
+from ..registry import PUBLISHED, config_from_checkpoint
+from .backbone import Backbone
+from .detr import DETR, build_model
+
+log = logging.getLogger(__name__)
+
+
+def resolve_weights(name_or_path: str | os.PathLike, progress: bool = True) -> Path:
+    """The local file for `name_or_path`, downloading a published model on first use.
+
+    Args:
+        name_or_path: a path to a checkpoint file, or a name in `detr.registry.PUBLISHED`.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        WeightsError: the path does not exist and is not a known name, or the download
+            failed (offline, or the file's hash does not match).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder; expected a checkpoint file (.pth or .safetensors)")
+    name = str(name_or_path)
+    if name not in PUBLISHED:
+        raise WeightsError(f"{name}: no such file, and not a published model name "
+                           f"(known names: {', '.join(PUBLISHED)})")
+    return cached_download(PUBLISHED[name].url, progress=progress)
+
+
+def imagenet_backbone_url(backbone: str) -> str:
+    """torchvision's ImageNet weights for ResNet `backbone` (IMAGENET1K_V1, what the official code starts from)."""
+    import torchvision
+
+    return torchvision.models.get_model_weights(backbone)["IMAGENET1K_V1"].url
+
+
+def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progress: bool = True) -> Path:
+    """Load ImageNet weights ("imagenet", downloaded once into `cache_dir()`) or a torchvision
+    ResNet state-dict file into `backbone`'s trunk; its classifier (`fc.*`) is ignored.
+
+    Returns:
+        The file the weights came from.
+
+    Raises:
+        WeightsError: the file is missing or cannot be downloaded.
+        CheckpointError: the file is unreadable or holds another ResNet's weights.
+    """
+    if str(source) == "imagenet":
+        try:
+            path = cached_download(imagenet_backbone_url(backbone.name), progress=progress)
+        except WeightsError as e:
+            raise WeightsError(f"ImageNet weights for the {backbone.name} backbone: {e}; or pass "
+                               "--backbone_weights FILE, or --backbone_weights none to start from random "
+                               "weights") from None
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"--backbone_weights {path}: no such file")
+    state = load_checkpoint(path)["model"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    load_model_weights(backbone.body, state, source=f"backbone weights {path} ({backbone.name})")
+    return path
+
+
+def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, progress: bool = True,
+                    **overrides: Any) -> tuple[DETR, Config]:
+    """Build a DETR in eval mode from a published name, one of our checkpoints or an official file.
+
+    Args:
+        name_or_path: checkpoint path (.pth / .safetensors) or a name in `detr.registry.PUBLISHED`.
+        model: an architecture name (e.g. "detr_r50_dc5"), for what an official file's shapes do not say.
+        progress: progress bar when downloading.
+        **overrides: ModelConfig fields, e.g. `dilation=True` or `nheads=8` for an official file.
+
+    Returns:
+        The model (on CPU, eval mode) and its Config (`config.data.class_names` is None when
+        the file does not say).
+
+    Raises:
+        WeightsError: the weights cannot be found or downloaded.
+        CheckpointError: the file is not a usable DETR checkpoint, or does not fit the model.
+    """
+    path = resolve_weights(name_or_path, progress=progress)
+    ckpt = load_checkpoint(path)
+    cfg = config_from_checkpoint(ckpt, str(path), model=model, **overrides)
+    net = build_model(cfg.model)
+    load_model_weights(net, ckpt["model"], source=str(path))
+    return net.eval(), cfg

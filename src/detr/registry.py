@@ -1,0 +1,178 @@
+"""The models this package knows by name, and the one routine that tells what a checkpoint holds.
+
+- `MODELS`: architecture names for `create_model` (any ModelConfig field can be overridden);
+- `PUBLISHED`: the official released weights: architecture, download address, the SHA-256
+  prefix in the file name, class names and evaluation image size;
+- `config_from_checkpoint`: the `Config` of a loaded checkpoint, whatever its origin (ours, an
+  official training checkpoint with its `args`, a published file, or any official-layout weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from .checkpoint import CheckpointError
+from .config import Config, DataConfig, ModelConfig, dataclass_from_dict
+
+log = logging.getLogger(__name__)
+
+# COCO 2017 category names indexed by category id (91 entries, "N/A" for the unused ids).
+COCO_CLASSES: list[str] = [
+    "N/A", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack",
+    "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
+    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+]
+
+
+# Architecture names for create_model; the published DETR models are these four.
+MODELS: dict[str, dict[str, Any]] = {
+    "detr_r50": {"backbone": "resnet50", "dilation": False},
+    "detr_r50_dc5": {"backbone": "resnet50", "dilation": True},
+    "detr_r101": {"backbone": "resnet101", "dilation": False},
+    "detr_r101_dc5": {"backbone": "resnet101", "dilation": True},
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """Released weights: `url`'s file name ends in `-<sha256 prefix>.pth`."""
+
+    architecture: str  # a key of MODELS
+    url: str
+    class_names: tuple[str, ...] = tuple(COCO_CLASSES)
+    num_classes: int = 91
+    val_scale: int = 800  # short side at evaluation
+    max_size: int = 1333
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def hash_prefix(self) -> str:
+        return self.file_name.split(".", 1)[0].rsplit("-", 1)[-1]
+
+
+_BASE = "https://dl.fbaipublicfiles.com/detr/"
+PUBLISHED: dict[str, Published] = {
+    "detr_r50": Published("detr_r50", _BASE + "detr-r50-e632da11.pth"),
+    "detr_r50_dc5": Published("detr_r50_dc5", _BASE + "detr-r50-dc5-f0fb7ef5.pth"),
+    "detr_r101": Published("detr_r101", _BASE + "detr-r101-2c7b67e5.pth"),
+    "detr_r101_dc5": Published("detr_r101_dc5", _BASE + "detr-r101-dc5-a2e86def.pth"),
+}
+
+
+def model_config(name: str, num_classes: int = 91, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of architecture `name` with overrides (official flag names)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if "lr_backbone" in overrides:  # official flag: a zero backbone learning rate freezes it
+        overrides["train_backbone"] = overrides.pop("lr_backbone") > 0
+    return dataclass_from_dict(ModelConfig, {**MODELS[name], **overrides, "num_classes": num_classes},
+                               where="create_model")
+
+
+def published_from_file_name(path: str | Path) -> Published | None:
+    """The published model whose SHA-256 prefix appears in the file's name (e.g. detr-r50-dc5-f0fb7ef5.pth)."""
+    stem = Path(path).name.split(".", 1)[0]
+    found = [p for p in PUBLISHED.values() if p.hash_prefix in stem.split("-")]
+    return found[0] if len(found) == 1 else None
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | None = None,
+                           **overrides: Any) -> Config:
+    """The Config of a loaded checkpoint (`detr.checkpoint.load_checkpoint`'s dict).
+
+    - Ours carries its whole Config.
+    - Official weights: the architecture follows the weights' shapes; what shapes cannot tell
+      (dilation, heads) comes, last wins, from the published model recognised by the file name
+      (hash prefix), the training checkpoint's `args`, the `model` name, then `overrides`.
+      When nothing says, a warning names the flags that decide.
+    `overrides` (ModelConfig fields, e.g. the command line's `--dilation`) apply in every case.
+
+    Raises:
+        CheckpointError: the file holds no DETR weights, or a config this version cannot read.
+    """
+    saved = ckpt.get("config")
+    if isinstance(saved, Mapping) and saved.get("model"):
+        try:
+            cfg = Config.from_dict(dict(saved))
+            cfg.model = dataclass_from_dict(ModelConfig, {**dataclasses.asdict(cfg.model), **overrides},
+                                            where="model options")
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: its config is not usable ({e})") from None
+        return cfg
+    state = ckpt["model"]
+    opts = _shape_options(state, source)
+    told: dict[str, Any] = {}
+    published = published_from_file_name(source)
+    if published is not None:  # the released models use the default 8 heads
+        told.update(MODELS[published.architecture], nheads=ModelConfig.nheads)
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), Mapping) else {}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    told.update({k: v for k, v in args.items() if k in fields and (k not in opts or k == "backbone")})
+    if model is not None:
+        if model not in MODELS:
+            raise ValueError(f"model: unknown model {model!r}; known models: {', '.join(MODELS)}")
+        told.update(MODELS[model])
+    told.update(overrides)
+    if told.get("backbone", opts["backbone"]) != opts["backbone"]:
+        raise CheckpointError(f"{source}: holds {opts['backbone']} weights, but {told['backbone']} was asked for; "
+                              "pass the matching model name")
+    if "dilation" not in told:
+        log.warning("%s: whether the backbone is dilated (DC5) cannot be told from official-layout weights; "
+                    "building it without dilation (and with %d heads unless --nheads says otherwise). For a DC5 "
+                    "model pass --dilation (Python: dilation=True) or --model detr_r50_dc5 / detr_r101_dc5",
+                    source, told.get("nheads", ModelConfig.nheads))
+    model_cfg = dataclass_from_dict(ModelConfig, {**opts, **told}, where=f"{source}: model options")
+    names = list(published.class_names) if published and model_cfg.num_classes == published.num_classes else None
+    return Config(model=model_cfg, data=DataConfig(class_names=names))
+
+
+def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+    """ModelConfig fields that an official-layout state dict's shapes tell."""
+    required = ("class_embed.weight", "query_embed.weight", "transformer.encoder.layers.0.linear1.weight",
+                "backbone.0.body.layer3.0.conv1.weight")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: not DETR weights: no {missing[0]!r} among its {len(state)} tensors "
+                              f"(e.g. {list(state)[:3]})")
+    return dict(
+        num_classes=state["class_embed.weight"].shape[0] - 1,
+        num_queries=state["query_embed.weight"].shape[0],
+        hidden_dim=state["query_embed.weight"].shape[1],
+        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        enc_layers=_count_layers(state, "transformer.encoder.layers."),
+        dec_layers=_count_layers(state, "transformer.decoder.layers."),
+        pre_norm="transformer.encoder.norm.weight" in state,
+        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
+        backbone=_infer_resnet(state),
+    )
+
+
+def _count_layers(state: Mapping[str, Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)})
+
+
+def _infer_resnet(state: Mapping[str, Tensor]) -> str:
+    """resnet18/34 have basic blocks (no conv3); 50/101 differ in layer3's block count (6 vs 23)."""
+    blocks = _count_layers(state, "backbone.0.body.layer3.")
+    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
+    if bottleneck:
+        return "resnet101" if blocks == 23 else "resnet50"
+    return "resnet34" if blocks == 6 else "resnet18"

@@ -1,0 +1,124 @@
+"""A training run's state, typed: the live objects (`Run`), where it stands (`Progress`), and the
+training checkpoint that holds both (what it contains, how it is written and how a run resumes)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import distributed
+from ..checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from ..config import Config
+from ..data.loaders import RunData
+from ..loss.criterion import SetCriterion
+from ..models.detr import DETR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the epoch to run next, and how many of its steps are already done."""
+
+    epoch: int = 0
+    step: int = 0  # > 0 only when resuming an epoch that a signal interrupted
+    best_ap: float | None = None
+    best_epoch: int | None = None
+
+    def update_best(self, test_stats: dict[str, Any] | None, epoch: int) -> bool:
+        """Record `epoch`'s val AP if it is the best so far; True when it is."""
+        if not test_stats or (self.best_ap is not None and test_stats["AP"] <= self.best_ap):
+            return False
+        self.best_ap, self.best_epoch = test_stats["AP"], epoch
+        return True
+
+
+@dataclass
+class Run:
+    """The objects of one training job (on this process)."""
+
+    model: DETR
+    ddp_model: nn.Module  # `model`, wrapped in DistributedDataParallel under torchrun
+    criterion: SetCriterion
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    generator: torch.Generator  # the training loader's shuffling and workers' seeds
+    data: RunData
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    device: torch.device
+    out_dir: Path | None  # None on other processes than the main one, or when nothing is saved
+    n_parameters: int
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "generator": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    generator.set_state(state["generator"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_checkpoint(run: Run, cfg: Config, progress: Progress, epoch_done: bool,
+                             is_best: bool = False) -> None:
+    """Write `checkpoint.pth` (and `best.pth`) atomically; main process only.
+
+    "epoch" is the epoch the checkpoint was written in; "step_in_epoch" is None when that
+    epoch is complete, else the number of its steps already done (a run stopped by a signal).
+    """
+    if run.out_dir is None:
+        return
+    ckpt = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "epoch": progress.epoch,
+        "step_in_epoch": None if epoch_done else progress.step,
+        "best_ap": progress.best_ap,
+        "best_epoch": progress.best_epoch,
+        "rng": rng_state(run.generator),
+        "config": cfg.to_dict(),
+        "class_names": cfg.data.class_names,
+    }
+    save_checkpoint(run.out_dir / "checkpoint.pth", ckpt)
+    if is_best:
+        save_checkpoint(run.out_dir / "best.pth", ckpt)
+
+
+def restore_training_state(path: str, run: Run) -> Progress:
+    """Load a training checkpoint into the run's objects; returns where to continue."""
+    ckpt = load_checkpoint(path)
+    load_model_weights(run.model, ckpt["model"], source=f"--resume {path}")
+    missing = [k for k in ("optimizer", "lr_scheduler", "epoch") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"--resume {path}: not a training checkpoint (no {', '.join(missing)}); "
+                              "to start a new run from these weights use --weights")
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"--resume {path}: the optimizer state does not fit this run ({e}); "
+                              "were --lr_backbone or the frozen layers changed?") from None
+    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    step = ckpt.get("step_in_epoch")
+    if step is not None and ckpt.get("rng"):  # continue the interrupted epoch with its exact random state
+        set_rng_state(ckpt["rng"], run.generator)
+    epoch = int(ckpt["epoch"]) + (1 if step is None else 0)
+    if distributed.is_main_process():
+        log.info("resumed from %s: continuing at epoch %d%s", path, epoch, f" step {step}" if step else "")
+    return Progress(epoch, step or 0, ckpt.get("best_ap"), ckpt.get("best_epoch"))
