@@ -25,7 +25,7 @@ def test_train_then_eval_end_to_end(data, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(["train", *TINY_FLAGS, *data_flags(data), "--epochs", "1", "--output_dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Average Precision" in proc.stdout and "best val AP" in proc.stdout
+    assert "Average Precision" in proc.stderr and "best val AP" in proc.stderr  # logged (INFO) to stderr
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert log[0]["epoch"] == 0 and len(log[0]["test_coco_eval_bbox"]) == 12
     ckpt = load_checkpoint(out / "checkpoint.pth")
@@ -34,8 +34,9 @@ def test_train_then_eval_end_to_end(data, tmp_path):
     assert {"image_id", "category_id", "bbox", "score"} <= detections[0].keys()
 
     proc = run_cli(["eval", "--weights", str(out / "checkpoint.pth"), "--device", "cpu", "--num_workers", "0",
-                    "--output_dir", str(tmp_path / "eval")])
+                    "--output_dir", str(tmp_path / "eval"), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and "Average Precision" not in proc.stderr and "eval:" not in proc.stderr  # --quiet
     evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert evaluated["coco_eval_bbox"] == pytest.approx(log[0]["test_coco_eval_bbox"], abs=1e-9)
 

@@ -8,9 +8,11 @@ code (2 for bad input, 130 for Ctrl-C).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 # name -> one-line help; the command is `detr.cli.<name>.main`
 COMMANDS: dict[str, str] = {
@@ -39,6 +41,15 @@ An official DETR command line works with `detr train` in front of its flags, e.g
 def usage() -> str:
     width = max(len(n) for n in COMMANDS)
     return USAGE.format(commands="\n".join(f"  {n:<{width}}  {h}" for n, h in COMMANDS.items()))
+
+
+def parse_and_run(argv: list[str], prog: str, description: str | None,
+                  add_arguments: Callable[[argparse.ArgumentParser], None],
+                  run: Callable[[argparse.Namespace], int]) -> int:
+    """A sub-command's `main`: its parser from `add_arguments`, then `run` on the parsed arguments."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def show_progress() -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..checkpoint import output_folder
 from ..inference.detector import to_image_tensor
 from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
+from . import parse_and_run
 from .common import add_weights_arguments, detector_from_args
 
 
@@ -30,6 +31,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detr explain", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parse_and_run(argv, "detr explain", __doc__, add_arguments, run)

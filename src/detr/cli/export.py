@@ -8,6 +8,7 @@ import torch
 
 from ..checkpoint import output_file
 from ..inference.export import export_onnx, onnx_outputs
+from . import parse_and_run
 from .common import add_weights_arguments, detector_from_args
 
 
@@ -37,6 +38,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detr export", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parse_and_run(argv, "detr export", __doc__, add_arguments, run)

@@ -6,6 +6,7 @@ import argparse
 
 from ..checkpoint import output_file
 from ..inference.visualize import plot_logs
+from . import parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detr plot", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parse_and_run(argv, "detr plot", __doc__, add_arguments, run)

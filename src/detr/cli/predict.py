@@ -14,7 +14,7 @@ from ..inference.detector import to_image_tensor
 from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
 from ..inference.visualize import draw_detections
 from ..runtime import AMP_MODES
-from . import show_progress
+from . import parse_and_run, show_progress
 from .common import add_weights_arguments, collect_images, detector_from_args
 
 
@@ -93,6 +93,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detr predict", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parse_and_run(argv, "detr predict", __doc__, add_arguments, run)
