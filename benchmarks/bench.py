@@ -119,7 +119,7 @@ def make_step(model, impl: str, device: str, bf16: bool = False):
             losses = criterion(out, targets)
             return sum(losses[k] * weights[k] for k in losses if k in weights)
     else:
-        from detr.engine import _float_outputs as float_outputs
+        from detr.loss.reduce import float_outputs
 
         import detr
 

@@ -111,8 +111,8 @@ def test_sigkill_at_random_points_then_resume_reaches_the_same_weights(data, ref
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_sigint_stop_cleanly_with_a_checkpoint_and_resume_exactly(sig, data, reference, tmp_path):
     out = tmp_path / "run"
-    proc, log = start(argv(data, out, resume=False), out)
-    assert wait_for(lambda: "1/2 [" in log.read_text(), proc)
+    proc, log = start(["--verbose", *argv(data, out, resume=False)], out)
+    assert wait_for(lambda: "epoch 0 step 1/2" in log.read_text(), proc)  # a DEBUG line per step
     proc.send_signal(sig)
     assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
     assert "stopping after this step" in log.read_text() or (out / "checkpoint.pth").exists()

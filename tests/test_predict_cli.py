@@ -143,7 +143,7 @@ def test_output_folder_problems(weights, images, tmp_path):
     assert (tmp_path / "new" / "out" / "detections.json").is_file()
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    with pytest.raises(ValueError, match="exists and is not a folder"):
+    with pytest.raises(ValueError, match="is a file, not a folder"):
         predict(weights, images["rgb.png"], "--output", a_file)
     if os.geteuid() != 0:  # root can write anywhere
         locked = tmp_path / "locked"

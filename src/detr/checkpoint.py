@@ -60,15 +60,21 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def output_folder(path: str | os.PathLike, argument: str = "--output") -> Path:
-    """Create (if needed) and return a writable folder, or a ValueError naming `argument`."""
+def check_output_folder(path: str | os.PathLike, argument: str = "--output") -> Path:
+    """`path` as a Path, or a ValueError naming `argument` when it is a file or an unwritable folder."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{argument} {folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{argument} {folder}: is a file, not a folder")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{argument} {folder}: folder is not writable")
     return folder
+
+
+def output_folder(path: str | os.PathLike, argument: str = "--output") -> Path:
+    """Create (if needed, with its parents) and return a writable folder; errors name `argument`."""
+    folder = check_output_folder(path, argument)
+    folder.mkdir(parents=True, exist_ok=True)
+    return check_output_folder(folder, argument)
 
 
 def output_file(path: str | os.PathLike, argument: str = "--output") -> Path:

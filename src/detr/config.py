@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import check_output_folder
 from .runtime import check_amp, resolve_device
 
 
@@ -191,8 +192,8 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         if not ok:
             raise ValueError(message)
     check_amp(t.amp, resolve_device(t.device, "--device"), "--amp")
-    if t.output_dir and Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
-        raise ValueError(f"--output_dir {t.output_dir} is a file, not a folder")
+    if t.output_dir:
+        check_output_folder(t.output_dir, "--output_dir")
     for flag, path in (("--resume", t.resume), ("--weights", t.weights)):
         if path and not Path(path).is_file():
             raise ValueError(f"{flag} {path}: file not found")

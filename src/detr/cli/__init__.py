@@ -25,12 +25,13 @@ COMMANDS: dict[str, str] = {
     "plot": "training curves (loss, class error, AP) of one or several runs",
 }
 
-USAGE = """usage: detr [--quiet] <command> [options]     (detr <command> --help for its options)
+USAGE = """usage: detr [--quiet | --verbose] <command> [options]     (detr <command> --help for its options)
 
 commands:
 {commands}
 
---quiet (anywhere on the line) shows only warnings and errors, and no progress bars.
+--quiet (anywhere on the line) shows only warnings and errors, and no progress bars; --verbose
+also shows every training step's loss.
 
 An official DETR command line works with `detr train` in front of its flags, e.g.
   detr train --coco_path /data/coco --output_dir runs/r50 --batch_size 2
@@ -57,10 +58,10 @@ def show_progress() -> bool:
     return logging.getLogger("detr").isEnabledFor(logging.INFO)
 
 
-def setup_logging(quiet: bool) -> None:
-    """`detr.*` log records to stderr: INFO and up (WARNING and up with --quiet), one line each."""
+def setup_logging(level: int = logging.INFO) -> None:
+    """`detr.*` log records of `level` and up to stderr, one line each."""
     logger = logging.getLogger("detr")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(level)
     if not any(getattr(h, "_detr_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -71,9 +72,9 @@ def setup_logging(quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `detr` and `python -m detr`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet = "--quiet" in argv
-    argv = [a for a in argv if a != "--quiet"]
-    setup_logging(quiet)
+    level = logging.WARNING if "--quiet" in argv else logging.DEBUG if "--verbose" in argv else logging.INFO
+    argv = [a for a in argv if a not in ("--quiet", "--verbose")]
+    setup_logging(level)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed
-from ..checkpoint import load_checkpoint, load_model_weights, write_json
+from ..checkpoint import load_checkpoint, load_model_weights, output_folder, write_json
 from ..config import Config, dataclass_from_dict, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
@@ -114,9 +114,8 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
                                      **vars(cfg.loss)).to(device)
         loader = make_loader(data.val, cfg.train.batch_size, False, cfg.train.seed, cfg.train.num_workers)
         stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress)
-        out_dir = Path(cfg.train.output_dir) if cfg.train.output_dir and distributed.is_main_process() else None
-        if out_dir:
-            out_dir.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main_process()
+        out_dir = output_folder(cfg.train.output_dir, "--output_dir") if cfg.train.output_dir and main else None
         write_eval_outputs(out_dir, stats, detections)
         if distributed.is_main_process():
             log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val),

@@ -6,6 +6,7 @@ dicts ("boxes" [N, 4] cxcywh in [0, 1], "labels" [N], "image_id", "orig_size" (h
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 
@@ -17,6 +18,8 @@ from .. import distributed
 from ..data.coco import move_batch
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
 from ..runtime import autocast
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,6 +90,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         averages.update(stats)
         step += 1
         bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+        if distributed.is_main_process():
+            log.debug("epoch %d step %d/%s: loss %.4f lr %.2e", epoch, step, total, stats["loss"], stats["lr"])
         if stop:
             break
     bar.close()

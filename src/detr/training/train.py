@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import load_checkpoint, load_model_weights
+from ..checkpoint import load_checkpoint, load_model_weights, output_folder
 from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.evaluate import evaluate, write_eval_outputs
@@ -141,9 +141,8 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
 def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
     """Build the run's objects and load --resume (returning where it stopped) or the starting weights."""
     t = cfg.train
-    out_dir = Path(t.output_dir) if t.output_dir and distributed.is_main_process() else None
+    out_dir = output_folder(t.output_dir, "--output_dir") if t.output_dir and distributed.is_main_process() else None
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".*.pth.*.tmp"):  # left by a run killed while writing a checkpoint
             stale.unlink(missing_ok=True)
     torch.manual_seed(t.seed)  # the same initial model on every process
