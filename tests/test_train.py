@@ -74,7 +74,7 @@ def test_cuda_without_a_gpu_output_dir_file_and_missing_data(data, tmp_path):
             train(config(data, tmp_path, ["--device", "cuda"]), progress=False)
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(ValueError, match=f"--output_dir {a_file} is a file"):
+    with pytest.raises(ValueError, match=f"--output_dir {a_file}: is a file"):
         train(config(data, a_file), progress=False)
     missing = {**data, "train_annotations": str(tmp_path / "nope.json")}
     with pytest.raises(ValueError, match="--train_annotations .*nope.json: file not found"):
