@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import onnx  # dev dependencies: a missing one fails the run here instead of skipping the file
+import onnxruntime  # noqa: F401
 import pytest
 import torch
 
 import detr
 from detr.cli.export import main as export_command
+from detr.inference.export import export_onnx, onnx_outputs
 
 from .helpers_predict import one_thread, save_official  # noqa: F401  (autouse fixture)
-
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from detr.inference.export import export_onnx, onnx_outputs  # noqa: E402
 
 SMALL = {"backbone": "resnet18", "hidden_dim": 64, "nheads": 2, "enc_layers": 1, "dec_layers": 1,
          "dim_feedforward": 128, "num_queries": 10}
@@ -42,8 +40,6 @@ def test_onnxruntime_matches_pytorch(model, onnx_file, shape):
 
 
 def test_graph_declares_dynamic_batch_and_size(onnx_file):
-    import onnx
-
     graph = onnx.load(str(onnx_file)).graph
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert [i.name for i in graph.input] == ["images"]

@@ -121,15 +121,31 @@ def test_grey_and_rgba_are_read_as_rgb(official_file, images):
 
 
 def test_list_in_list_out_and_batches(official_file, images):
-    detector = load(official_file, threshold=0.5, nheads=TINY["nheads"])
+    detector = load(official_file, threshold=0.0, nheads=TINY["nheads"])  # 0: every query, paired one to one
     paths = list(images.values())
     one_by_one = [detector(p) for p in paths]
     listed = detector(paths)
     assert isinstance(listed, list) and len(listed) == len(paths)
     for a, b in zip(listed, one_by_one):
         assert torch.equal(a.boxes, b.boxes)
-    batched = detector(paths, batch_size=4)  # padded together: same sizes, boxes close
-    assert [r.image_size for r in batched] == [r.image_size for r in one_by_one]
+    # Padded together, the smaller images get zeros at the bottom/right: the backbone's deeper layers
+    # see them (BatchNorm shifts and biases make them non-zero) and the 1/32 mask rounds, so the numbers
+    # move. Measured on these four images (1 thread): boxes <= 1.0% of the long side (0.65 px), scores
+    # <= 0.014, the same labels. Allowed: 2% and 0.03. Boxes scaled to the padded size instead of the
+    # image's own would be off by >= 10% of it.
+    for batch_size in (2, 4):
+        batched = detector(paths, batch_size=batch_size)
+        assert len(batched) == len(paths)
+        for path, b, a in zip(paths, batched, one_by_one):
+            where = f"{path.name}, batch_size {batch_size}"
+            assert b.image_size == a.image_size, where
+            assert len(b) == len(a) == TINY["num_queries"], where
+            b_order, a_order = b.queries.argsort(), a.queries.argsort()  # the same query on both sides
+            assert b.labels[b_order].tolist() == a.labels[a_order].tolist(), where
+            torch.testing.assert_close(b.boxes[b_order], a.boxes[a_order], rtol=0, atol=0.02 * max(a.image_size),
+                                       msg=lambda m, where=where: f"{where}: boxes: {m}")
+            torch.testing.assert_close(b.scores[b_order], a.scores[a_order], rtol=0, atol=0.03,
+                                       msg=lambda m, where=where: f"{where}: scores: {m}")
 
 
 def test_threshold_filters_and_is_checked(official_file, images):

@@ -64,7 +64,7 @@ def export_onnx(model: DETR, output: str | os.PathLike, height: int = 800, width
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail early with a clear message)
     except ImportError:
-        raise ImportError("ONNX export needs the onnx package: pip install 'detr[export]'") from None
+        raise ImportError("ONNX export needs the onnx package: pip install 'detr-aligned[export]'") from None
     output = output_file(output)
     example = torch.zeros(1, 3, height, width)
     with warnings.catch_warnings():
@@ -83,7 +83,7 @@ def onnx_outputs(path: str | os.PathLike, images: Tensor) -> tuple[Tensor, Tenso
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("running ONNX models needs onnxruntime: pip install 'detr[export]'") from None
+        raise ImportError("running ONNX models needs onnxruntime: pip install 'detr-aligned[export]'") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits, boxes = session.run(["pred_logits", "pred_boxes"], {"images": images.cpu().numpy()})
     return torch.from_numpy(logits), torch.from_numpy(boxes)
