@@ -78,11 +78,26 @@ def test_forward_matches_official(ref, case):
 
 
 @pytest.mark.reference
-def test_official_state_dict_loads_strictly(ref):
-    theirs, ours = make_pair(ref, "detr_r50", {})
-    assert set(ours.state_dict()) == set(theirs.state_dict())
-    for k, v in theirs.state_dict().items():
-        assert ours.state_dict()[k].shape == v.shape, k
+def test_official_training_checkpoint_file_gives_the_official_outputs(ref, tmp_path):
+    """A file saved as the official training loop saves it (DDP `module.` keys, `args` as a Namespace), here
+    a DC5 model, goes through our file loader and `config_from_checkpoint` alone (no model options given) and
+    gives the official model's outputs: the same keys, and dilation read from the args."""
+    import argparse
+
+    from detr.inference.detector import Detector
+
+    options = {"enc_layers": 2, "dec_layers": 2, "num_queries": 10, "num_classes": 20}
+    theirs = official.build_model(ref, backbone="resnet50", dilation=True, **options).eval()
+    args = argparse.Namespace(backbone="resnet50", dilation=True, nheads=8, hidden_dim=256, position_embedding="sine",
+                              enc_layers=2, dec_layers=2, dim_feedforward=2048, num_queries=10, pre_norm=False,
+                              aux_loss=True, lr_backbone=1e-5, dropout=0.1, masks=False)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in theirs.state_dict().items()}, "args": args, "epoch": 3}, path)
+    ours = Detector.from_pretrained(path).model
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    images = two_images()
+    with torch.no_grad():
+        assert_outputs_close(theirs(images), ours(images))
 
 
 def to_float64(x):
