@@ -41,6 +41,9 @@ class ModelConfig:
     # 2^21 attention weights when the whole attention exceeds 2^23); bounds training memory to
     # chunk x tokens instead of tokens^2.
     attention_chunk_size: int = 1024
+    # Fast-convergence options, used in training only (defaults: the official DETR). Group DETR
+    # (arXiv 2207.13085): K groups of queries, each matched and trained on its own; inference keeps group 1.
+    num_groups: int = 1
 
 
 @dataclass
@@ -187,6 +190,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.num_classes is None or m.num_classes >= 1, f"--num_classes must be >= 1, got {m.num_classes}"),
         (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
         (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
+        (m.num_groups >= 1, f"--num_groups must be >= 1 (1: no extra query groups), got {m.num_groups}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -35,6 +35,7 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("attention_dropout", float, "dropout on attention weights (default: = dropout; 0 enables fused attention)"),
     ("nheads", int, "attention heads"),
     ("num_queries", int, "object queries (most objects one image can have)"),
+    ("num_groups", int, "Group DETR: query groups trained side by side (1: DETR; inference uses group 1)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
     ("set_cost_class", float, "matcher: class cost"),
     ("set_cost_bbox", float, "matcher: L1 box cost"),

@@ -48,11 +48,20 @@ class SetCriterion(nn.Module):
         self.register_buffer("class_weight", class_weight)
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The loss dict; with Group DETR's "groups", each group is matched on its own and every term is
+        the mean over the groups."""
         _check_targets(targets, len(outputs["pred_logits"]), self.num_classes)
         logits = outputs["pred_logits"]
         num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=logits.device)
         num_boxes = mean_across_processes(num_boxes).clamp(min=1).item()
+        groups = [self._group_losses(g, targets, num_boxes) for g in [outputs, *outputs.get("groups", [])]]
+        if len(groups) == 1:
+            return groups[0]
+        return {k: torch.stack([g[k] for g in groups]).mean() for k in groups[0]}
 
+    def _group_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
+                      num_boxes: float) -> dict[str, Tensor]:
+        """The losses of one query group, auxiliary decoder layers included."""
         losses = self._layer_losses(outputs, targets, num_boxes, log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             layer = self._layer_losses(aux, targets, num_boxes, log=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,30 +43,47 @@ class DETR(nn.Module):
     - "pred_boxes": [B, Q, 4] boxes as (cx, cy, w, h) in [0, 1] relative to each image's
       unpadded size;
     - "aux_outputs" (when aux_loss): a list of L-1 dicts with the same two keys for every
-      decoder layer but the last.
+      decoder layer but the last;
+    - "groups" (training with `num_groups` K > 1, Group DETR): a list of K-1 dicts with the same keys
+      for the other query groups. Groups run as separate decoder batches, so they never see each
+      other; in eval mode only the first group (`query_embed`) runs.
 
     The model computes no loss: see `detr.create_criterion`.
     """
 
     def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int = 100,
-                 aux_loss: bool = True):
+                 aux_loss: bool = True, num_groups: int = 1):
         super().__init__()
         hidden_dim = transformer.d_model
         self.num_queries = num_queries
+        self.num_groups = num_groups
         self.aux_loss = aux_loss
         self.transformer = transformer
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if num_groups > 1:  # training only: the other groups' queries (not needed at inference)
+            self.group_query_embed = nn.Embedding((num_groups - 1) * num_queries, hidden_dim)
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.backbone = backbone
 
     def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> dict[str, Any]:
         batch, mask = prepare_batch(images, mask)
         feats, mask, pos = self.backbone(batch, mask)
-        hs, _ = self.transformer(self.input_proj(feats), mask, self.query_embed.weight, pos)  # [L, B, Q, E]
-        logits = self.class_embed(hs)  # [L, B, Q, C+1]
-        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
+        groups = self.num_groups if self.training else 1
+        queries = self.query_embed.weight  # [Q, E]
+        if groups > 1:
+            queries = torch.cat([queries, self.group_query_embed.weight])  # [K*Q, E]
+        hs, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups)  # [L, B, K*Q, E]
+        logits = self.class_embed(hs)  # [L, B, K*Q, C+1]
+        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, K*Q, 4]
+        outs = [self._outputs(lg, bx) for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2))]
+        if groups > 1:
+            outs[0]["groups"] = outs[1:]
+        return outs[0]
+
+    def _outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
+        """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
         out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
@@ -124,7 +142,18 @@ def build_model(cfg: ModelConfig) -> DETR:
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
-    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)
+    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, cfg.num_groups)
+
+
+# Parameters used only in training (Group DETR's extra queries): kept in training checkpoints so
+# that --resume is exact, dropped when a model is loaded for inference.
+TRAINING_ONLY = ("group_query_embed.",)
+
+
+def inference_parts(cfg: ModelConfig, state_dict: Mapping[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The config and weights of the inference model of a (possibly recipe-trained) checkpoint."""
+    state = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
+    return dataclasses.replace(cfg, num_groups=1), state
 
 
 def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any) -> DETR:
