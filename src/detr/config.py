@@ -44,6 +44,9 @@ class ModelConfig:
     # Fast-convergence options, used in training only (defaults: the official DETR). Group DETR
     # (arXiv 2207.13085): K groups of queries, each matched and trained on its own; inference keeps group 1.
     num_groups: int = 1
+    # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
+    # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing.
+    class_loss: str = "softmax"
 
 
 @dataclass
@@ -56,6 +59,9 @@ class LossConfig:
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
     eos_coef: float = 0.1
+    # The varifocal head's focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
 
 
 @dataclass
@@ -191,6 +197,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
         (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
         (m.num_groups >= 1, f"--num_groups must be >= 1 (1: no extra query groups), got {m.num_groups}"),
+        (m.class_loss in ("softmax", "varifocal"), f"--class_loss must be softmax or varifocal, got {m.class_loss!r}"),
     ]
     for ok, message in checks:
         if not ok:

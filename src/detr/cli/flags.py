@@ -36,6 +36,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("nheads", int, "attention heads"),
     ("num_queries", int, "object queries (most objects one image can have)"),
     ("num_groups", int, "Group DETR: query groups trained side by side (1: DETR; inference uses group 1)"),
+    ("class_loss", str, "class head: softmax (the paper's, with a no-object class) or varifocal (IoU-aware "
+                        "sigmoid head, focal matching cost, top-k postprocessing)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
     ("set_cost_class", float, "matcher: class cost"),
     ("set_cost_bbox", float, "matcher: L1 box cost"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,8 @@ class DETR(nn.Module):
     (padded bottom/right into one batch with a mask), or an already padded [B, 3, H, W]
     tensor with an optional `mask` [B, H, W] (True on padding). It returns a dict:
 
-    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object";
+    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object" (with
+      `class_loss="varifocal"`: [B, Q, num_classes] sigmoid logits, no "no object" column);
     - "pred_boxes": [B, Q, 4] boxes as (cx, cy, w, h) in [0, 1] relative to each image's
       unpadded size;
     - "aux_outputs" (when aux_loss): a list of L-1 dicts with the same two keys for every
@@ -52,14 +54,18 @@ class DETR(nn.Module):
     """
 
     def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int = 100,
-                 aux_loss: bool = True, num_groups: int = 1):
+                 aux_loss: bool = True, num_groups: int = 1, class_loss: str = "softmax"):
         super().__init__()
         hidden_dim = transformer.d_model
+        self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_groups = num_groups
+        self.class_loss = class_loss
         self.aux_loss = aux_loss
         self.transformer = transformer
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + (class_loss == "softmax"))
+        if class_loss == "varifocal":  # scores start at 0.01, as focal-loss heads do (RetinaNet, Deformable DETR)
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         if num_groups > 1:  # training only: the other groups' queries (not needed at inference)
@@ -142,7 +148,10 @@ def build_model(cfg: ModelConfig) -> DETR:
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
-    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, cfg.num_groups)
+    if cfg.class_loss not in ("softmax", "varifocal"):
+        raise ValueError(f"class_loss must be softmax or varifocal, got {cfg.class_loss!r}")
+    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, cfg.num_groups,
+                cfg.class_loss)
 
 
 # Parameters used only in training (Group DETR's extra queries): kept in training checkpoints so

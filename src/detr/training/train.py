@@ -160,7 +160,7 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
     generator = torch.Generator()
     run = Run(
         model=model, ddp_model=model, optimizer=optimizer,
-        criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
+        criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss, cfg.model.class_loss,
                                    **vars(cfg.loss)).to(device),
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop),
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
