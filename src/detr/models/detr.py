@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from ..checkpoint import plain_state_dict
 from ..config import ModelConfig
 from ..registry import MODELS, model_config
-from .backbone import Backbone, Joiner
+from .backbone import RESNETS, Backbone, Joiner
 from .position import build_position_embedding
+from .tiny import TinyBackbone
 from .transformer import Transformer
 
 
@@ -144,7 +145,7 @@ def build_model(cfg: ModelConfig) -> DETR:
         raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
     if cfg.num_queries < 1:
         raise ValueError(f"num_queries must be >= 1, got {cfg.num_queries}")
-    backbone = Joiner(Backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
+    backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
@@ -152,6 +153,15 @@ def build_model(cfg: ModelConfig) -> DETR:
         raise ValueError(f"class_loss must be softmax or varifocal, got {cfg.class_loss!r}")
     return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, cfg.num_groups,
                 cfg.class_loss)
+
+
+def build_backbone(name: str, train_backbone: bool = True, dilation: bool = False) -> Backbone | TinyBackbone:
+    """A torchvision ResNet trunk (`RESNETS`) or the tiny from-scratch trunk ("tiny")."""
+    if name == "tiny":
+        return TinyBackbone(train_backbone, dilation)
+    if name not in RESNETS:
+        raise ValueError(f"backbone must be one of {[*RESNETS, 'tiny']}, got {name!r}")
+    return Backbone(name, train_backbone, dilation)
 
 
 # Parameters used only in training (Group DETR's extra queries): kept in training checkpoints so

@@ -165,7 +165,8 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop),
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
         generator=generator, data=data,
-        train_loader=make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, generator),
+        train_loader=make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, generator,
+                                 t.steps_per_epoch),
         val_loader=make_loader(data.val, t.batch_size, False, t.seed, t.num_workers) if data.val is not None else None,
         device=device, out_dir=out_dir,
         n_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
