@@ -58,9 +58,11 @@ from detr.training.train import train  # noqa: E402
 RECIPES: dict[str, dict[str, Any]] = {
     "vanilla": {},  # the official recipe
     "groups": {"num_groups": 3},  # Group DETR (arXiv 2207.13085): 3 query groups in training
-    # "dn": {...},         # denoising queries (DN-DETR, arXiv 2203.01305)
-    # "varifocal": {...},  # IoU-aware (varifocal) classification loss
-    # "all": {...},        # every recipe above together
+    # IoU-aware classification (RT-DETR's varifocal loss) with the focal matching cost at Deformable DETR's weight 2
+    "varifocal": {"class_loss": "varifocal", "set_cost_class": 2.0},
+    "groups_varifocal": {"num_groups": 3, "class_loss": "varifocal", "set_cost_class": 2.0},
+    # "dn": {...},         # denoising queries (DN-DETR, arXiv 2203.01305): not implemented yet
+    # "all": {...},        # every option together, once denoising exists
 }
 
 # The fixed model and training settings (official flag names). The trunk trains from scratch at the
