@@ -20,7 +20,9 @@ class ModelConfig:
     """Architecture options; field names are the official DETR flag names."""
 
     num_classes: int = 91
-    backbone: str = "resnet50"  # resnet50 | resnet101 (any torchvision ResNet)
+    # resnet50 | resnet101 (any torchvision ResNet), or "tiny": a small conv trunk trained from
+    # scratch (stride 16, trainable BatchNorm, no pretrained weights; models/tiny.py)
+    backbone: str = "resnet50"
     dilation: bool = False  # DC5: dilate the last stage instead of striding it
     train_backbone: bool = True  # False freezes the whole backbone (official: lr_backbone <= 0)
     position_embedding: str = "sine"  # sine | learned
@@ -41,6 +43,12 @@ class ModelConfig:
     # 2^21 attention weights when the whole attention exceeds 2^23); bounds training memory to
     # chunk x tokens instead of tokens^2.
     attention_chunk_size: int = 1024
+    # Fast-convergence options, used in training only (defaults: the official DETR). Group DETR
+    # (arXiv 2207.13085): K groups of queries, each matched and trained on its own; inference keeps group 1.
+    num_groups: int = 1
+    # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
+    # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing.
+    class_loss: str = "softmax"
 
 
 @dataclass
@@ -53,6 +61,9 @@ class LossConfig:
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
     eos_coef: float = 0.1
+    # The varifocal head's focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
 
 
 @dataclass
@@ -98,6 +109,10 @@ class TrainConfig:
     # Steps of the dense backbone warm-up that stands in for ImageNet pretraining (warmup.py); 0: none.
     backbone_warmup: int = 0
     eval_every: int = 1
+    # None: an epoch is one pass over the training set. N: an epoch is N steps, taken in order from
+    # consecutive shuffled passes (epoch e continues where e-1 stopped), so that --eval_every,
+    # --epochs and --lr_drop count blocks of N steps (the convergence benchmark evaluates every N steps).
+    steps_per_epoch: int | None = None
 
 
 @dataclass
@@ -182,11 +197,19 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.num_workers >= 0, f"--num_workers must be >= 0, got {t.num_workers}"),
         (t.eval_every >= 1, f"--eval_every must be >= 1, got {t.eval_every}"),
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
+        (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
+         f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
         (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),
          f"--backbone_weights {t.backbone_weights}: no such file (give imagenet, none or a ResNet state-dict file)"),
+        (m.backbone != "tiny" or t.backbone_weights == "none" or bool(t.weights or t.resume),
+         f"--backbone_weights {t.backbone_weights}: the tiny backbone has no pretrained weights; "
+         "give --backbone_weights none (it trains from scratch)"),
+        (m.backbone != "tiny" or not m.dilation, "--dilation does not apply to --backbone tiny (stride 16 already)"),
         (m.num_classes is None or m.num_classes >= 1, f"--num_classes must be >= 1, got {m.num_classes}"),
         (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
         (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
+        (m.num_groups >= 1, f"--num_groups must be >= 1 (1: no extra query groups), got {m.num_groups}"),
+        (m.class_loss in ("softmax", "varifocal"), f"--class_loss must be softmax or varifocal, got {m.class_loss!r}"),
     ]
     for ok, message in checks:
         if not ok:

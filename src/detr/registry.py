@@ -134,7 +134,7 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | No
     if told.get("backbone", opts["backbone"]) != opts["backbone"]:
         raise CheckpointError(f"{source}: holds {opts['backbone']} weights, but {told['backbone']} was asked for; "
                               "pass the matching model name")
-    if "dilation" not in told:
+    if "dilation" not in told and opts["backbone"] != "tiny":  # the tiny trunk has no dilated variant
         log.warning("%s: whether the backbone is dilated (DC5) cannot be told from official-layout weights; "
                     "building it without dilation (and with %d heads unless --nheads says otherwise). For a DC5 "
                     "model pass --dilation (Python: dilation=True) or --model detr_r50_dc5 / detr_r101_dc5",
@@ -144,10 +144,15 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | No
     return Config(model=model_cfg, data=DataConfig(class_names=names))
 
 
+# A key that only a ResNet trunk's weights have, and one that only the tiny trunk's (models/tiny.py) have.
+_RESNET_KEY = "backbone.0.body.layer3.0.conv1.weight"
+_TINY_KEY = "backbone.0.body.stem.0.weight"
+
+
 def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
     """ModelConfig fields that an official-layout state dict's shapes tell."""
     required = ("class_embed.weight", "query_embed.weight", "transformer.encoder.layers.0.linear1.weight",
-                "backbone.0.body.layer3.0.conv1.weight")
+                _TINY_KEY if _TINY_KEY in state else _RESNET_KEY)
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{source}: not DETR weights: no {missing[0]!r} among its {len(state)} tensors "
@@ -161,7 +166,7 @@ def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
         dec_layers=_count_layers(state, "transformer.decoder.layers."),
         pre_norm="transformer.encoder.norm.weight" in state,
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
-        backbone=_infer_resnet(state),
+        backbone="tiny" if _TINY_KEY in state else _infer_resnet(state),
     )
 
 

@@ -25,7 +25,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("epochs", int, "number of epochs"),
     ("lr_drop", int, "divide the learning rates by 10 every this many epochs"),
     ("clip_max_norm", float, "gradient clipping max norm (0: no clipping)"),
-    ("backbone", str, "torchvision ResNet: resnet18, resnet34, resnet50, resnet101"),
+    ("backbone", str, "torchvision ResNet: resnet18, resnet34, resnet50, resnet101; or tiny (a small conv trunk "
+                      "trained from scratch, stride 16; needs --backbone_weights none)"),
     ("position_embedding", str, "sine or learned"),
     ("enc_layers", int, "transformer encoder layers"),
     ("dec_layers", int, "transformer decoder layers"),
@@ -35,6 +36,9 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("attention_dropout", float, "dropout on attention weights (default: = dropout; 0 enables fused attention)"),
     ("nheads", int, "attention heads"),
     ("num_queries", int, "object queries (most objects one image can have)"),
+    ("num_groups", int, "Group DETR: query groups trained side by side (1: DETR; inference uses group 1)"),
+    ("class_loss", str, "class head: softmax (the paper's, with a no-object class) or varifocal (IoU-aware "
+                        "sigmoid head, focal matching cost, top-k postprocessing)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
     ("set_cost_class", float, "matcher: class cost"),
     ("set_cost_bbox", float, "matcher: L1 box cost"),
@@ -59,6 +63,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("num_workers", int, "data loading processes"),
     ("amp", str, "mixed precision: none, bf16 (CPU or GPU), fp16 (GPU)"),
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),
+    ("steps_per_epoch", int, "make an epoch this many training steps, drawn in order from consecutive shuffled "
+                             "passes over the data (default: one pass); --epochs, --lr_drop, --eval_every count them"),
     ("max_size", int, "longest image side"),
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]

@@ -105,9 +105,11 @@ def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int,
-                generator: torch.Generator | None = None) -> DataLoader:
-    """A DataLoader of this process's share, its batches from an `EpochBatchSampler` (exact resume)."""
+                generator: torch.Generator | None = None, steps_per_epoch: int | None = None) -> DataLoader:
+    """A DataLoader of this process's share, its batches from an `EpochBatchSampler` (exact resume);
+    `steps_per_epoch` batches per epoch (None: one pass)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed,
-                                rank=distributed.rank(), world_size=distributed.world_size())
+                                rank=distributed.rank(), world_size=distributed.world_size(),
+                                steps_per_epoch=steps_per_epoch)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
                       generator=generator, persistent_workers=False)

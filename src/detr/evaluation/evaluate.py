@@ -51,7 +51,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
         averages.update(stats)
         orig_sizes = torch.stack([torch.as_tensor(t["orig_size"], device=device) for t in targets])
         ids = [int(t["image_id"]) for t in targets]
-        detections += to_coco_detections(postprocess(outputs, orig_sizes), ids)
+        results = postprocess(outputs, orig_sizes, getattr(criterion, "class_loss", "softmax"))  # the head's
+        detections += to_coco_detections(results, ids)
         image_ids += ids
     bar.close()
 
@@ -111,6 +112,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         net = build_model(cfg.model).to(device)
         load_model_weights(net, ckpt["model"], source=path)
         criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
+                                     cfg.model.class_loss,
                                      **vars(cfg.loss)).to(device)
         loader = make_loader(data.val, cfg.train.batch_size, False, cfg.train.seed, cfg.train.num_workers)
         stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress)

@@ -82,8 +82,7 @@ class Detector:
         self.model = model.eval().to(self.device)
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
-        num_classes = model.class_embed.out_features - 1
-        self.class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
+        self.class_names = list(class_names) if class_names is not None else default_class_names(model.num_classes)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
@@ -155,15 +154,15 @@ class Detector:
             with autocast(self.device, self.amp):
                 outputs = self.model([self.preprocess(img) for img in images])
             outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-            results = postprocess(outputs, torch.tensor(sizes, device=self.device))
+            results = postprocess(outputs, torch.tensor(sizes, device=self.device), self.model.class_loss)
         return [self._select(r, size, threshold) for r, size in zip(results, sizes)]
 
     def _select(self, result: dict[str, Tensor], size: tuple[int, int], threshold: float) -> Detections:
-        queries = torch.nonzero(result["scores"] >= threshold).flatten()
-        queries = queries[result["scores"][queries].argsort(descending=True, stable=True)]
-        scores, labels, boxes = (result[k][queries].cpu() for k in ("scores", "labels", "boxes"))
+        keep = torch.nonzero(result["scores"] >= threshold).flatten()
+        keep = keep[result["scores"][keep].argsort(descending=True, stable=True)]
+        scores, labels, boxes, queries = (result[k][keep].cpu() for k in ("scores", "labels", "boxes", "queries"))
         names = [self.label_name(int(i)) for i in labels]
-        return Detections(boxes, scores, labels, names, size, queries.cpu())
+        return Detections(boxes, scores, labels, names, size, queries)
 
     def label_name(self, label: int) -> str:
         """The class name of a label id (the id itself when the names do not cover it)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -24,6 +24,11 @@ def elementwise_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     same as the diagonal of the pairwise matrix without building the N x N matrix.
     """
     return generalized_box_iou(boxes1[:, None], boxes2[:, None]).reshape(-1)
+
+
+def box_iou_pairs(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of matching rows: [N, 4] x [N, 4] xyxy -> [N] (torchvision's box_iou with a pair axis)."""
+    return box_iou(boxes1[:, None], boxes2[:, None]).reshape(-1)
 
 
 def scale_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:

@@ -10,8 +10,9 @@ from torch import Tensor, nn
 
 from ..config import LossConfig, dataclass_from_dict
 from ..distributed import mean_across_processes
-from .box_ops import cxcywh_to_xyxy, elementwise_giou
+from .box_ops import box_iou_pairs, cxcywh_to_xyxy, elementwise_giou
 from .matcher import HungarianMatcher
+from .varifocal import varifocal_loss
 
 
 def aux_suffix(layer: int) -> str:
@@ -19,9 +20,13 @@ def aux_suffix(layer: int) -> str:
     return f"_{layer}"
 
 
-def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int) -> dict[str, float]:
+CLASS_LOSSES = {"softmax": "loss_ce", "varifocal": "loss_vfl"}  # --class_loss -> the name of its loss term
+
+
+def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
+                      class_loss: str = "softmax") -> dict[str, float]:
     """Weights of every loss term that enters the total, auxiliary layers included."""
-    base = {"loss_ce": 1.0, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    base = {CLASS_LOSSES[class_loss]: 1.0, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
     weights = dict(base)
     for i in range(num_aux_layers):
         weights.update({k + aux_suffix(i): v for k, v in base.items()})
@@ -31,28 +36,42 @@ def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_laye
 class SetCriterion(nn.Module):
     """Computes the loss dict for DETR outputs against a list of targets.
 
-    Returns `loss_ce`, `loss_bbox`, `loss_giou` (weighted by `weight_dict` into the total),
-    the logging-only `class_error` and `cardinality_error`, and for each auxiliary decoder
-    layer i the three losses and the cardinality error suffixed `_i`. Box losses are averaged over the number of
+    Returns `loss_ce` (softmax head; `loss_vfl` for the varifocal sigmoid head), `loss_bbox`,
+    `loss_giou` (weighted by `weight_dict` into the total), the logging-only `class_error` and
+    `cardinality_error`, and for each auxiliary decoder layer i the three losses and the
+    cardinality error suffixed `_i`. Box and varifocal losses are averaged over the number of
     target boxes across all processes.
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 eos_coef: float = 0.1):
+                 eos_coef: float = 0.1, class_loss: str = "softmax", focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0):
         super().__init__()
+        if class_loss not in CLASS_LOSSES:
+            raise ValueError(f"class_loss must be one of {', '.join(CLASS_LOSSES)}, got {class_loss!r}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
+        self.class_loss, self.focal_alpha, self.focal_gamma = class_loss, focal_alpha, focal_gamma
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef  # down-weight the many "no object" queries
         self.register_buffer("class_weight", class_weight)
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The loss dict; with Group DETR's "groups", each group is matched on its own and every term is
+        the mean over the groups."""
         _check_targets(targets, len(outputs["pred_logits"]), self.num_classes)
         logits = outputs["pred_logits"]
         num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=logits.device)
         num_boxes = mean_across_processes(num_boxes).clamp(min=1).item()
+        groups = [self._group_losses(g, targets, num_boxes) for g in [outputs, *outputs.get("groups", [])]]
+        if len(groups) == 1:
+            return groups[0]
+        return {k: torch.stack([g[k] for g in groups]).mean() for k in groups[0]}
 
+    def _group_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
+                      num_boxes: float) -> dict[str, Tensor]:
+        """The losses of one query group, auxiliary decoder layers included."""
         losses = self._layer_losses(outputs, targets, num_boxes, log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             layer = self._layer_losses(aux, targets, num_boxes, log=False)
@@ -68,19 +87,23 @@ class SetCriterion(nn.Module):
         indices = self.matcher(outputs, targets)
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
         query_idx = torch.cat([src for src, _ in indices])
-        logits = outputs["pred_logits"]  # [B, Q, C+1]
-        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        target_classes[batch_idx, query_idx] = matched_labels.to(logits.device)
-
-        losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes,
-                                             self.class_weight.to(logits.dtype))}
+        logits = outputs["pred_logits"]  # [B, Q, C+1], or [B, Q, C] for the varifocal head
+        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
         src_boxes = outputs["pred_boxes"][batch_idx, query_idx]  # [N, 4]
         tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src_boxes)  # [N, 4]
+        if self.class_loss == "varifocal":
+            ious = box_iou_pairs(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
+            losses = {"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
+                                                 self.focal_alpha, self.focal_gamma)}
+        else:
+            target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+            target_classes[batch_idx, query_idx] = matched_labels
+            losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes,
+                                                 self.class_weight.to(logits.dtype))}
         losses["loss_bbox"] = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum() / num_boxes
         giou = elementwise_giou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
         losses["loss_giou"] = (1 - giou).sum() / num_boxes
-        losses["cardinality_error"] = _cardinality_error(logits, targets)
+        losses["cardinality_error"] = _cardinality_error(logits, targets, self.class_loss == "varifocal")
         if log:
             losses["class_error"] = _class_error(logits[batch_idx, query_idx], matched_labels)
         return losses
@@ -96,9 +119,13 @@ def _class_error(matched_logits: Tensor, matched_labels: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _cardinality_error(logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
-    """Mean |#predictions that are not "no object" - #targets| per image; logging only."""
-    num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # [B]
+def _cardinality_error(logits: Tensor, targets: list[dict[str, Tensor]], sigmoid: bool = False) -> Tensor:
+    """Mean |#predictions that are objects - #targets| per image; logging only. An object: a best class
+    that is not "no object" (softmax head), or a best score above 0.5 (sigmoid head)."""
+    if sigmoid:
+        num_pred = (logits.max(-1).values > 0).sum(1).float()  # [B]
+    else:
+        num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # [B]
     num_tgt = torch.tensor([float(len(t["labels"])) for t in targets], device=logits.device)
     return F.l1_loss(num_pred, num_tgt)
 
@@ -117,14 +144,16 @@ def _check_targets(targets: list[dict[str, Tensor]], batch_size: int, num_classe
                              f"{t['labels'].min().item()}..{t['labels'].max().item()}")
 
 
-def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool = True,
+def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool = True, class_loss: str = "softmax",
                      **overrides: Any) -> SetCriterion:
     """Create the set criterion with the paper's matcher costs and loss weights.
 
     Args:
         num_classes: as given to `create_model`.
-        dec_layers, aux_loss: as the model's; they decide which auxiliary losses are weighted.
-        **overrides: set_cost_class, set_cost_bbox, set_cost_giou, bbox_loss_coef, giou_loss_coef, eos_coef.
+        dec_layers, aux_loss, class_loss: as the model's; they decide which losses are weighted, and
+            "varifocal" uses the focal class cost in the matcher.
+        **overrides: set_cost_class, set_cost_bbox, set_cost_giou, bbox_loss_coef, giou_loss_coef, eos_coef,
+            focal_alpha, focal_gamma.
 
     Example:
         >>> criterion = create_criterion(num_classes=91)
@@ -132,6 +161,11 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
         >>> criterion.total_loss(losses).backward()
     """
     cfg: LossConfig = dataclass_from_dict(LossConfig, overrides, where="create_criterion")
-    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
-    weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0)
-    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef)
+    if class_loss not in CLASS_LOSSES:
+        raise ValueError(f"class_loss must be one of {', '.join(CLASS_LOSSES)}, got {class_loss!r}")
+    focal = class_loss == "varifocal"
+    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,
+                               cfg.focal_gamma)
+    weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0,
+                                class_loss)
+    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma)

@@ -12,22 +12,37 @@ from .box_ops import cxcywh_to_xyxy, scale_boxes
 
 
 @torch.no_grad()
-def postprocess(outputs: dict[str, Any], target_sizes: Tensor | Sequence[Sequence[int]]) -> list[dict[str, Tensor]]:
-    """Scores, labels and xyxy pixel boxes for every query of every image.
+def postprocess(outputs: dict[str, Any], target_sizes: Tensor | Sequence[Sequence[int]], class_loss: str = "softmax",
+                top_k: int = 100) -> list[dict[str, Tensor]]:
+    """Scores, labels and xyxy pixel boxes of every image's detections.
 
     Args:
-        outputs: the model's output dict ("pred_logits" [B, Q, C+1], "pred_boxes" [B, Q, 4]).
+        outputs: the model's output dict ("pred_logits" [B, Q, C+1] or [B, Q, C], "pred_boxes" [B, Q, 4]).
         target_sizes: [B, 2] (height, width) of each original image; boxes are scaled to it.
+        class_loss: the model's head. "softmax": one detection per query, its best real class ("no
+            object" is dropped before the max). "varifocal": sigmoid scores, the `top_k` best
+            (query, class) pairs of each image, best first.
+        top_k: detections per image of a varifocal head.
 
     Returns:
-        One dict per image: "scores" [Q], "labels" [Q] (the best real class; "no object" is
-        dropped before the max), "boxes" [Q, 4] as (x0, y0, x1, y1) pixels.
+        One dict per image: "scores" [N], "labels" [N], "boxes" [N, 4] as (x0, y0, x1, y1) pixels and
+        "queries" [N], the query each detection comes from.
     """
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     sizes = torch.as_tensor(target_sizes, device=boxes.device)
     if sizes.shape != (len(logits), 2):
         raise ValueError(f"target_sizes: expected shape ({len(logits)}, 2) as (height, width) per image, "
                          f"got {tuple(sizes.shape)}")
-    scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, Q]
     pixel_boxes = scale_boxes(cxcywh_to_xyxy(boxes), sizes)  # [B, Q, 4]
-    return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, pixel_boxes)]
+    b, q, c = logits.shape
+    if class_loss == "varifocal":
+        scores, index = logits.sigmoid().flatten(1).topk(min(top_k, q * c), dim=1)  # [B, K] over Q x C
+        queries, labels = index // c, index % c
+    elif class_loss == "softmax":
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, Q]
+        queries = torch.arange(q, device=logits.device).expand(b, q)
+    else:
+        raise ValueError(f"class_loss must be softmax or varifocal, got {class_loss!r}")
+    picked = pixel_boxes.gather(1, queries[..., None].expand(-1, -1, 4))  # [B, N, 4]
+    return [{"scores": s, "labels": lab, "boxes": bx, "queries": qu}
+            for s, lab, bx, qu in zip(scores, labels, picked, queries)]

@@ -79,8 +79,7 @@ class Backbone(nn.Module):
         if self.channels_last_training or not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
         feats = self._trunk()(images)["0"]
-        mask = F.interpolate(mask[None].float(), size=feats.shape[-2:]).to(torch.bool)[0]
-        return feats, mask
+        return feats, downsample_mask(mask, feats.shape[-2:])
 
     def train(self, mode: bool = True) -> Backbone:
         self._folded = None
@@ -98,6 +97,11 @@ class Backbone(nn.Module):
             with torch.inference_mode(False), torch.no_grad():
                 self._folded = (key, fold_frozen_batchnorm(self.body).to(memory_format=torch.channels_last))
         return self._folded[1]
+
+
+def downsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """The padding mask [B, H, W] (True = pad) at a feature map's size [B, h, w] (nearest, as the official code)."""
+    return F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
 
 
 def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
@@ -120,13 +124,14 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
 
 
 class Joiner(nn.Sequential):
-    """Backbone followed by the position encoding of its output.
+    """Backbone (a ResNet `Backbone` or a `TinyBackbone`: anything with `num_channels` whose
+    forward maps (images, mask) to (features, mask)) followed by the position encoding of its output.
 
     A Sequential only so that parameter names match the official checkpoints
     (`backbone.0.body.*`, `backbone.1.*`).
     """
 
-    def __init__(self, backbone: Backbone, position_embedding: nn.Module):
+    def __init__(self, backbone: nn.Module, position_embedding: nn.Module):
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,8 +14,9 @@ from torch import Tensor, nn
 from ..checkpoint import plain_state_dict
 from ..config import ModelConfig
 from ..registry import MODELS, model_config
-from .backbone import Backbone, Joiner
+from .backbone import RESNETS, Backbone, Joiner
 from .position import build_position_embedding
+from .tiny import TinyBackbone
 from .transformer import Transformer
 
 
@@ -38,34 +41,56 @@ class DETR(nn.Module):
     (padded bottom/right into one batch with a mask), or an already padded [B, 3, H, W]
     tensor with an optional `mask` [B, H, W] (True on padding). It returns a dict:
 
-    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object";
+    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object" (with
+      `class_loss="varifocal"`: [B, Q, num_classes] sigmoid logits, no "no object" column);
     - "pred_boxes": [B, Q, 4] boxes as (cx, cy, w, h) in [0, 1] relative to each image's
       unpadded size;
     - "aux_outputs" (when aux_loss): a list of L-1 dicts with the same two keys for every
-      decoder layer but the last.
+      decoder layer but the last;
+    - "groups" (training with `num_groups` K > 1, Group DETR): a list of K-1 dicts with the same keys
+      for the other query groups. Groups run as separate decoder batches, so they never see each
+      other; in eval mode only the first group (`query_embed`) runs.
 
     The model computes no loss: see `detr.create_criterion`.
     """
 
     def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int = 100,
-                 aux_loss: bool = True):
+                 aux_loss: bool = True, num_groups: int = 1, class_loss: str = "softmax"):
         super().__init__()
         hidden_dim = transformer.d_model
+        self.num_classes = num_classes
         self.num_queries = num_queries
+        self.num_groups = num_groups
+        self.class_loss = class_loss
         self.aux_loss = aux_loss
         self.transformer = transformer
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + (class_loss == "softmax"))
+        if class_loss == "varifocal":  # scores start at 0.01, as focal-loss heads do (RetinaNet, Deformable DETR)
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if num_groups > 1:  # training only: the other groups' queries (not needed at inference)
+            self.group_query_embed = nn.Embedding((num_groups - 1) * num_queries, hidden_dim)
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.backbone = backbone
 
     def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> dict[str, Any]:
         batch, mask = prepare_batch(images, mask)
         feats, mask, pos = self.backbone(batch, mask)
-        hs, _ = self.transformer(self.input_proj(feats), mask, self.query_embed.weight, pos)  # [L, B, Q, E]
-        logits = self.class_embed(hs)  # [L, B, Q, C+1]
-        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
+        groups = self.num_groups if self.training else 1
+        queries = self.query_embed.weight  # [Q, E]
+        if groups > 1:
+            queries = torch.cat([queries, self.group_query_embed.weight])  # [K*Q, E]
+        hs, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups)  # [L, B, K*Q, E]
+        logits = self.class_embed(hs)  # [L, B, K*Q, C+1]
+        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, K*Q, 4]
+        outs = [self._outputs(lg, bx) for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2))]
+        if groups > 1:
+            outs[0]["groups"] = outs[1:]
+        return outs[0]
+
+    def _outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
+        """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
         out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
@@ -120,11 +145,34 @@ def build_model(cfg: ModelConfig) -> DETR:
         raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
     if cfg.num_queries < 1:
         raise ValueError(f"num_queries must be >= 1, got {cfg.num_queries}")
-    backbone = Joiner(Backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
+    backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
-    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)
+    if cfg.class_loss not in ("softmax", "varifocal"):
+        raise ValueError(f"class_loss must be softmax or varifocal, got {cfg.class_loss!r}")
+    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, cfg.num_groups,
+                cfg.class_loss)
+
+
+def build_backbone(name: str, train_backbone: bool = True, dilation: bool = False) -> Backbone | TinyBackbone:
+    """A torchvision ResNet trunk (`RESNETS`) or the tiny from-scratch trunk ("tiny")."""
+    if name == "tiny":
+        return TinyBackbone(train_backbone, dilation)
+    if name not in RESNETS:
+        raise ValueError(f"backbone must be one of {[*RESNETS, 'tiny']}, got {name!r}")
+    return Backbone(name, train_backbone, dilation)
+
+
+# Parameters used only in training (Group DETR's extra queries): kept in training checkpoints so
+# that --resume is exact, dropped when a model is loaded for inference.
+TRAINING_ONLY = ("group_query_embed.",)
+
+
+def inference_parts(cfg: ModelConfig, state_dict: Mapping[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The config and weights of the inference model of a (possibly recipe-trained) checkpoint."""
+    state = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
+    return dataclasses.replace(cfg, num_groups=1), state
 
 
 def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any) -> DETR:

@@ -16,7 +16,7 @@ from ..config import Config
 from ..hub import WeightsError, cached_download
 from ..registry import PUBLISHED, config_from_checkpoint
 from .backbone import Backbone
-from .detr import DETR, build_model
+from .detr import DETR, build_model, inference_parts
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, p
     path = resolve_weights(name_or_path, progress=progress)
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, str(path), model=model, **overrides)
+    cfg.model, state = inference_parts(cfg.model, ckpt["model"])
     net = build_model(cfg.model)
-    load_model_weights(net, ckpt["model"], source=str(path))
+    load_model_weights(net, state, source=str(path))
     return net.eval(), cfg

@@ -193,15 +193,19 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """src, pos [B, E, h, w]; mask [B, h, w]; query_embed [Q, E].
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor,
+                groups: int = 1) -> tuple[Tensor, Tensor]:
+        """src, pos [B, E, h, w]; mask [B, h, w]; query_embed [K*Q, E] for `groups` K.
 
-        Returns the decoder outputs [L, B, Q, E] and the encoder memory [B, h*w, E].
+        Returns the decoder outputs [L, B, K*Q, E] and the encoder memory [B, h*w, E]. Each group of
+        Q queries is decoded as its own batch entry over the same memory, so groups cannot see each other.
         """
         src = src.flatten(2).transpose(1, 2)  # [B, S, E]
         pos = pos.flatten(2).transpose(1, 2)  # [B, S, E]
         mask = mask.flatten(1)  # [B, S]
-        query_pos = query_embed[None].expand(src.shape[0], -1, -1)  # [B, Q, E]
         memory = self.encoder(src, pos, mask)
-        hs = self.decoder(torch.zeros_like(query_pos), memory, pos, query_pos, mask)
-        return hs, memory
+        b, k = src.shape[0], groups
+        query_pos = query_embed.unflatten(0, (k, -1))[None].expand(b, -1, -1, -1).flatten(0, 1)  # [B*K, Q, E]
+        fold = (lambda x: x.repeat_interleave(k, dim=0)) if k > 1 else (lambda x: x)  # noqa: E731  [B*K, ...]
+        hs = self.decoder(torch.zeros_like(query_pos), fold(memory), fold(pos), query_pos, fold(mask))
+        return hs.unflatten(1, (b, k)).flatten(2, 3), memory  # [L, B, K*Q, E]

@@ -29,7 +29,7 @@ from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.evaluate import evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
-from ..models.detr import DETR, build_model
+from ..models.detr import DETR, TRAINING_ONLY, build_model
 from ..models.loading import load_backbone_weights
 from ..runtime import resolve_device
 from .engine import train_one_epoch
@@ -82,10 +82,12 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
-def load_finetune_weights(model: nn.Module, path: str) -> None:
-    """Load --weights (ours or official); a different class count or query count re-initialises that head."""
+def load_finetune_weights(model: DETR, path: str) -> None:
+    """Load --weights (ours or official). A different class count or query count re-initialises that head;
+    Group DETR's extra query groups start as copies of the checkpoint's queries unless it has its own."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
     skip = []
     for prefix, what in (("class_embed.", "classes"), ("query_embed.", "queries")):
         key = prefix + "weight"
@@ -94,6 +96,12 @@ def load_finetune_weights(model: nn.Module, path: str) -> None:
             if distributed.is_main_process():
                 log.info("--weights %s: the checkpoint has %d %s outputs, this model %d: %s is re-initialised "
                          "for fine-tuning", path, state[key].shape[0], what, own[key].shape[0], prefix.rstrip("."))
+    key = "group_query_embed.weight"
+    if key in own and (key not in state or state[key].shape != own[key].shape):
+        if "query_embed." in skip:  # the queries are re-initialised: so are their copies
+            skip.append("group_query_embed.")
+        else:
+            state[key] = state["query_embed.weight"].repeat(model.num_groups - 1, 1)  # [(K-1)*Q, E]
     load_model_weights(model, state, source=f"--weights {path}", skip_prefixes=tuple(skip))
 
 
@@ -152,12 +160,13 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
     generator = torch.Generator()
     run = Run(
         model=model, ddp_model=model, optimizer=optimizer,
-        criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
+        criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss, cfg.model.class_loss,
                                    **vars(cfg.loss)).to(device),
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop),
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
         generator=generator, data=data,
-        train_loader=make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, generator),
+        train_loader=make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, generator,
+                                 t.steps_per_epoch),
         val_loader=make_loader(data.val, t.batch_size, False, t.seed, t.num_workers) if data.val is not None else None,
         device=device, out_dir=out_dir,
         n_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))

@@ -9,7 +9,8 @@ convolution on the last stage, upsampled to the image, is trained with cross-ent
 
 During the warm-up the frozen BatchNorms become ordinary trainable BatchNorms (random weights
 need normalisation); afterwards they are frozen again with the learnt statistics, exactly as
-ImageNet weights arrive.
+ImageNet weights arrive. The tiny trunk (`backbone="tiny"`) has trainable BatchNorms already:
+it is warmed up as it is and keeps them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ..loss.box_ops import cxcywh_to_xyxy, scale_boxes
 from ..models.backbone import Backbone, InplaceFrozenBatchNorm2d
 from ..models.detr import pad_images
+from ..models.tiny import TinyBackbone
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +50,29 @@ def box_label_map(targets: Sequence[dict[str, Tensor]], height: int, width: int)
     return labels
 
 
-def _swap_norms(module: nn.Module, trainable: bool) -> None:
-    """FrozenBatchNorm2d -> trainable BatchNorm2d (same statistics), or back."""
+def _swap_norms(module: nn.Module, trainable: bool) -> int:
+    """FrozenBatchNorm2d -> trainable BatchNorm2d (same statistics), or back; returns how many were swapped."""
     old_type, new_type = (FrozenBatchNorm2d, nn.BatchNorm2d) if trainable else (nn.BatchNorm2d, InplaceFrozenBatchNorm2d)
+    swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, old_type):
+                swapped += 1
                 new = new_type(child.weight.numel()).to(child.weight.device)
                 with torch.no_grad():
                     for key in ("weight", "bias", "running_mean", "running_var"):
                         getattr(new, key).copy_(getattr(child, key))
                 setattr(parent, name, new)
+    return swapped
 
 
-def warm_up_backbone(backbone: Backbone, loader: Iterable[tuple[Sequence[Tensor], Sequence[dict[str, Any]]]],
+def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[Sequence[Tensor], Sequence[dict[str, Any]]]],
                      num_classes: int, steps: int, device: torch.device, lr: float = 2e-3,
                      log_every: int = 0) -> dict[str, float]:
     """Train `backbone`'s trunk for `steps` steps on the dense box-label task (see the module doc).
 
     Args:
-        backbone: the model's `Backbone`; its trainable/frozen parameter split is kept.
+        backbone: the model's `Backbone` or `TinyBackbone`; its trainable/frozen parameter split is kept.
         loader: yields (images, targets) batches as the training loader does (cycled if short).
         num_classes: category ids are < num_classes.
         steps: optimiser steps.
@@ -80,7 +85,7 @@ def warm_up_backbone(backbone: Backbone, loader: Iterable[tuple[Sequence[Tensor]
     """
     body = backbone.body
     trainable = [p.requires_grad for p in body.parameters()]
-    _swap_norms(body, trainable=True)
+    frozen_norms = _swap_norms(body, trainable=True)  # 0 for the tiny trunk: its norms train already
     head = nn.Conv2d(backbone.num_channels, num_classes + 1, kernel_size=1).to(device)
     params = [*body.parameters(), *head.parameters()]
     for p in params:
@@ -103,7 +108,8 @@ def warm_up_backbone(backbone: Backbone, loader: Iterable[tuple[Sequence[Tensor]
         if log_every and (step + 1) % log_every == 0:
             log.info("backbone warm-up step %d/%d: loss %.3f, object-pixel accuracy %.2f", step + 1, steps,
                      stats["loss"], stats["accuracy"])
-    _swap_norms(body, trainable=False)
+    if frozen_norms:
+        _swap_norms(body, trainable=False)
     for p, flag in zip(body.parameters(), trainable):
         p.requires_grad_(flag)
     backbone.train(was_training)

@@ -1,0 +1,47 @@
+"""IoU-aware sigmoid classification: the varifocal loss and the focal matching cost that go with it.
+
+With `class_loss="varifocal"` the class head has num_classes sigmoid outputs and no "no object"
+class (RT-DETR's varifocal loss; Align-DETR's IA-BCE and Stable-DINO train the same way): a matched
+query is pushed toward the IoU of its box with its target in its target's class, every other score
+toward 0, with the focal weight alpha * p^gamma on those negatives.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-8
+
+
+def focal_cost(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """The matcher's class cost of a sigmoid head (Deformable DETR's): [N, C] logits, [T] labels -> [N, T].
+
+    The focal loss of calling the query positive for that class minus the loss of calling it negative.
+    """
+    prob = logits.sigmoid()[:, labels]  # [N, T]
+    positive = alpha * (1 - prob) ** gamma * -(prob + EPS).log()
+    negative = (1 - alpha) * prob**gamma * -(1 - prob + EPS).log()
+    return positive - negative
+
+
+def varifocal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, ious: Tensor,
+                   num_boxes: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Varifocal loss summed over queries and classes, divided by the number of target boxes.
+
+    Args:
+        logits: [B, Q, C] class logits of a sigmoid head.
+        matched: (batch index, query index) [N] each, of the matched queries.
+        labels: [N] their target classes.
+        ious: [N] IoU of each matched box with its target (the soft target; no gradient flows into it).
+        num_boxes: target boxes across the batch (and processes), at least 1.
+    """
+    target = torch.zeros_like(logits)  # [B, Q, C] soft targets: the IoU at (matched query, its class)
+    target[matched[0], matched[1], labels] = ious.detach().to(logits.dtype)
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[matched[0], matched[1], labels] = True
+    prob = logits.sigmoid().detach()
+    weight = torch.where(positive, target, alpha * prob**gamma)
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+    return loss.sum() / num_boxes
