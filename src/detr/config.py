@@ -46,6 +46,12 @@ class ModelConfig:
     # Fast-convergence options, used in training only (defaults: the official DETR). Group DETR
     # (arXiv 2207.13085): K groups of queries, each matched and trained on its own; inference keeps group 1.
     num_groups: int = 1
+    # Denoising queries (DN-DETR, arXiv 2203.01305): dn_number noised copies of the ground truth as extra
+    # decoder queries that learn to reconstruct it; labels flipped with probability dn_label_noise / 2,
+    # boxes moved by up to dn_box_noise of their size.
+    dn_number: int = 0
+    dn_box_noise: float = 0.4
+    dn_label_noise: float = 0.5
     # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing.
     class_loss: str = "softmax"
@@ -209,6 +215,9 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
         (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
         (m.num_groups >= 1, f"--num_groups must be >= 1 (1: no extra query groups), got {m.num_groups}"),
+        (m.dn_number >= 0, f"--dn_number must be >= 0 (0: no denoising queries), got {m.dn_number}"),
+        (0 <= m.dn_box_noise <= 1, f"--dn_box_noise must be in [0, 1], got {m.dn_box_noise}"),
+        (0 <= m.dn_label_noise <= 1, f"--dn_label_noise must be in [0, 1], got {m.dn_label_noise}"),
         (m.class_loss in ("softmax", "varifocal"), f"--class_loss must be softmax or varifocal, got {m.class_loss!r}"),
     ]
     for ok, message in checks:
