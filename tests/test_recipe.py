@@ -316,3 +316,53 @@ def test_bad_denoising_options_are_refused(option, value, message):
 
     with pytest.raises(ValueError, match=message):
         validate_config(Config(model=ModelConfig(**{option: value})))
+
+
+def test_recipe_fast_sets_its_options_and_refuses_a_contradiction():
+    from detr.cli.flags import build_parser, config_from_args
+    from detr.config import RECIPES
+
+    parse = lambda *argv: config_from_args(build_parser("t", "").parse_args(["--device", "cpu", *argv]))  # noqa: E731
+    cfg = parse("--recipe", "fast", "--dn_box_noise", "0.2")
+    assert cfg.train.recipe == "fast" and cfg.model.dn_box_noise == 0.2
+    for name, value in RECIPES["fast"].items():
+        section = cfg.loss if name.startswith("set_cost") else cfg.model
+        assert getattr(section, name) == value, name
+    assert parse("--recipe", "fast", "--num_groups", str(RECIPES["fast"]["num_groups"])).model.num_groups > 1
+    with pytest.raises(ValueError, match="--recipe fast sets --num_groups 3; --num_groups 1 contradicts it"):
+        parse("--recipe", "fast", "--num_groups", "1")
+    with pytest.raises(ValueError, match="--recipe must be one of official, fast, got 'quick'"):
+        parse("--recipe", "quick")
+    assert parse().model.num_groups == 1 and parse().model.class_loss == "softmax"  # the default is the paper's
+
+
+def test_recipe_training_resumes_exactly_and_exports_to_onnx_with_parity(tmp_path):
+    """--recipe fast end to end: two epochs in one go equal one epoch then --resume (the denoising noise
+    follows the saved random state); the trained checkpoint is an ordinary model for ONNX."""
+    from detr.checkpoint import load_checkpoint
+    from detr.inference.detector import Detector
+    from detr.inference.export import export_onnx, onnx_outputs
+    from detr.training.train import train
+
+    from .train_helpers import config, max_weight_diff, tiny_data
+
+    data = tiny_data(tmp_path / "data", num_train=4, num_val=2)
+    fast = ["--recipe", "fast", "--num_queries", "8"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(config(data, straight, [*fast, "--epochs", "2"]), progress=False)
+    train(config(data, split, [*fast, "--epochs", "1"]), progress=False)
+    train(config(data, split, [*fast, "--epochs", "2", "--resume", str(split / "checkpoint.pth")]), progress=False)
+    a, b = load_checkpoint(straight / "checkpoint.pth"), load_checkpoint(split / "checkpoint.pth")
+    assert {"group_query_embed.weight", "denoising.label_embed.weight"} <= a["model"].keys()  # kept for --resume
+    assert max_weight_diff(a["model"], b["model"]) <= 1e-6
+    model = Detector.from_pretrained(straight / "checkpoint.pth").model
+    assert not any(k.startswith(("group_query_embed.", "denoising.")) for k in model.state_dict())
+    path = export_onnx(model, tmp_path / "fast.onnx", height=64, width=96)
+    for size in [(64, 96), (80, 72)]:
+        x = torch.randn(2, 3, *size)
+        logits, boxes = onnx_outputs(path, x)
+        with torch.no_grad():
+            expected = model(x)
+        assert logits.shape[-1] == model.num_classes  # the varifocal head: no "no object" column
+        assert (logits - expected["pred_logits"]).abs().max() <= 1e-4
+        assert (boxes - expected["pred_boxes"]).abs().max() <= 1e-4

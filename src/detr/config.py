@@ -119,6 +119,8 @@ class TrainConfig:
     # consecutive shuffled passes (epoch e continues where e-1 stopped), so that --eval_every,
     # --epochs and --lr_drop count blocks of N steps (the convergence benchmark evaluates every N steps).
     steps_per_epoch: int | None = None
+    # A named set of options (RECIPES): "official" (the paper's) or "fast" (the fast-convergence options).
+    recipe: str = "official"
 
 
 @dataclass
@@ -158,12 +160,34 @@ DEMO_PRESET: dict[str, Any] = {
 }
 
 
+# --recipe NAME sets these options. "fast" puts together the training-only options of the fast-convergence
+# issue (#15): Group DETR, denoising queries and the IoU-aware varifocal head with the focal matching cost at
+# Deformable DETR's weight 2. Provisional until benchmarks/convergence.py has compared every option.
+RECIPES: dict[str, dict[str, Any]] = {
+    "official": {},
+    "fast": {"num_groups": 3, "dn_number": 5, "class_loss": "varifocal", "set_cost_class": 2.0},
+}
+
+
+def apply_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the options of `values["recipe"]` added; a value that contradicts the recipe is an error."""
+    recipe = values.get("recipe", "official")
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    for name, value in RECIPES[recipe].items():
+        if name in values and values[name] != value:
+            raise ValueError(f"--recipe {recipe} sets --{name} {value}; --{name} {values[name]} contradicts it "
+                             "(drop one of the two)")
+    return {**values, **RECIPES[recipe]}
+
+
 def config_from_flags(values: dict[str, Any]) -> Config:
     """A Config from flat values named as the official flags (`lr`, `backbone`, `coco_path`, ...).
 
-    As in the official code, `lr_backbone` 0 freezes the backbone. Unknown names are an error.
+    As in the official code, `lr_backbone` 0 freezes the backbone. `recipe` adds its options (RECIPES).
+    Unknown names are an error.
     """
-    values = dict(values)
+    values = apply_recipe(dict(values))
     if "lr_backbone" in values:
         values["train_backbone"] = values["lr_backbone"] > 0
     sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
