@@ -48,21 +48,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's detr, whatever the environment has installed
 
 from detr.checkpoint import write_bytes, write_json  # noqa: E402
+from detr.config import RECIPES as TRAIN_RECIPES  # noqa: E402
 from detr.config import config_from_flags  # noqa: E402
 from detr.data import make_demo_dataset  # noqa: E402
 from detr.training import engine  # noqa: E402
 from detr.training.train import train  # noqa: E402
 
-# Recipe name -> option overrides (official flag names) on top of SETTINGS. A recipe is listed only once
-# the options it needs exist in `detr.config`; the slots below are for the recipes still to come.
+# Recipe name -> option overrides (official flag names) on top of SETTINGS: vanilla, each option alone,
+# and all of them together.
 RECIPES: dict[str, dict[str, Any]] = {
     "vanilla": {},  # the official recipe
     "groups": {"num_groups": 3},  # Group DETR (arXiv 2207.13085): 3 query groups in training
     # IoU-aware classification (RT-DETR's varifocal loss) with the focal matching cost at Deformable DETR's weight 2
     "varifocal": {"class_loss": "varifocal", "set_cost_class": 2.0},
     "groups_varifocal": {"num_groups": 3, "class_loss": "varifocal", "set_cost_class": 2.0},
-    # "dn": {...},         # denoising queries (DN-DETR, arXiv 2203.01305): not implemented yet
-    # "all": {...},        # every option together, once denoising exists
+    "dn": {"dn_number": 5},  # denoising queries (DN-DETR, arXiv 2203.01305): 5 noised copies of the ground truth
+    "all": dict(TRAIN_RECIPES["fast"]),  # every option together: what --recipe fast sets (spelled out: cache key)
 }
 
 # The fixed model and training settings (official flag names). The trunk trains from scratch at the

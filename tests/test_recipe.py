@@ -220,3 +220,149 @@ def test_unknown_class_loss_is_refused():
         validate_config(Config(model=ModelConfig(class_loss="focal")))
     with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal"):
         detr.create_criterion(5, class_loss="focal")
+
+
+# --- denoising queries (DN-DETR) -----------------------------------------------------------------
+
+def dn_model(**options) -> detr.DETR:
+    torch.manual_seed(0)
+    return detr.create_model("detr_r50", num_classes=NUM_CLASSES, **{**TINY, "dn_number": 2, **options}).double().train()
+
+
+def test_zero_noise_gives_the_ground_truth_and_padding_is_marked():
+    from detr.models.denoising import noise_targets
+
+    t = targets()
+    noised = noise_targets(t, groups=3, box_noise=0.0, label_noise=0.0, num_classes=NUM_CLASSES)
+    assert noised.group_size == 3 and noised.labels.shape == (2, 9)
+    for g in range(3):
+        slots = slice(g * 3, g * 3 + 3)
+        assert torch.equal(noised.noised_labels[0, slots], t[0]["labels"])
+        assert torch.equal(noised.noised_boxes[0, slots], t[0]["boxes"].float())
+        assert noised.valid[0, slots].all() and not noised.valid[1, slots].any()  # image 2 has no box
+    noisy = noise_targets(t, groups=3, box_noise=0.4, label_noise=1.0, num_classes=NUM_CLASSES)
+    moved = (noisy.noised_boxes[0] - noisy.boxes[0]).abs()
+    wh = noisy.boxes[0, :, 2:]
+    assert (moved[:, :2] <= 0.4 * wh / 2 + 1e-6).all() and (moved[:, 2:] <= 0.4 * wh + 1e-6).all()
+    assert noisy.noised_boxes.min() >= 0 and noisy.noised_boxes.max() <= 1
+
+
+def test_denoising_attention_mask_is_as_in_the_paper():
+    from detr.models.denoising import denoising_attention_mask
+
+    m = denoising_attention_mask(num_queries=2, groups=2, group_size=3, device=torch.device("cpu"))
+    blocked = [[False] * 8 for _ in range(8)]
+    for row in range(8):
+        for col in range(8):
+            if col >= 2 and (row < 2 or (row - 2) // 3 != (col - 2) // 3):
+                blocked[row][col] = True  # object queries never see denoising ones; groups see only themselves
+    assert m.tolist() == blocked
+
+
+def test_denoising_inputs_never_reach_the_object_queries():
+    net = dn_model()
+    a = net(images(), targets=targets())
+    moved = [dict(t) for t in targets()]
+    moved[0]["boxes"] = moved[0]["boxes"] * 0.5 + 0.1
+    moved[0]["labels"] = torch.tensor([0, 0, 2])
+    torch.manual_seed(1)
+    b = net(images(), targets=moved)
+    assert_same_outputs({k: v for k, v in a.items() if k != "dn"}, {k: v for k, v in b.items() if k != "dn"})
+    assert not torch.allclose(a["dn"]["pred_boxes"], b["dn"]["pred_boxes"])
+    single = dn_model(dn_number=0)
+    single.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("denoising.")})
+    assert_same_outputs({k: v for k, v in a.items() if k != "dn"}, single(images()))  # as if there were none
+
+
+@pytest.mark.parametrize("counts", [(3, 0), (0, 0), (1, 4)])
+def test_denoising_losses_for_empty_and_uneven_images(counts):
+    g = torch.Generator().manual_seed(8)
+    t = [{"labels": torch.randint(0, NUM_CLASSES, (n,), generator=g),
+          "boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, torch.rand(n, 2, generator=g) * 0.2 + 0.1],
+                             1).double()} for n in counts]
+    net = dn_model(num_groups=2)
+    out = net(images(), targets=t)
+    criterion = detr.create_criterion(NUM_CLASSES, dec_layers=3, denoising=True)
+    losses = criterion(out, t)
+    names = {"loss_ce_dn", "loss_bbox_dn", "loss_giou_dn", "loss_ce_dn_0", "loss_bbox_dn_1"}
+    assert names <= losses.keys() and names <= criterion.weight_dict.keys()
+    assert all(torch.isfinite(v) for v in losses.values())
+    if sum(counts) == 0:
+        assert losses["loss_bbox_dn"] == 0  # nothing to reconstruct: only "no object" on the padding slots
+    criterion.total_loss(losses).backward()
+    assert net.denoising.label_embed.weight.grad is not None
+
+
+def test_a_training_step_trains_the_groups_and_the_denoising_queries():
+    """Through the training engine (mixed-precision handling included), every recipe parameter learns."""
+    from detr.training.engine import train_one_epoch
+
+    net = dn_model(num_groups=2).float()
+    x = [im.float() for im in images()]
+    t = [{**d, "boxes": d["boxes"].float()} for d in targets()]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    criterion = detr.create_criterion(NUM_CLASSES, dec_layers=3, denoising=True)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    train_one_epoch(net, criterion, [(x, t)], optimizer, torch.device("cpu"), epoch=0, progress=False)
+    for name in ("group_query_embed.weight", "denoising.label_embed.weight", "denoising.box_embed.0.weight"):
+        assert not torch.equal(net.state_dict()[name], before[name]), name
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("dn_number", -1, "--dn_number must be >= 0"), ("dn_box_noise", 1.5, "--dn_box_noise must be in"),
+    ("dn_label_noise", -0.1, "--dn_label_noise must be in")])
+def test_bad_denoising_options_are_refused(option, value, message):
+    from detr.config import Config, ModelConfig, validate_config
+
+    with pytest.raises(ValueError, match=message):
+        validate_config(Config(model=ModelConfig(**{option: value})))
+
+
+def test_recipe_fast_sets_its_options_and_refuses_a_contradiction():
+    from detr.cli.flags import build_parser, config_from_args
+    from detr.config import RECIPES
+
+    parse = lambda *argv: config_from_args(build_parser("t", "").parse_args(["--device", "cpu", *argv]))  # noqa: E731
+    cfg = parse("--recipe", "fast", "--dn_box_noise", "0.2")
+    assert cfg.train.recipe == "fast" and cfg.model.dn_box_noise == 0.2
+    for name, value in RECIPES["fast"].items():
+        section = cfg.loss if name.startswith("set_cost") else cfg.model
+        assert getattr(section, name) == value, name
+    assert parse("--recipe", "fast", "--num_groups", str(RECIPES["fast"]["num_groups"])).model.num_groups > 1
+    with pytest.raises(ValueError, match="--recipe fast sets --num_groups 3; --num_groups 1 contradicts it"):
+        parse("--recipe", "fast", "--num_groups", "1")
+    with pytest.raises(ValueError, match="--recipe must be one of official, fast, got 'quick'"):
+        parse("--recipe", "quick")
+    assert parse().model.num_groups == 1 and parse().model.class_loss == "softmax"  # the default is the paper's
+
+
+def test_recipe_training_resumes_exactly_and_exports_to_onnx_with_parity(tmp_path):
+    """--recipe fast end to end: two epochs in one go equal one epoch then --resume (the denoising noise
+    follows the saved random state); the trained checkpoint is an ordinary model for ONNX."""
+    from detr.checkpoint import load_checkpoint
+    from detr.inference.detector import Detector
+    from detr.inference.export import export_onnx, onnx_outputs
+    from detr.training.train import train
+
+    from .train_helpers import config, max_weight_diff, tiny_data
+
+    data = tiny_data(tmp_path / "data", num_train=4, num_val=2)
+    fast = ["--recipe", "fast", "--num_queries", "8"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(config(data, straight, [*fast, "--epochs", "2"]), progress=False)
+    train(config(data, split, [*fast, "--epochs", "1"]), progress=False)
+    train(config(data, split, [*fast, "--epochs", "2", "--resume", str(split / "checkpoint.pth")]), progress=False)
+    a, b = load_checkpoint(straight / "checkpoint.pth"), load_checkpoint(split / "checkpoint.pth")
+    assert {"group_query_embed.weight", "denoising.label_embed.weight"} <= a["model"].keys()  # kept for --resume
+    assert max_weight_diff(a["model"], b["model"]) <= 1e-6
+    model = Detector.from_pretrained(straight / "checkpoint.pth").model
+    assert not any(k.startswith(("group_query_embed.", "denoising.")) for k in model.state_dict())
+    path = export_onnx(model, tmp_path / "fast.onnx", height=64, width=96)
+    for size in [(64, 96), (80, 72)]:
+        x = torch.randn(2, 3, *size)
+        logits, boxes = onnx_outputs(path, x)
+        with torch.no_grad():
+            expected = model(x)
+        assert logits.shape[-1] == model.num_classes  # the varifocal head: no "no object" column
+        assert (logits - expected["pred_logits"]).abs().max() <= 1e-4
+        assert (boxes - expected["pred_boxes"]).abs().max() <= 1e-4

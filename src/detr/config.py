@@ -46,6 +46,12 @@ class ModelConfig:
     # Fast-convergence options, used in training only (defaults: the official DETR). Group DETR
     # (arXiv 2207.13085): K groups of queries, each matched and trained on its own; inference keeps group 1.
     num_groups: int = 1
+    # Denoising queries (DN-DETR, arXiv 2203.01305): dn_number noised copies of the ground truth as extra
+    # decoder queries that learn to reconstruct it; labels flipped with probability dn_label_noise / 2,
+    # boxes moved by up to dn_box_noise of their size.
+    dn_number: int = 0
+    dn_box_noise: float = 0.4
+    dn_label_noise: float = 0.5
     # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing.
     class_loss: str = "softmax"
@@ -113,6 +119,8 @@ class TrainConfig:
     # consecutive shuffled passes (epoch e continues where e-1 stopped), so that --eval_every,
     # --epochs and --lr_drop count blocks of N steps (the convergence benchmark evaluates every N steps).
     steps_per_epoch: int | None = None
+    # A named set of options (RECIPES): "official" (the paper's) or "fast" (the fast-convergence options).
+    recipe: str = "official"
 
 
 @dataclass
@@ -152,12 +160,34 @@ DEMO_PRESET: dict[str, Any] = {
 }
 
 
+# --recipe NAME sets these options. "fast" puts together the training-only options of the fast-convergence
+# issue (#15): Group DETR, denoising queries and the IoU-aware varifocal head with the focal matching cost at
+# Deformable DETR's weight 2. Provisional until benchmarks/convergence.py has compared every option.
+RECIPES: dict[str, dict[str, Any]] = {
+    "official": {},
+    "fast": {"num_groups": 3, "dn_number": 5, "class_loss": "varifocal", "set_cost_class": 2.0},
+}
+
+
+def apply_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the options of `values["recipe"]` added; a value that contradicts the recipe is an error."""
+    recipe = values.get("recipe", "official")
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    for name, value in RECIPES[recipe].items():
+        if name in values and values[name] != value:
+            raise ValueError(f"--recipe {recipe} sets --{name} {value}; --{name} {values[name]} contradicts it "
+                             "(drop one of the two)")
+    return {**values, **RECIPES[recipe]}
+
+
 def config_from_flags(values: dict[str, Any]) -> Config:
     """A Config from flat values named as the official flags (`lr`, `backbone`, `coco_path`, ...).
 
-    As in the official code, `lr_backbone` 0 freezes the backbone. Unknown names are an error.
+    As in the official code, `lr_backbone` 0 freezes the backbone. `recipe` adds its options (RECIPES).
+    Unknown names are an error.
     """
-    values = dict(values)
+    values = apply_recipe(dict(values))
     if "lr_backbone" in values:
         values["train_backbone"] = values["lr_backbone"] > 0
     sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
@@ -209,6 +239,9 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.num_queries >= 1, f"--num_queries must be >= 1, got {m.num_queries}"),
         (m.hidden_dim % m.nheads == 0, f"--hidden_dim {m.hidden_dim} must be divisible by --nheads {m.nheads}"),
         (m.num_groups >= 1, f"--num_groups must be >= 1 (1: no extra query groups), got {m.num_groups}"),
+        (m.dn_number >= 0, f"--dn_number must be >= 0 (0: no denoising queries), got {m.dn_number}"),
+        (0 <= m.dn_box_noise <= 1, f"--dn_box_noise must be in [0, 1], got {m.dn_box_noise}"),
+        (0 <= m.dn_label_noise <= 1, f"--dn_label_noise must be in [0, 1], got {m.dn_label_noise}"),
         (m.class_loss in ("softmax", "varifocal"), f"--class_loss must be softmax or varifocal, got {m.class_loss!r}"),
     ]
     for ok, message in checks:

@@ -37,6 +37,10 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("nheads", int, "attention heads"),
     ("num_queries", int, "object queries (most objects one image can have)"),
     ("num_groups", int, "Group DETR: query groups trained side by side (1: DETR; inference uses group 1)"),
+    ("recipe", str, "official (the paper's) or fast: Group DETR + denoising queries + varifocal head (see README)"),
+    ("dn_number", int, "denoising groups of noised ground truth as extra training queries (0: none; DN-DETR)"),
+    ("dn_box_noise", float, "denoising: box noise, a fraction of the box size"),
+    ("dn_label_noise", float, "denoising: twice the probability that a label is replaced by a random class"),
     ("class_loss", str, "class head: softmax (the paper's, with a no-object class) or varifocal (IoU-aware "
                         "sigmoid head, focal matching cost, top-k postprocessing)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),

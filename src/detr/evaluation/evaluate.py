@@ -112,7 +112,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         net = build_model(cfg.model).to(device)
         load_model_weights(net, ckpt["model"], source=path)
         criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
-                                     cfg.model.class_loss,
+                                     cfg.model.class_loss, cfg.model.dn_number > 0,
                                      **vars(cfg.loss)).to(device)
         loader = make_loader(data.val, cfg.train.batch_size, False, cfg.train.seed, cfg.train.num_workers)
         stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress)

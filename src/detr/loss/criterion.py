@@ -24,9 +24,11 @@ CLASS_LOSSES = {"softmax": "loss_ce", "varifocal": "loss_vfl"}  # --class_loss -
 
 
 def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
-                      class_loss: str = "softmax") -> dict[str, float]:
-    """Weights of every loss term that enters the total, auxiliary layers included."""
+                      class_loss: str = "softmax", denoising: bool = False) -> dict[str, float]:
+    """Weights of every loss term that enters the total, auxiliary layers and denoising included."""
     base = {CLASS_LOSSES[class_loss]: 1.0, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    if denoising:
+        base.update({f"{k}_dn": v for k, v in base.items()})
     weights = dict(base)
     for i in range(num_aux_layers):
         weights.update({k + aux_suffix(i): v for k, v in base.items()})
@@ -71,11 +73,19 @@ class SetCriterion(nn.Module):
 
     def _group_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
                       num_boxes: float) -> dict[str, Tensor]:
-        """The losses of one query group, auxiliary decoder layers included."""
+        """The losses of one query group, auxiliary decoder layers included, and of its denoising queries
+        (suffixed `_dn`): each reconstructs the ground truth it was made from, no matching needed."""
         losses = self._layer_losses(outputs, targets, num_boxes, log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             layer = self._layer_losses(aux, targets, num_boxes, log=False)
             losses.update({k + aux_suffix(i): v for k, v in layer.items()})
+        if "dn" in outputs:
+            dn, noised = outputs["dn"], outputs["dn"]["targets"]
+            indices = [(torch.nonzero(valid).flatten(), torch.nonzero(valid).flatten() % noised.group_size)
+                       for valid in noised.valid]  # slot g * size + j reconstructs target j
+            for suffix, layer in [("", dn), *[(aux_suffix(i), a) for i, a in enumerate(dn.get("aux_outputs", []))]]:
+                part = self._layer_losses(layer, targets, num_boxes * noised.groups, log=False, indices=indices)
+                losses.update({f"{k}_dn{suffix}": v for k, v in part.items() if k != "cardinality_error"})
         return losses
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
@@ -83,8 +93,10 @@ class SetCriterion(nn.Module):
         return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)  # type: ignore[return-value]
 
     def _layer_losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], num_boxes: float,
-                      log: bool) -> dict[str, Tensor]:
-        indices = self.matcher(outputs, targets)
+                      log: bool, indices: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
+        """One decoder layer's losses; `indices` (query, target) per image, else the matcher's."""
+        if indices is None:
+            indices = self.matcher(outputs, targets)
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
         query_idx = torch.cat([src for src, _ in indices])
         logits = outputs["pred_logits"]  # [B, Q, C+1], or [B, Q, C] for the varifocal head
@@ -145,13 +157,14 @@ def _check_targets(targets: list[dict[str, Tensor]], batch_size: int, num_classe
 
 
 def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool = True, class_loss: str = "softmax",
-                     **overrides: Any) -> SetCriterion:
+                     denoising: bool = False, **overrides: Any) -> SetCriterion:
     """Create the set criterion with the paper's matcher costs and loss weights.
 
     Args:
         num_classes: as given to `create_model`.
         dec_layers, aux_loss, class_loss: as the model's; they decide which losses are weighted, and
             "varifocal" uses the focal class cost in the matcher.
+        denoising: the model has denoising queries (dn_number > 0): their `_dn` losses are weighted too.
         **overrides: set_cost_class, set_cost_bbox, set_cost_giou, bbox_loss_coef, giou_loss_coef, eos_coef,
             focal_alpha, focal_gamma.
 
@@ -167,5 +180,5 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,
                                cfg.focal_gamma)
     weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0,
-                                class_loss)
+                                class_loss, denoising)
     return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma)

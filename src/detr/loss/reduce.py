@@ -10,12 +10,16 @@ from torch import Tensor
 from .. import distributed
 
 
-def float_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
-    """The model's outputs in float32: the loss is computed in full precision whatever the forward used."""
-    out = {k: v.float() for k, v in outputs.items() if isinstance(v, Tensor)}
-    if "aux_outputs" in outputs:
-        out["aux_outputs"] = [{k: v.float() for k, v in a.items()} for a in outputs["aux_outputs"]]
-    return out
+def float_outputs(outputs: Any) -> Any:
+    """The model's outputs with every floating tensor in float32, nested dicts and lists included (query
+    groups, denoising queries): the loss is computed in full precision whatever the forward used."""
+    if isinstance(outputs, Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: float_outputs(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [float_outputs(v) for v in outputs]
+    return outputs  # e.g. the denoising queries' targets
 
 
 def reduce_losses(losses: dict[str, Tensor], weight_dict: dict[str, float],

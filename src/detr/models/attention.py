@@ -22,6 +22,9 @@ Three code paths compute the same function:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,10 +80,15 @@ class Attention(nn.Module):
                  for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))]
         return heads[0], heads[1], heads[2]
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """query [B, L, E], key/value [B, S, E], key_padding_mask [B, S] (True = ignore) -> [B, L, E]."""
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """query [B, L, E], key/value [B, S, E] -> [B, L, E].
+
+        key_padding_mask [B, S] and attn_mask [L, S] (bool, True = may not attend) hide keys; every
+        query must keep at least one key.
+        """
         q, k, v = self._project(query, key, value)
-        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
+        keep = _keep(key_padding_mask, attn_mask)  # [B|1, 1, 1|L, S] or None
         p = self.dropout if self.training else 0.0
         if self.explicit and not self.training:
             out = _softmax(q * (q.shape[-1] ** -0.5), k, _additive_mask(keep, q.dtype)) @ v
@@ -101,10 +109,26 @@ class Attention(nn.Module):
         return _softmax(q * (q.shape[-1] ** -0.5), k, bias).mean(1)
 
 
+def _keep(key_padding_mask: Tensor | None, attn_mask: Tensor | None) -> Tensor | None:
+    """Which keys each query may see, broadcastable to [B, h, L, S] (True = attend), or None for all."""
+    keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
+    if attn_mask is not None:
+        allowed = ~attn_mask[None, None]  # [1, 1, L, S]
+        keep = allowed if keep is None else keep & allowed  # [B|1, 1, L, S]
+    return keep
+
+
 def _additive_mask(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     if keep is None:
         return None
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))
+
+
+def _row_chunks(bias: Tensor | None, chunk_size: int) -> Iterator[Tensor | None]:
+    """The additive mask of each chunk of queries: the same one when it does not vary by query."""
+    if bias is None or bias.shape[2] == 1:
+        return itertools.repeat(bias)
+    return iter(bias.split(chunk_size, dim=2))
 
 
 def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
@@ -120,7 +144,7 @@ def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
 class ExactAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) + bias) with dropout p on the weights, times v, in chunks of queries.
 
-    q [B, h, L, d]; k, v [B, h, S, d]; bias [B, 1, 1, S] additive (0 or -inf) or None -> [B, h, L, d].
+    q [B, h, L, d]; k, v [B, h, S, d]; bias [B|1, 1, 1|L, S] additive (0 or -inf) or None -> [B, h, L, d].
     Forward keeps q, k, v and one seed; backward recomputes each chunk's weights (one matmul,
     a softmax and the dropout mask) and applies the chain rule of the official order of operations.
     When the queries fit in one chunk, forward keeps the weights and mask instead (no recompute).
@@ -134,8 +158,8 @@ class ExactAttention(torch.autograd.Function):
             q_scaled = q * (q.shape[-1] ** -0.5)
             seed = int(torch.randint(2**62, ())) if p > 0 else 0  # from the global RNG: reproducible
             outs, ctx.kept = [], None
-            for i, q_c in enumerate(q_scaled.split(chunk_size, dim=2)):
-                weights = _softmax(q_c, k, bias)  # [B, h, l, S]
+            for i, (q_c, b_c) in enumerate(zip(q_scaled.split(chunk_size, dim=2), _row_chunks(bias, chunk_size))):
+                weights = _softmax(q_c, k, b_c)  # [B, h, l, S]
                 if p > 0:
                     mask = drop_mask(weights.shape, p, weights.device, seed + i)
                     if q.shape[2] <= chunk_size:  # one chunk: small enough to keep for backward
@@ -157,9 +181,10 @@ class ExactAttention(torch.autograd.Function):
         p, scale = ctx.p, q_scaled.shape[-1] ** -0.5
         grad_q, grad_k, grad_v = [], torch.zeros_like(k), torch.zeros_like(v)
         with torch.autocast(q_scaled.device.type, enabled=False):
-            chunks = zip(q_scaled.split(ctx.chunk_size, dim=2), grad_out.to(v.dtype).split(ctx.chunk_size, dim=2))
-            for i, (q_c, g_c) in enumerate(chunks):
-                weights, mask = ctx.kept or (_softmax(q_c, k, bias), None)  # bit-identical to forward's
+            chunks = zip(q_scaled.split(ctx.chunk_size, dim=2), grad_out.to(v.dtype).split(ctx.chunk_size, dim=2),
+                         _row_chunks(bias, ctx.chunk_size))
+            for i, (q_c, g_c, b_c) in enumerate(chunks):
+                weights, mask = ctx.kept or (_softmax(q_c, k, b_c), None)  # bit-identical to forward's
                 dropped, grad_w = weights, g_c @ v.transpose(-2, -1)  # [B, h, l, S]
                 if p > 0:
                     if mask is None:

@@ -15,6 +15,7 @@ from ..checkpoint import plain_state_dict
 from ..config import ModelConfig
 from ..registry import MODELS, model_config
 from .backbone import RESNETS, Backbone, Joiner
+from .denoising import Denoising
 from .position import build_position_embedding
 from .tiny import TinyBackbone
 from .transformer import Transformer
@@ -49,13 +50,16 @@ class DETR(nn.Module):
       decoder layer but the last;
     - "groups" (training with `num_groups` K > 1, Group DETR): a list of K-1 dicts with the same keys
       for the other query groups. Groups run as separate decoder batches, so they never see each
-      other; in eval mode only the first group (`query_embed`) runs.
+      other; in eval mode only the first group (`query_embed`) runs;
+    - "dn" (training with `dn_number` > 0 and `targets` given, DN-DETR): the outputs of the denoising
+      queries ("pred_logits", "pred_boxes", "aux_outputs") and their "targets" (`NoisedTargets`).
 
     The model computes no loss: see `detr.create_criterion`.
     """
 
     def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int = 100,
-                 aux_loss: bool = True, num_groups: int = 1, class_loss: str = "softmax"):
+                 aux_loss: bool = True, num_groups: int = 1, class_loss: str = "softmax",
+                 denoising: Denoising | None = None):
         super().__init__()
         hidden_dim = transformer.d_model
         self.num_classes = num_classes
@@ -73,18 +77,29 @@ class DETR(nn.Module):
             self.group_query_embed = nn.Embedding((num_groups - 1) * num_queries, hidden_dim)
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.backbone = backbone
+        self.denoising = denoising  # training only
 
-    def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> dict[str, Any]:
+    def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None,
+                targets: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
+        """`targets` (as the criterion takes them) feed the denoising queries in training; else unused."""
         batch, mask = prepare_batch(images, mask)
         feats, mask, pos = self.backbone(batch, mask)
         groups = self.num_groups if self.training else 1
         queries = self.query_embed.weight  # [Q, E]
         if groups > 1:
             queries = torch.cat([queries, self.group_query_embed.weight])  # [K*Q, E]
-        hs, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups)  # [L, B, K*Q, E]
-        logits = self.class_embed(hs)  # [L, B, K*Q, C+1]
-        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, K*Q, 4]
-        outs = [self._outputs(lg, bx) for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2))]
+        noised = extra = None
+        if self.training and self.denoising is not None and targets is not None:
+            noised, extra = self.denoising(targets, self.num_queries)
+        hs, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups, extra)  # [L, B, K*(Q+D), E]
+        logits = self.class_embed(hs)  # [L, B, K*(Q+D), C+1]
+        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, K*(Q+D), 4]
+        outs = []
+        for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2)):
+            q = self.num_queries
+            outs.append(self._outputs(lg[:, :, :q], bx[:, :, :q]))
+            if noised is not None:
+                outs[-1]["dn"] = {**self._outputs(lg[:, :, q:], bx[:, :, q:]), "targets": noised}
         if groups > 1:
             outs[0]["groups"] = outs[1:]
         return outs[0]
@@ -151,8 +166,11 @@ def build_model(cfg: ModelConfig) -> DETR:
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
     if cfg.class_loss not in ("softmax", "varifocal"):
         raise ValueError(f"class_loss must be softmax or varifocal, got {cfg.class_loss!r}")
+    denoising = None
+    if cfg.dn_number > 0:
+        denoising = Denoising(cfg.num_classes, cfg.hidden_dim, cfg.dn_number, cfg.dn_box_noise, cfg.dn_label_noise)
     return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, cfg.num_groups,
-                cfg.class_loss)
+                cfg.class_loss, denoising)
 
 
 def build_backbone(name: str, train_backbone: bool = True, dilation: bool = False) -> Backbone | TinyBackbone:
@@ -164,15 +182,15 @@ def build_backbone(name: str, train_backbone: bool = True, dilation: bool = Fals
     return Backbone(name, train_backbone, dilation)
 
 
-# Parameters used only in training (Group DETR's extra queries): kept in training checkpoints so
+# Parameters used only in training (Group DETR's extra queries, the denoising embeddings): kept in training checkpoints so
 # that --resume is exact, dropped when a model is loaded for inference.
-TRAINING_ONLY = ("group_query_embed.",)
+TRAINING_ONLY = ("group_query_embed.", "denoising.")
 
 
 def inference_parts(cfg: ModelConfig, state_dict: Mapping[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
     """The config and weights of the inference model of a (possibly recipe-trained) checkpoint."""
     state = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
-    return dataclasses.replace(cfg, num_groups=1), state
+    return dataclasses.replace(cfg, num_groups=1, dn_number=0), state
 
 
 def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any) -> DETR:

@@ -123,17 +123,19 @@ class DecoderLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return _ffn(self, x)
 
-    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor) -> Tensor:
-        """tgt, query_pos [B, Q, E]; memory, pos [B, S, E]; mask [B, S] -> [B, Q, E]."""
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor,
+                self_attn_mask: Tensor | None = None) -> Tensor:
+        """tgt, query_pos [B, Q, E]; memory, pos [B, S, E]; mask [B, S]; self_attn_mask [Q, Q] (True: may
+        not attend) -> [B, Q, E]."""
         key = memory + pos
         if self.pre_norm:
             x = self.norm1(tgt)
-            tgt = tgt + self.dropout1(self.self_attn(x + query_pos, x + query_pos, x))
+            tgt = tgt + self.dropout1(self.self_attn(x + query_pos, x + query_pos, x, attn_mask=self_attn_mask))
             x = self.norm2(tgt)
             tgt = tgt + self.dropout2(self.multihead_attn(x + query_pos, key, memory, mask))
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         qk = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt)))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt, attn_mask=self_attn_mask)))
         tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, key, memory, mask)))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
 
@@ -156,11 +158,12 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor,
+                self_attn_mask: Tensor | None = None) -> Tensor:
         """-> every layer's output after the shared final norm, [L, B, Q, E]."""
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, pos, query_pos, mask)
+            tgt = layer(tgt, memory, pos, query_pos, mask, self_attn_mask)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 
@@ -193,12 +196,14 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor,
-                groups: int = 1) -> tuple[Tensor, Tensor]:
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor, groups: int = 1,
+                extra: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """src, pos [B, E, h, w]; mask [B, h, w]; query_embed [K*Q, E] for `groups` K.
 
-        Returns the decoder outputs [L, B, K*Q, E] and the encoder memory [B, h*w, E]. Each group of
+        Returns the decoder outputs [L, B, K*(Q+D), E] and the encoder memory [B, h*w, E]. Each group of
         Q queries is decoded as its own batch entry over the same memory, so groups cannot see each other.
+        `extra` (denoising queries) = (content [B, D, E], position [B, D, E], self-attention mask
+        [Q+D, Q+D]): D more queries after each group's Q, with their own decoder input and position.
         """
         src = src.flatten(2).transpose(1, 2)  # [B, S, E]
         pos = pos.flatten(2).transpose(1, 2)  # [B, S, E]
@@ -207,5 +212,10 @@ class Transformer(nn.Module):
         b, k = src.shape[0], groups
         query_pos = query_embed.unflatten(0, (k, -1))[None].expand(b, -1, -1, -1).flatten(0, 1)  # [B*K, Q, E]
         fold = (lambda x: x.repeat_interleave(k, dim=0)) if k > 1 else (lambda x: x)  # noqa: E731  [B*K, ...]
-        hs = self.decoder(torch.zeros_like(query_pos), fold(memory), fold(pos), query_pos, fold(mask))
-        return hs.unflatten(1, (b, k)).flatten(2, 3), memory  # [L, B, K*Q, E]
+        tgt, self_attn_mask = torch.zeros_like(query_pos), None
+        if extra is not None:
+            content, position, self_attn_mask = extra
+            tgt = torch.cat([tgt, fold(content)], dim=1)  # [B*K, Q+D, E]
+            query_pos = torch.cat([query_pos, fold(position)], dim=1)
+        hs = self.decoder(tgt, fold(memory), fold(pos), query_pos, fold(mask), self_attn_mask)
+        return hs.unflatten(1, (b, k)).flatten(2, 3), memory  # [L, B, K*(Q+D), E]

@@ -65,7 +65,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     for images, targets in bar:
         images, targets = move_batch(images, targets, device)
         with autocast(device, amp):
-            outputs = model(images)
+            outputs = model(images, targets=targets)  # targets feed denoising queries, if any
         losses = criterion(float_outputs(outputs), targets)
         loss = criterion.total_loss(losses)
         stats, stop = reduce_losses(losses, criterion.weight_dict, should_stop())

@@ -161,6 +161,7 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
     run = Run(
         model=model, ddp_model=model, optimizer=optimizer,
         criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss, cfg.model.class_loss,
+                                   cfg.model.dn_number > 0,
                                    **vars(cfg.loss)).to(device),
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop),
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
