@@ -44,6 +44,25 @@ def _check_finite_grads(model: nn.Module, grad_norm: Tensor, epoch: int, step: i
                              "is kept. Try a lower --lr or --amp none.")
 
 
+def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scaler: torch.amp.GradScaler | None, clip_max_norm: float, epoch: int, step: int) -> None:
+    """Back-propagate, clip the gradient norm and step (fp16: through the GradScaler)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    max_norm = clip_max_norm if clip_max_norm > 0 else math.inf  # inf: only measure the norm
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step itself when fp16 gradients overflowed
+        scaler.update()
+    else:
+        _check_finite_grads(model, grad_norm, epoch, step)
+        optimizer.step()
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, clip_max_norm: float = 0.1, amp: str = "none",
                     scaler: torch.amp.GradScaler | None = None, should_stop: Callable[[], bool] = lambda: False,
@@ -71,21 +90,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         stats, stop = reduce_losses(losses, criterion.weight_dict, should_stop())
         _check_finite_loss(stats, epoch, step)
 
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        max_norm = clip_max_norm if clip_max_norm > 0 else math.inf  # inf: only measure the norm
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        if scaler is not None:
-            scaler.step(optimizer)  # skips the step itself when fp16 gradients overflowed
-            scaler.update()
-        else:
-            _check_finite_grads(model, grad_norm, epoch, step)
-            optimizer.step()
-
+        _backward_and_step(loss, model, optimizer, scaler, clip_max_norm, epoch, step)
         stats["lr"] = optimizer.param_groups[0]["lr"]
         averages.update(stats)
         step += 1
