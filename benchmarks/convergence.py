@@ -61,9 +61,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "groups": {"num_groups": 3},  # Group DETR (arXiv 2207.13085): 3 query groups in training
     # IoU-aware classification (RT-DETR's varifocal loss) with the focal matching cost at Deformable DETR's weight 2
     "varifocal": {"class_loss": "varifocal", "set_cost_class": 2.0},
-    "groups_varifocal": {"num_groups": 3, "class_loss": "varifocal", "set_cost_class": 2.0},
     "dn": {"dn_number": 5},  # denoising queries (DN-DETR, arXiv 2203.01305): 5 noised copies of the ground truth
-    "all": dict(TRAIN_RECIPES["fast"]),  # every option together: what --recipe fast sets (spelled out: cache key)
+    "all": {"num_groups": 3, "dn_number": 5, "class_loss": "varifocal", "set_cost_class": 2.0},  # every option
+    "fast": dict(TRAIN_RECIPES["fast"]),  # what --recipe fast sets (spelled out: the cache key sees the options)
 }
 
 # The fixed model and training settings (official flag names). The trunk trains from scratch at the
