@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import load_checkpoint, load_model_weights, output_folder, write_json
-from ..config import Config, dataclass_from_dict, validate_config
+from ..config import Config, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..loss.criterion import create_criterion
@@ -98,9 +98,9 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     ckpt = load_checkpoint(path)  # refuses anything that is not plain tensors and containers
     saved = config_from_checkpoint(ckpt, path, model=model, **overrides)
     data_cfg = cfg.data
-    trained_on = (ckpt.get("config") or {}).get("data") if isinstance(ckpt.get("config"), dict) else None
-    if not (data_cfg.coco_path or data_cfg.val_annotations) and trained_on:
-        data_cfg = dataclass_from_dict(type(cfg.data), trained_on, where=f"{path}: config.data")
+    ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
+    if not (data_cfg.coco_path or data_cfg.val_annotations) and ours:
+        data_cfg = saved.data  # the data the checkpoint was trained on, as config_from_checkpoint read it
     cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
