@@ -48,23 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's detr, whatever the environment has installed
 
 from detr.checkpoint import write_bytes, write_json  # noqa: E402
-from detr.config import RECIPES as TRAIN_RECIPES  # noqa: E402
-from detr.config import config_from_flags  # noqa: E402
+from detr.config import FROM_SCRATCH, config_from_flags, recipe_options  # noqa: E402
 from detr.data import make_demo_dataset  # noqa: E402
 from detr.training import engine  # noqa: E402
 from detr.training.train import train  # noqa: E402
-
-# Recipe name -> option overrides (official flag names) on top of SETTINGS: vanilla, each option alone,
-# and all of them together.
-RECIPES: dict[str, dict[str, Any]] = {
-    "vanilla": {},  # the official recipe
-    "groups": {"num_groups": 3},  # Group DETR (arXiv 2207.13085): 3 query groups in training
-    # IoU-aware classification (RT-DETR's varifocal loss) with the focal matching cost at Deformable DETR's weight 2
-    "varifocal": {"class_loss": "varifocal", "set_cost_class": 2.0},
-    "dn": {"dn_number": 5},  # denoising queries (DN-DETR, arXiv 2203.01305): 5 noised copies of the ground truth
-    "all": {"num_groups": 3, "dn_number": 5, "class_loss": "varifocal", "set_cost_class": 2.0},  # every option
-    "fast": dict(TRAIN_RECIPES["fast"]),  # what --recipe fast sets (spelled out: the cache key sees the options)
-}
 
 # The fixed model and training settings (official flag names). The trunk trains from scratch at the
 # transformer's rate (the official 1e-5 backbone rate is for an ImageNet backbone). Attention dropout
@@ -75,6 +62,20 @@ SETTINGS: dict[str, Any] = {
     "batch_size": 8, "lr": 1e-4, "lr_backbone": 1e-4, "weight_decay": 1e-4, "clip_max_norm": 0.1,
     "scales": [128], "max_size": 192, "val_scale": 128, "random_crop": False,
     "device": "cpu", "num_workers": 0, "num_classes": None,
+}
+# Recipe name -> option overrides (official flag names) on top of SETTINGS: vanilla, each option alone,
+# and all of them together.
+RECIPES: dict[str, dict[str, Any]] = {
+    "vanilla": {},  # the official recipe
+    "groups": {"num_groups": 3},  # Group DETR (arXiv 2207.13085): 3 query groups in training
+    # IoU-aware classification (RT-DETR's varifocal loss) with the focal matching cost at Deformable DETR's weight 2
+    "varifocal": {"class_loss": "varifocal", "set_cost_class": 2.0},
+    "dn": {"dn_number": 5},  # denoising queries (DN-DETR, arXiv 2203.01305): 5 noised copies of the ground truth
+    "scratch": dict(FROM_SCRATCH),  # dense backbone warm-up, then a doubled learning rate
+    "all": {"num_groups": 3, "dn_number": 5, "class_loss": "varifocal", "set_cost_class": 2.0,
+            **FROM_SCRATCH},  # every option
+    # what --recipe fast sets for this model (spelled out: the cache key sees the options)
+    "fast": recipe_options({**SETTINGS, "recipe": "fast"}),
 }
 DATA = {"num_train": 5000, "num_val": 200, "image_size": 128, "seed": 0}
 # --smoke: the same model on a few 64-px images.
@@ -167,13 +168,14 @@ def step_times() -> Iterator[StepTimes]:
         logger.setLevel(level)
 
 
-def read_curve(log_file: Path, steps_per_epoch: int) -> list[dict[str, float]]:
-    """[{iteration, AP, AP50}] from the run's log.txt (one JSON line per epoch)."""
+def read_curve(log_file: Path, steps_per_epoch: int, warmup_steps: int = 0) -> list[dict[str, float]]:
+    """[{iteration, AP, AP50}] from the run's log.txt (one JSON line per epoch). Backbone warm-up steps
+    count as iterations (each is cheaper than a DETR step, so this overstates what the warm-up costs)."""
     curve = []
     for line in log_file.read_text().splitlines():
         entry = json.loads(line)
         if "test_AP" in entry:
-            curve.append({"iteration": (entry["epoch"] + 1) * steps_per_epoch, "AP": entry["test_AP"],
+            curve.append({"iteration": warmup_steps + (entry["epoch"] + 1) * steps_per_epoch, "AP": entry["test_AP"],
                           "AP50": entry["test_AP50"]})
     return curve
 
@@ -201,7 +203,7 @@ def train_run(recipe: str, seed: int, args: argparse.Namespace, settings: dict[s
         raise RuntimeError(f"the step timer saw {len(timer.times)} steps for {args.iterations} iterations: "
                            "has train_one_epoch's per-step debug record changed?")
     result = {"recipe": recipe, "seed": seed, "hash": key, "overrides": RECIPES[recipe], "options": values,
-              "data": data, "curve": read_curve(out_dir / "log.txt", args.eval_every),
+              "data": data, "curve": read_curve(out_dir / "log.txt", args.eval_every, values.get("backbone_warmup", 0)),
               "seconds_per_iteration": timer.seconds_per_iteration(),
               "cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), "wall_seconds": wall,
               "torch_threads": args.threads}

@@ -334,6 +334,16 @@ def test_recipe_fast_sets_its_options_and_refuses_a_contradiction():
     with pytest.raises(ValueError, match="--recipe must be one of official, fast, got 'quick'"):
         parse("--recipe", "quick")
     assert parse().model.num_groups == 1 and parse().model.class_loss == "softmax"  # the default is the paper's
+    # from a random backbone the recipe adds the dense warm-up and a doubled rate; not when weights are given
+    scratch = parse("--recipe", "fast", "--backbone", "tiny")
+    assert (scratch.train.backbone_warmup, scratch.train.lr, scratch.train.lr_backbone) == (500, 2e-4, 2e-4)
+    assert parse("--recipe", "fast", "--backbone_weights", "none").train.backbone_warmup == 500
+    imagenet = parse("--recipe", "fast")
+    assert (imagenet.train.backbone_warmup, imagenet.train.lr, imagenet.train.lr_backbone) == (0, 1e-4, 1e-5)
+    finetune = parse("--recipe", "fast", "--backbone", "tiny", "--weights", "w.pth")
+    assert (finetune.train.backbone_warmup, finetune.train.lr, finetune.model.num_groups) == (0, 1e-4, 3)
+    tuned = parse("--recipe", "fast", "--backbone", "tiny", "--lr", "1e-3", "--backbone_warmup", "7")
+    assert (tuned.train.backbone_warmup, tuned.train.lr, tuned.train.lr_backbone) == (7, 1e-3, 2e-4)  # flags win
 
 
 def test_recipe_training_resumes_exactly_and_exports_to_onnx_with_parity(tmp_path):
@@ -347,7 +357,8 @@ def test_recipe_training_resumes_exactly_and_exports_to_onnx_with_parity(tmp_pat
     from .train_helpers import config, max_weight_diff, tiny_data
 
     data = tiny_data(tmp_path / "data", num_train=4, num_val=2)
-    fast = ["--recipe", "fast", "--num_queries", "8", "--class_loss", "varifocal", "--dn_number", "2"]  # all options
+    fast = ["--recipe", "fast", "--num_queries", "8", "--class_loss", "varifocal", "--dn_number", "2",  # all options
+            "--backbone_warmup", "3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(config(data, straight, [*fast, "--epochs", "2"]), progress=False)
     train(config(data, split, [*fast, "--epochs", "1"]), progress=False)

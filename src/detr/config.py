@@ -145,40 +145,63 @@ class Config:
         return cls(**parts)
 
 
-# A small model that learns the demo shapes on a CPU: ResNet-18 trunk, a thin two-layer
-# transformer, a few queries (demo images hold at most 6 shapes), ~128 px images. No ImageNet
-# weights can be fetched here, so the backbone starts random and is warmed up on the demo images
-# (see training/warmup.py), then trains at half the transformer's rate.
-DEMO_PRESET: dict[str, Any] = {
-    "backbone": "resnet18", "hidden_dim": 128, "nheads": 8, "enc_layers": 2, "dec_layers": 2,
-    "dim_feedforward": 512, "num_queries": 10, "dropout": 0.0, "attention_dropout": 0.0,
-    "backbone_weights": "none", "backbone_warmup": 600,
-    "lr": 2e-4, "lr_backbone": 1e-4, "batch_size": 4, "epochs": 50, "lr_drop": 42,
-    "scales": [112, 128, 144], "max_size": 192, "val_scale": 128, "random_crop": False,
-    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo", "eval_every": 5,
-    "num_classes": None,  # from the data
-}
-
-
-# --recipe NAME sets these options. "fast" is what benchmarks/convergence.py measured best so far (BENCHMARKS.md):
+# --recipe NAME sets these options. "fast" is what benchmarks/convergence.py measured best (BENCHMARKS.md):
 # Group DETR with 3 groups. Alone, the varifocal head and the denoising queries each learned slower than
 # vanilla there, so they are left out until a combination is shown to help.
 RECIPES: dict[str, dict[str, Any]] = {
     "official": {},
     "fast": {"num_groups": 3},
 }
+# What --recipe fast adds for a backbone that starts from random weights (FROM_SCRATCH): a random trunk keeps
+# DETR on its "mean box" plateau for thousands of steps. The dense warm-up (training/warmup.py) breaks it, and
+# only then does a doubled learning rate help (at 4e-4 with no warm-up the benchmark model stayed on the plateau).
+FROM_SCRATCH: dict[str, Any] = {"backbone_warmup": 500, "lr": 2e-4, "lr_backbone": 2e-4}
 
 
-def apply_recipe(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with the options of `values["recipe"]` added; a value that contradicts the recipe is an error."""
+# The built-in demo (`detr demo`): the convergence benchmark's model (BENCHMARKS.md) on the same kind of data.
+# A tiny conv trunk trained from scratch (no ImageNet weights can be fetched here), a thin 3+3-layer
+# transformer, 16 queries (demo images hold at most 6 shapes), 128-px images. It trains with --recipe fast
+# (for a random backbone: Group DETR, the dense backbone warm-up, a doubled rate) and drops the rate for the
+# last epoch.
+DEMO_PRESET: dict[str, Any] = {
+    "backbone": "tiny", "backbone_weights": "none", "hidden_dim": 128, "nheads": 8, "enc_layers": 3,
+    "dec_layers": 3, "dim_feedforward": 512, "num_queries": 16, "dropout": 0.0, "attention_dropout": 0.0,
+    "recipe": "fast", "batch_size": 8, "epochs": 6, "lr_drop": 5,
+    "scales": [128], "max_size": 192, "val_scale": 128, "random_crop": False,
+    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo", "eval_every": 1,
+    "num_classes": None,  # from the data
+}
+# The demo's dataset (data/demo.py): enough images that the model does not overfit within the demo.
+DEMO_DATA: dict[str, int] = {"num_train": 5000, "num_val": 200, "image_size": 128}
+
+
+def starts_from_scratch(values: dict[str, Any]) -> bool:
+    """Whether the backbone of a run with these flat values starts from random weights: the tiny trunk or
+    --backbone_weights none, and no --weights (a --resume'd run keeps the options it started with)."""
+    random_trunk = values.get("backbone") == "tiny" or values.get("backbone_weights") == "none"
+    return random_trunk and not values.get("weights")
+
+
+def recipe_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The options `values["recipe"]` sets for a run with these flat values (RECIPES, and FROM_SCRATCH for fast)."""
     recipe = values.get("recipe", "official")
     if recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    for name, value in RECIPES[recipe].items():
-        if name in values and values[name] != value:
-            raise ValueError(f"--recipe {recipe} sets --{name} {value}; --{name} {values[name]} contradicts it "
-                             "(drop one of the two)")
-    return {**values, **RECIPES[recipe]}
+    options = dict(RECIPES[recipe])
+    if recipe == "fast" and starts_from_scratch(values):
+        options.update(FROM_SCRATCH)
+    return options
+
+
+def apply_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the options of `values["recipe"]` added. A value that contradicts RECIPES is an error;
+    the FROM_SCRATCH options are starting values that explicit flags replace (they depend on the data)."""
+    options = recipe_options(values)
+    for name, value in options.items():
+        if name in values and values[name] != value and name not in FROM_SCRATCH:
+            raise ValueError(f"--recipe {values['recipe']} sets --{name} {value}; --{name} {values[name]} "
+                             "contradicts it (drop one of the two)")
+    return {**options, **values}
 
 
 def config_from_flags(values: dict[str, Any]) -> Config:

@@ -4,13 +4,15 @@ it (minutes on 2 CPU cores), evaluate it (COCO bbox AP) and draw its predictions
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from ..checkpoint import load_checkpoint
-from ..config import DEMO_PRESET, config_from_flags
+from ..config import DEMO_DATA, DEMO_PRESET, config_from_flags
+from ..data import make_demo_dataset
 from ..data.images import load_image
 from ..inference.detector import Detector
 from ..inference.visualize import draw_detections
@@ -22,9 +24,10 @@ def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | P
     """Draw the model's detections on `images` side by side into one PNG file."""
     detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=threshold)
     pictures = [load_image(p) for p in images]
-    drawn = [draw_detections(im, detector(im)) for im in pictures]  # draw_detections copies
-    scale = 2  # demo images are small; draw them larger so the labels stay readable
-    drawn = [im.resize((im.width * scale, im.height * scale)) for im in drawn]
+    scale = 3  # demo images are small: enlarge them before drawing so that the labels stay readable
+    drawn = [draw_detections(im.resize((im.width * scale, im.height * scale)),
+                             dataclasses.replace(det, boxes=det.boxes * scale))
+             for im, det in zip(pictures, detector(pictures))]
     sheet = Image.new("RGB", (sum(im.width for im in drawn) + 8 * (len(drawn) - 1), max(im.height for im in drawn)),
                       (255, 255, 255))
     x = 0
@@ -36,9 +39,13 @@ def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | P
     return output
 
 
-def run_demo(overrides: dict[str, Any] | None = None, num_pictures: int = 4) -> dict[str, Any]:
-    """Train the demo preset (with `overrides`), then evaluate and draw; returns the training summary."""
-    cfg = config_from_flags({**DEMO_PRESET, **(overrides or {})})
+def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | None = None,
+             num_pictures: int = 4) -> dict[str, Any]:
+    """Make the demo data (DEMO_DATA, with `data`'s sizes), train the demo preset (with `overrides`) on it,
+    then evaluate and draw; returns the training summary."""
+    values = {**DEMO_PRESET, **(overrides or {})}
+    paths = make_demo_dataset(Path(values["output_dir"]) / "data", **{**DEMO_DATA, **(data or {})})
+    cfg = config_from_flags({**values, **{k: str(v) for k, v in paths.items() if k != "root"}})
     summary = train(cfg, progress=show_progress())
     out = Path(cfg.train.output_dir)
     best = out / "best.pth" if (out / "best.pth").is_file() else out / "checkpoint.pth"
@@ -58,9 +65,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=DEMO_PRESET["epochs"], help="training epochs")
     parser.add_argument("--device", default=DEMO_PRESET["device"], help="cpu or cuda")
     parser.add_argument("--num_workers", type=int, default=DEMO_PRESET["num_workers"], help="data loading processes")
-    parser.add_argument("--backbone_warmup", type=int, default=DEMO_PRESET["backbone_warmup"],
-                        help="backbone warm-up steps before training (stands in for ImageNet weights)")
+    parser.add_argument("--backbone_warmup", type=int, default=None,
+                        help="backbone warm-up steps before training (stands in for ImageNet weights; "
+                             "default: --recipe fast's 500)")
+    parser.add_argument("--num_train", type=int, default=DEMO_DATA["num_train"], help="training images to make")
+    parser.add_argument("--num_val", type=int, default=DEMO_DATA["num_val"], help="validation images to make")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
-    args = parser.parse_args(argv)
-    run_demo(vars(args))
+    args = vars(parser.parse_args(argv))
+    data = {k: args.pop(k) for k in ("num_train", "num_val")}
+    if args["backbone_warmup"] is None:
+        del args["backbone_warmup"]
+    args["lr_drop"] = max(1, args["epochs"] - 1)  # the last epoch at a tenth of the rate, as the preset
+    run_demo(args, data)
     return 0

@@ -40,7 +40,8 @@ def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
     """A copy of `image` (RGB) with each box, its class name and score drawn on it.
 
     The label sits on a filled box of the class colour, in black or white text whichever
-    reads better, above the box (inside it when the box touches the top edge).
+    reads better, above the box (inside it when the box touches the top edge), and is moved
+    left or up where it would leave the image, so that it is never cut off.
     """
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
@@ -53,7 +54,9 @@ def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
         text = f"{name} {score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left + 4, bottom - top + 4
-        x0, y0 = box[0], box[1] - th if box[1] - th >= 0 else box[1]
+        x0 = max(0, min(box[0], out.width - tw))  # kept inside the image
+        y0 = box[1] - th if box[1] - th >= 0 else box[1]
+        y0 = max(0, min(y0, out.height - th))
         draw.rectangle([x0, y0, x0 + tw, y0 + th], fill=rgb)
         ink = (0, 0, 0) if sum(c * w for c, w in zip(rgb, (0.299, 0.587, 0.114))) > 140 else (255, 255, 255)
         draw.text((x0 + 2 - left, y0 + 2 - top), text, fill=ink, font=font)
