@@ -13,13 +13,16 @@ from .inference.detector import Detections, Detector
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
 from .loss.postprocess import postprocess
-from .models.detr import DETR, convert_official_state_dict, create_model, list_models
+from .models.build import create_model, list_models
+from .models.conditional import ConditionalDETR
+from .models.detr import DETR, convert_official_state_dict
 from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DETR",
+    "ConditionalDETR",
     "Config",
     "DataConfig",
     "Detections",

@@ -16,7 +16,7 @@ from ..config import Config
 from ..hub import WeightsError, cached_download
 from ..registry import PUBLISHED, config_from_checkpoint
 from .backbone import Backbone
-from .detr import DETR, build_model, inference_parts
+from .build import Model, build_model, inference_parts
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progres
 
 
 def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, progress: bool = True,
-                    **overrides: Any) -> tuple[DETR, Config]:
+                    **overrides: Any) -> tuple[Model, Config]:
     """Build a DETR in eval mode from a published name, one of our checkpoints or an official file.
 
     Args:
