@@ -15,6 +15,7 @@ from .loss.matcher import HungarianMatcher
 from .loss.postprocess import postprocess
 from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
+from .inference.huggingface import convert_hf_state_dict
 from .models.detr import DETR, convert_official_state_dict
 from .registry import config_from_checkpoint
 
@@ -33,6 +34,7 @@ __all__ = [
     "SetCriterion",
     "TrainConfig",
     "config_from_checkpoint",
+    "convert_hf_state_dict",
     "convert_official_state_dict",
     "create_criterion",
     "create_model",
