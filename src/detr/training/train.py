@@ -31,6 +31,7 @@ from ..evaluation.evaluate import evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
 from ..models.build import TRAINING_ONLY, Model, build_model
 from ..models.loading import load_backbone_weights
+from ..registry import check_family, family_of
 from ..runtime import resolve_device
 from .engine import train_one_epoch
 from .state import Progress, Run, restore_training_state, save_training_checkpoint
@@ -87,6 +88,7 @@ def load_finetune_weights(model: Model, path: str) -> None:
     Group DETR's extra query groups start as copies of the checkpoint's queries unless it has its own."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
+    check_family(state, family_of(own) or "detr", f"--weights {path}")  # before any key-by-key complaint
     state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
     skip = []
     for prefix, what in (("class_embed.", "classes"), ("query_embed.", "queries")):
