@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (ConditionalDetrConfig, ConditionalDetrForObjectDetection, DetrConfig,
-                          DetrForObjectDetection, ResNetConfig)
+from transformers import (
+    ConditionalDetrConfig,
+    ConditionalDetrForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    ResNetConfig,
+)
 
 import detr
 from detr.models.build import build_model
