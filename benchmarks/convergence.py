@@ -64,6 +64,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dn": {"dn_number": 5},  # denoising queries (DN-DETR, arXiv 2203.01305): 5 noised copies of the ground truth
     "all": {"num_groups": 3, "dn_number": 5, "class_loss": "varifocal", "set_cost_class": 2.0},  # every option
     "fast": dict(TRAIN_RECIPES["fast"]),  # what --recipe fast sets (spelled out: the cache key sees the options)
+    # Conditional DETR (arXiv 2108.06152) with its sigmoid focal head (class cost and weight 2), alone and with the
+    # recipe options that apply to it (denoising queries do not): the same fixed SETTINGS, 16 queries included.
+    "conditional": {"family": "conditional_detr", "class_loss": "focal"},
+    "conditional_groups": {"family": "conditional_detr", "class_loss": "focal", "num_groups": 3},
+    "conditional_varifocal": {"family": "conditional_detr", "class_loss": "varifocal", "set_cost_class": 2.0},
 }
 
 # The fixed model and training settings (official flag names). The trunk trains from scratch at the

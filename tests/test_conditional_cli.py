@@ -159,3 +159,44 @@ def test_cli_train_accepts_the_model_name(data, tmp_path):
 
     assert cli.main(["train", *TINY_FLAGS, *data_flags(data), *SMALL, "--epochs", "1", "--output_dir", str(out)]) == 0
     assert load_checkpoint(out / "checkpoint.pth")["config"]["model"]["family"] == "conditional_detr"
+
+
+def test_convergence_benchmark_has_conditional_rows_that_build():
+    """benchmarks/convergence.py: the Conditional DETR recipes make valid configs of the conditional family."""
+    import importlib.util
+    from pathlib import Path
+
+    from detr.config import config_from_flags
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "convergence.py"
+    spec = importlib.util.spec_from_file_location("convergence_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    names = [r for r in bench.RECIPES if r.startswith("conditional")]
+    assert names == ["conditional", "conditional_groups", "conditional_varifocal"]
+    for name in names:
+        cfg = config_from_flags({**bench.SETTINGS, **bench.RECIPES[name], "num_classes": 5})
+        model = detr.models.build_model(cfg.model)
+        assert isinstance(model, ConditionalDETR) and model.num_groups == bench.RECIPES[name].get("num_groups", 1)
+
+
+def test_query_groups_of_identical_queries_give_the_single_group_outputs():
+    """Group DETR on Conditional DETR, float64: a 3-group model whose groups copy the queries of a 1-group model gives
+    the 1-group outputs for every group (groups never see each other, reference points included)."""
+    options = dict(backbone="tiny", hidden_dim=64, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64,
+                   num_queries=6, dropout=0.0)
+    torch.manual_seed(0)
+    single = detr.create_model("conditional_detr_r50", num_classes=5, **options).double().train()
+    grouped = detr.create_model("conditional_detr_r50", num_classes=5, num_groups=3, **options).double().train()
+    state = single.state_dict()
+    state["group_query_embed.weight"] = state["query_embed.weight"].repeat(2, 1)
+    grouped.load_state_dict(state)
+    g = torch.Generator().manual_seed(3)
+    images = [torch.randn(3, 64, 96, generator=g, dtype=torch.float64),
+              torch.randn(3, 80, 48, generator=g, dtype=torch.float64)]
+    expected, out = single(images), grouped(images)
+    assert len(out["groups"]) == 2
+    for group in [out, *out["groups"]]:
+        for a, b in zip([group, *group["aux_outputs"]], [expected, *expected["aux_outputs"]]):
+            assert torch.allclose(a["pred_logits"], b["pred_logits"], rtol=0, atol=1e-12)
+            assert torch.allclose(a["pred_boxes"], b["pred_boxes"], rtol=0, atol=1e-12)
