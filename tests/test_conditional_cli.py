@@ -200,3 +200,29 @@ def test_query_groups_of_identical_queries_give_the_single_group_outputs():
         for a, b in zip([group, *group["aux_outputs"]], [expected, *expected["aux_outputs"]]):
             assert torch.allclose(a["pred_logits"], b["pred_logits"], rtol=0, atol=1e-12)
             assert torch.allclose(a["pred_boxes"], b["pred_boxes"], rtol=0, atol=1e-12)
+
+
+def test_an_official_training_checkpoint_with_args_builds_the_dc5_model(tmp_path):
+    """The official repository's checkpoint{N}.pth: {"model", "args" (a Namespace), ...}; its args say DC5 and heads."""
+    import argparse
+
+    small = dict(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6)
+    torch.manual_seed(0)
+    net = detr.create_model("conditional_detr_r50_dc5", num_classes=5, **small).eval()
+    args = argparse.Namespace(backbone="resnet50", dilation=True, nheads=2, dropout=0.1, num_queries=6,
+                              position_embedding="sine", cls_loss_coef=2.0, focal_alpha=0.25, lr=1e-4)
+    path = tmp_path / "checkpoint0049.pth"
+    torch.save({"model": net.state_dict(), "args": args, "epoch": 49}, path)
+    detector = Detector.from_pretrained(path, threshold=0.0)
+    assert isinstance(detector.model, ConditionalDETR)
+    assert detector.model.backbone[0].body.layer4[0].conv2.stride == (1, 1)  # dilated
+    x = [torch.randn(3, 64, 80)]
+    with torch.no_grad():
+        assert torch.equal(detector.model(x)["pred_boxes"], net(x)["pred_boxes"])
+
+
+def test_a_model_name_without_published_weights_says_so():
+    from detr.hub import WeightsError
+
+    with pytest.raises(WeightsError, match="conditional_detr_r50: no published weights can be downloaded"):
+        Detector.from_pretrained("conditional_detr_r50")

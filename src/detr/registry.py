@@ -149,8 +149,8 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | No
     if "dilation" not in told and opts["backbone"] != "tiny":  # the tiny trunk has no dilated variant
         log.warning("%s: whether the backbone is dilated (DC5) cannot be told from official-layout weights; "
                     "building it without dilation (and with %d heads unless --nheads says otherwise). For a DC5 "
-                    "model pass --dilation (Python: dilation=True) or --model detr_r50_dc5 / detr_r101_dc5",
-                    source, told.get("nheads", ModelConfig.nheads))
+                    "model pass --dilation (Python: dilation=True) or --model %s_r50_dc5 / %s_r101_dc5",
+                    source, told.get("nheads", ModelConfig.nheads), opts["family"], opts["family"])
     model_cfg = dataclass_from_dict(ModelConfig, {**opts, **told}, where=f"{source}: model options")
     names = list(published.class_names) if published and model_cfg.num_classes == published.num_classes else None
     return Config(model=model_cfg, data=DataConfig(class_names=names))
