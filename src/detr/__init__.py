@@ -2,10 +2,11 @@
 
 The public API:
 
-    model = detr.create_model("detr_r50", num_classes=91)
+    model = detr.create_model("detr_r50", num_classes=91)   # or "conditional_detr_r50" (Conditional DETR)
     criterion = detr.create_criterion(num_classes=91)
     results = detr.postprocess(model(images), target_sizes)
     detector = detr.Detector.from_pretrained("detr_r50")
+    state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
 """
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig

@@ -57,7 +57,7 @@ class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
 
     Args:
-        model: a DETR (put in eval mode and moved to `device`).
+        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
         device: "cpu", "cuda", "cuda:1", ...
         threshold: keep detections whose score is at least this, in [0, 1].

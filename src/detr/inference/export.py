@@ -50,7 +50,7 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
     """Write `model` as an ONNX file with dynamic batch, height and width.
 
     Args:
-        model: a DETR (copied; not modified).
+        model: a DETR or ConditionalDETR (copied; not modified).
         output: the .onnx file to write (its folder must exist).
         height, width: size of the example input used to trace the graph.
         opset: ONNX opset version.

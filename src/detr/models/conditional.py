@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .attention import ProjectedAttention
 from .backbone import Joiner
-from .detr import MLP, build_backbone, prepare_batch
+from .detr import MLP, build_backbone, layer_outputs, object_queries, prepare_batch
 from .dropout import Dropout
-from .position import build_position_embedding
-from .transformer import Encoder, EncoderLayer, _ffn
+from .position import build_position_embedding, interleave_sin_cos, sine_frequencies
+from .transformer import Encoder, EncoderLayer, _ffn, flatten_features, fold_groups
 
 SIGMOID_PRIOR = 0.01  # initial score of every class of a sigmoid head (RetinaNet's prior)
 
@@ -46,14 +46,10 @@ def sine_embedding(points: Tensor, num_feats: int, temperature: float = 10000.0)
     The same frequencies and sin/cos interleaving as the feature map's `PositionEmbeddingSine`, so
     that a reference point and the feature cell under it have matching encodings.
     """
-    freq = torch.arange(num_feats, dtype=torch.float32, device=points.device)
-    freq = temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / num_feats)  # [n]
+    freq = sine_frequencies(num_feats, temperature, points.device)  # [n]
     scaled = points * (2 * math.pi)
-    embeds = []
-    for coord in (scaled[..., 1], scaled[..., 0]):  # y first, as the feature map's encoding
-        angles = coord[..., None] / freq  # [..., n]
-        embeds.append(torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2))
-    return torch.cat(embeds, dim=-1)
+    # y first, as the feature map's encoding
+    return torch.cat([interleave_sin_cos(coord[..., None] / freq) for coord in (scaled[..., 1], scaled[..., 0])], -1)
 
 
 def _concat_heads(content: Tensor, spatial: Tensor, heads: int) -> Tensor:
@@ -153,13 +149,10 @@ class ConditionalTransformer(nn.Module):
         Returns the decoder outputs [L, B, K*Q, E], the reference points [B, K*Q, 2] and the memory
         [B, h*w, E]. Each group decodes as its own batch entry over the same memory (Group DETR).
         """
-        src = src.flatten(2).transpose(1, 2)  # [B, S, E]
-        pos = pos.flatten(2).transpose(1, 2)  # [B, S, E]
-        mask = mask.flatten(1)  # [B, S]
+        src, pos, mask = flatten_features(src, pos, mask)  # [B, S, E], [B, S, E], [B, S]
         memory = self.encoder(src, pos, mask)
         b, k = src.shape[0], groups
-        query_pos = query_embed.unflatten(0, (k, -1))[None].expand(b, -1, -1, -1).flatten(0, 1)  # [B*K, Q, E]
-        fold = (lambda x: x.repeat_interleave(k, dim=0)) if k > 1 else (lambda x: x)  # noqa: E731  [B*K, ...]
+        query_pos, fold = fold_groups(query_embed, b, k)  # [B*K, Q, E]
         hs, reference = self.decoder(torch.zeros_like(query_pos), fold(memory), fold(pos), query_pos, fold(mask))
         return hs.unflatten(1, (b, k)).flatten(2, 3), reference.unflatten(0, (b, k)).flatten(1, 2), memory
 
@@ -198,25 +191,16 @@ class ConditionalDETR(nn.Module):
         batch, mask = prepare_batch(images, mask)
         feats, mask, pos = self.backbone(batch, mask)
         groups = self.num_groups if self.training else 1
-        queries = self.query_embed.weight  # [Q, E]
-        if groups > 1:
-            queries = torch.cat([queries, self.group_query_embed.weight])  # [K*Q, E]
+        queries = object_queries(self, groups)  # [K*Q, E]
         hs, reference, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups)  # [L, B, K*Q, E]
         offsets = self.bbox_embed(hs)  # [L, B, K*Q, 4] in inverse-sigmoid space
         centres = offsets[..., :2] + inverse_sigmoid(reference)  # [L, B, K*Q, 2]
         boxes = torch.cat([centres, offsets[..., 2:]], dim=-1).sigmoid()
         logits = self.class_embed(hs)  # [L, B, K*Q, C]
-        outs = [self._outputs(lg, bx) for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2))]
+        outs = [layer_outputs(lg, bx, self.aux_loss) for lg, bx in zip(logits.chunk(groups, 2), boxes.chunk(groups, 2))]
         if groups > 1:
             outs[0]["groups"] = outs[1:]
         return outs[0]
-
-    def _outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
-        """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
-        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
 
 
 def build_conditional(cfg: ModelConfig) -> ConditionalDETR:

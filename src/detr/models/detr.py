@@ -83,9 +83,7 @@ class DETR(nn.Module):
         batch, mask = prepare_batch(images, mask)
         feats, mask, pos = self.backbone(batch, mask)
         groups = self.num_groups if self.training else 1
-        queries = self.query_embed.weight  # [Q, E]
-        if groups > 1:
-            queries = torch.cat([queries, self.group_query_embed.weight])  # [K*Q, E]
+        queries = object_queries(self, groups)  # [K*Q, E]
         noised = extra = None
         if self.training and self.denoising is not None and targets is not None:
             noised, extra = self.denoising(targets, self.num_queries)
@@ -95,19 +93,29 @@ class DETR(nn.Module):
         outs = []
         for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2)):
             q = self.num_queries
-            outs.append(self._outputs(lg[:, :, :q], bx[:, :, :q]))
+            outs.append(layer_outputs(lg[:, :, :q], bx[:, :, :q], self.aux_loss))
             if noised is not None:
-                outs[-1]["dn"] = {**self._outputs(lg[:, :, q:], bx[:, :, q:]), "targets": noised}
+                outs[-1]["dn"] = {**layer_outputs(lg[:, :, q:], bx[:, :, q:], self.aux_loss), "targets": noised}
         if groups > 1:
             outs[0]["groups"] = outs[1:]
         return outs[0]
 
-    def _outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
-        """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
-        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
+
+
+def object_queries(model: nn.Module, groups: int) -> Tensor:
+    """The query embeddings of `groups` query groups [K*Q, E]: `query_embed`, then Group DETR's extra groups."""
+    queries = model.query_embed.weight  # [Q, E]
+    if groups > 1:
+        queries = torch.cat([queries, model.group_query_embed.weight])  # [K*Q, E]
+    return queries
+
+
+def layer_outputs(logits: Tensor, boxes: Tensor, aux_loss: bool) -> dict[str, Any]:
+    """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
+    out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+    if aux_loss:
+        out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+    return out
 
 
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
