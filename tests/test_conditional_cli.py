@@ -90,7 +90,7 @@ def test_detector_loads_ours_and_an_official_layout_file(trained, tmp_path):
     assert found.labels.tolist() == (top.indices % logits.shape[1]).tolist()
 
 
-def test_a_file_of_the_other_family_is_refused_naming_both(trained, tmp_path):
+def test_a_file_of_the_other_family_is_refused_naming_both(trained, data, tmp_path):
     conditional = load_checkpoint(trained / "straight" / "checkpoint.pth")["model"]
     bare = tmp_path / "conditional.pth"
     save_checkpoint(bare, {"model": conditional})
@@ -102,9 +102,11 @@ def test_a_file_of_the_other_family_is_refused_naming_both(trained, tmp_path):
     save_checkpoint(detr_file, {"model": plain.state_dict()})
     with pytest.raises(CheckpointError, match=r"holds detr weights, but a conditional_detr model.*multihead_attn"):
         Detector.from_pretrained(detr_file, model="conditional_detr_r50")
-    with pytest.raises(CheckpointError, match="holds detr weights, but a conditional_detr model"):
-        from detr.training.train import load_finetune_weights
+    from detr.training.train import load_finetune_weights, train
 
+    with pytest.raises(CheckpointError, match="holds detr weights, but a conditional_detr model"):
+        train(config(data, tmp_path / "run", [*SMALL, "--weights", str(detr_file)]), progress=False)
+    with pytest.raises(CheckpointError, match="holds detr weights, but a conditional_detr model"):
         load_finetune_weights(detr.create_model("conditional_detr_r50", num_classes=5, backbone="tiny", hidden_dim=64,
                                                 nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64,
                                                 num_queries=8), str(detr_file))

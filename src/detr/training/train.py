@@ -135,6 +135,8 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     work) and NonFiniteLossError when the loss or gradients become NaN/inf.
     """
     validate_config(cfg)
+    if cfg.train.weights:  # a file of the other model family is refused before any data is read
+        check_family(load_checkpoint(cfg.train.weights)["model"], cfg.model.family, f"--weights {cfg.train.weights}")
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
