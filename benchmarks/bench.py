@@ -119,9 +119,8 @@ def make_step(model, impl: str, device: str, bf16: bool = False):
             losses = criterion(out, targets)
             return sum(losses[k] * weights[k] for k in losses if k in weights)
     else:
-        from detr.loss.reduce import float_outputs
-
         import detr
+        from detr.loss.reduce import float_outputs
 
         criterion = detr.create_criterion(num_classes=91)
 

@@ -76,6 +76,11 @@ RECIPES: dict[str, dict[str, Any]] = {
             **FROM_SCRATCH},  # every option
     # what --recipe fast sets for this model (spelled out: the cache key sees the options)
     "fast": recipe_options({**SETTINGS, "recipe": "fast"}),
+    # Conditional DETR (arXiv 2108.06152) with its sigmoid focal head (class cost and weight 2), alone and with the
+    # recipe options that apply to it (denoising queries do not): the same fixed SETTINGS, 16 queries included.
+    "conditional": {"family": "conditional_detr", "class_loss": "focal"},
+    "conditional_groups": {"family": "conditional_detr", "class_loss": "focal", "num_groups": 3},
+    "conditional_varifocal": {"family": "conditional_detr", "class_loss": "varifocal", "set_cost_class": 2.0},
 }
 DATA = {"num_train": 5000, "num_val": 200, "image_size": 128, "seed": 0}
 # --smoke: the same model on a few 64-px images.

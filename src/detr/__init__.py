@@ -2,24 +2,29 @@
 
 The public API:
 
-    model = detr.create_model("detr_r50", num_classes=91)
+    model = detr.create_model("detr_r50", num_classes=91)   # or "conditional_detr_r50" (Conditional DETR)
     criterion = detr.create_criterion(num_classes=91)
     results = detr.postprocess(model(images), target_sizes)
     detector = detr.Detector.from_pretrained("detr_r50")
+    state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
 """
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from .inference.detector import Detections, Detector
+from .inference.huggingface import convert_hf_state_dict
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
 from .loss.postprocess import postprocess
-from .models.detr import DETR, convert_official_state_dict, create_model, list_models
+from .models.build import create_model, list_models
+from .models.conditional import ConditionalDETR
+from .models.detr import DETR, convert_official_state_dict
 from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DETR",
+    "ConditionalDETR",
     "Config",
     "DataConfig",
     "Detections",
@@ -30,6 +35,7 @@ __all__ = [
     "SetCriterion",
     "TrainConfig",
     "config_from_checkpoint",
+    "convert_hf_state_dict",
     "convert_official_state_dict",
     "create_criterion",
     "create_model",

@@ -20,6 +20,8 @@ class ModelConfig:
     """Architecture options; field names are the official DETR flag names."""
 
     num_classes: int = 91
+    # detr | conditional_detr (Conditional DETR: reference points and conditional cross-attention, models/conditional.py)
+    family: str = "detr"
     # resnet50 | resnet101 (any torchvision ResNet), or "tiny": a small conv trunk trained from
     # scratch (stride 16, trainable BatchNorm, no pretrained weights; models/tiny.py)
     backbone: str = "resnet50"
@@ -53,7 +55,8 @@ class ModelConfig:
     dn_box_noise: float = 0.4
     dn_label_noise: float = 0.5
     # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
-    # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing.
+    # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing; focal: a sigmoid
+    # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k.
     class_loss: str = "softmax"
 
 
@@ -61,15 +64,23 @@ class ModelConfig:
 class LossConfig:
     """Matcher costs and loss weights (official flag names)."""
 
-    set_cost_class: float = 1.0
+    # None: the class head's default, CLASS_LOSS_DEFAULTS (2 for the focal head, as Conditional DETR; else 1).
+    set_cost_class: float | None = None
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
+    cls_loss_coef: float | None = None  # weight of the class loss; None: as set_cost_class
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
     eos_coef: float = 0.1
-    # The varifocal head's focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
+    # The sigmoid heads' focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+
+
+FAMILIES = ("detr", "conditional_detr")
+CLASS_LOSSES = ("softmax", "varifocal", "focal")
+# The class cost and class loss weight each head was published with (Conditional DETR: 2 and 2).
+CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0}
 
 
 @dataclass
@@ -265,7 +276,11 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.dn_number >= 0, f"--dn_number must be >= 0 (0: no denoising queries), got {m.dn_number}"),
         (0 <= m.dn_box_noise <= 1, f"--dn_box_noise must be in [0, 1], got {m.dn_box_noise}"),
         (0 <= m.dn_label_noise <= 1, f"--dn_label_noise must be in [0, 1], got {m.dn_label_noise}"),
-        (m.class_loss in ("softmax", "varifocal"), f"--class_loss must be softmax or varifocal, got {m.class_loss!r}"),
+        (m.class_loss in CLASS_LOSSES, f"--class_loss must be one of {', '.join(CLASS_LOSSES)}, got {m.class_loss!r}"),
+        (m.family in FAMILIES, f"family must be one of {', '.join(FAMILIES)}, got {m.family!r} (choose it with --model)"),
+        (m.family != "conditional_detr" or m.dn_number == 0,
+         f"--dn_number {m.dn_number}: denoising queries do not apply to Conditional DETR yet; use --dn_number 0"),
+        (m.family != "conditional_detr" or not m.pre_norm, "--pre_norm: Conditional DETR's decoder is post-norm only"),
     ]
     for ok, message in checks:
         if not ok:

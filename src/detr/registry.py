@@ -39,12 +39,20 @@ COCO_CLASSES: list[str] = [
 ]
 
 
-# Architecture names for create_model; the published DETR models are these four.
+# Conditional DETR's paper defaults that differ from DETR's ModelConfig defaults (its class cost and class
+# loss weight of 2 follow from class_loss "focal": config.CLASS_LOSS_DEFAULTS).
+_CONDITIONAL = {"family": "conditional_detr", "num_queries": 300, "class_loss": "focal"}
+
+# Architecture names for create_model; the published DETR models are the first four.
 MODELS: dict[str, dict[str, Any]] = {
     "detr_r50": {"backbone": "resnet50", "dilation": False},
     "detr_r50_dc5": {"backbone": "resnet50", "dilation": True},
     "detr_r101": {"backbone": "resnet101", "dilation": False},
     "detr_r101_dc5": {"backbone": "resnet101", "dilation": True},
+    "conditional_detr_r50": {**_CONDITIONAL, "backbone": "resnet50", "dilation": False},
+    "conditional_detr_r50_dc5": {**_CONDITIONAL, "backbone": "resnet50", "dilation": True},
+    "conditional_detr_r101": {**_CONDITIONAL, "backbone": "resnet101", "dilation": False},
+    "conditional_detr_r101_dc5": {**_CONDITIONAL, "backbone": "resnet101", "dilation": True},
 }
 
 
@@ -116,8 +124,12 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | No
                                             where="model options")
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: its config is not usable ({e})") from None
+        if model is not None and model in MODELS:
+            check_family(ckpt["model"], MODELS[model].get("family", "detr"), source)
         return cfg
     state = ckpt["model"]
+    if model is not None and model in MODELS:
+        check_family(state, MODELS[model].get("family", "detr"), source)
     opts = _shape_options(state, source)
     told: dict[str, Any] = {}
     published = published_from_file_name(source)
@@ -129,7 +141,7 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | No
     if model is not None:
         if model not in MODELS:
             raise ValueError(f"model: unknown model {model!r}; known models: {', '.join(MODELS)}")
-        told.update(MODELS[model])
+        told.update({k: v for k, v in MODELS[model].items() if k not in opts or k == "backbone"})  # shapes win
     told.update(overrides)
     if told.get("backbone", opts["backbone"]) != opts["backbone"]:
         raise CheckpointError(f"{source}: holds {opts['backbone']} weights, but {told['backbone']} was asked for; "
@@ -137,11 +149,41 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str, model: str | No
     if "dilation" not in told and opts["backbone"] != "tiny":  # the tiny trunk has no dilated variant
         log.warning("%s: whether the backbone is dilated (DC5) cannot be told from official-layout weights; "
                     "building it without dilation (and with %d heads unless --nheads says otherwise). For a DC5 "
-                    "model pass --dilation (Python: dilation=True) or --model detr_r50_dc5 / detr_r101_dc5",
-                    source, told.get("nheads", ModelConfig.nheads))
+                    "model pass --dilation (Python: dilation=True) or --model %s_r50_dc5 / %s_r101_dc5",
+                    source, told.get("nheads", ModelConfig.nheads), opts["family"], opts["family"])
     model_cfg = dataclass_from_dict(ModelConfig, {**opts, **told}, where=f"{source}: model options")
     names = list(published.class_names) if published and model_cfg.num_classes == published.num_classes else None
     return Config(model=model_cfg, data=DataConfig(class_names=names))
+
+
+# Keys that only one family's weights have (official names): Conditional DETR's decoder heads, DETR's
+# decoder cross-attention.
+FAMILY_KEYS: dict[str, tuple[str, ...]] = {
+    "conditional_detr": ("transformer.decoder.ref_point_head.layers.0.weight",
+                         "transformer.decoder.query_scale.layers.0.weight",
+                         "transformer.decoder.layers.0.cross_attn.out_proj.weight"),
+    "detr": ("transformer.decoder.layers.0.multihead_attn.in_proj_weight",
+             "transformer.decoder.layers.0.multihead_attn.out_proj.weight"),
+}
+
+
+def family_of(state: Mapping[str, Tensor]) -> str | None:
+    """The model family whose keys an official-layout state dict holds, or None when it holds neither's."""
+    found = [family for family, keys in FAMILY_KEYS.items() if keys[0] in state]
+    return found[0] if len(found) == 1 else None
+
+
+def check_family(state: Mapping[str, Tensor], family: str, source: str) -> None:
+    """A CheckpointError naming both architectures and the keys that differ when `state` holds the weights of
+    another family than `family` (e.g. an official DETR file given to a Conditional DETR model)."""
+    held = family_of(state)
+    if held is None or held == family:
+        return
+    extra = [k for k in FAMILY_KEYS[held] if k in state]
+    absent = list(FAMILY_KEYS[family])
+    raise CheckpointError(f"{source}: holds {held} weights, but a {family} model was asked for: the file has "
+                          f"{extra} that a {family} model does not have, and lacks {absent}; pass a {held} "
+                          f"model name (e.g. --model {held}_r50) or {family} weights")
 
 
 # A key that only a ResNet trunk's weights have, and one that only the tiny trunk's (models/tiny.py) have.
@@ -157,8 +199,11 @@ def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{source}: not DETR weights: no {missing[0]!r} among its {len(state)} tensors "
                               f"(e.g. {list(state)[:3]})")
+    family = family_of(state) or "detr"
+    sigmoid = family == "conditional_detr"  # the official Conditional DETR head: C sigmoid outputs
     return dict(
-        num_classes=state["class_embed.weight"].shape[0] - 1,
+        family=family,
+        num_classes=state["class_embed.weight"].shape[0] - (0 if sigmoid else 1),
         num_queries=state["query_embed.weight"].shape[0],
         hidden_dim=state["query_embed.weight"].shape[1],
         dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
@@ -167,6 +212,7 @@ def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
         pre_norm="transformer.encoder.norm.weight" in state,
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
         backbone="tiny" if _TINY_KEY in state else _infer_resnet(state),
+        **({"class_loss": "focal"} if sigmoid else {}),
     )
 
 

@@ -42,12 +42,14 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("dn_number", int, "denoising groups of noised ground truth as extra training queries (0: none; DN-DETR)"),
     ("dn_box_noise", float, "denoising: box noise, a fraction of the box size"),
     ("dn_label_noise", float, "denoising: twice the probability that a label is replaced by a random class"),
-    ("class_loss", str, "class head: softmax (the paper's, with a no-object class) or varifocal (IoU-aware "
-                        "sigmoid head, focal matching cost, top-k postprocessing)"),
+    ("class_loss", str, "class head: softmax (the paper's, with a no-object class), varifocal (IoU-aware "
+                        "sigmoid head, focal matching cost, top-k postprocessing) or focal (Conditional DETR's "
+                        "sigmoid focal loss, focal matching cost, top-k postprocessing)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
-    ("set_cost_class", float, "matcher: class cost"),
+    ("set_cost_class", float, "matcher: class cost (default: 2 for --class_loss focal, else 1)"),
     ("set_cost_bbox", float, "matcher: L1 box cost"),
     ("set_cost_giou", float, "matcher: GIoU cost"),
+    ("cls_loss_coef", float, "class loss weight (default: 2 for --class_loss focal, else 1)"),
     ("bbox_loss_coef", float, "L1 box loss weight"),
     ("giou_loss_coef", float, "GIoU loss weight"),
     ("eos_coef", float, "weight of the no-object class"),
@@ -93,8 +95,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}", type=kind, default=None, metavar=metavar,
                             help=f"{text} (default: {default})" if default not in (None, "") else text)
     parser.add_argument("--model", choices=list(MODELS), default=None,
-                        help="architecture preset (backbone, dilation); explicit flags win. For an official "
-                             "weights file: the published model it is, for what its shapes cannot tell (DC5)")
+                        help="architecture preset (model family, backbone, dilation; conditional_detr_*: Conditional "
+                             "DETR with 300 queries and the focal class head); explicit flags win. For an official "
+                             "weights file: the model it is, for what its shapes cannot tell (DC5)")
     parser.add_argument("--scales", type=int, nargs="+", default=None, metavar="N",
                         help="training short sides (default: the paper's 480 512 ... 800)")
     for name, text in SWITCHES:

@@ -20,7 +20,7 @@ from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..loss.criterion import create_criterion
 from ..loss.postprocess import postprocess
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
-from ..models.detr import build_model
+from ..models.build import build_model
 from ..registry import config_from_checkpoint
 from ..runtime import autocast, resolve_device
 from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections

@@ -17,7 +17,7 @@ from ..data.coco import coco_results
 from ..data.images import load_image, to_rgb
 from ..data.transforms import preprocess
 from ..loss.postprocess import postprocess
-from ..models.detr import DETR
+from ..models.build import Model
 from ..models.loading import load_pretrained
 from ..registry import COCO_CLASSES
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
@@ -57,7 +57,7 @@ class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
 
     Args:
-        model: a DETR (put in eval mode and moved to `device`).
+        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
         device: "cpu", "cuda", "cuda:1", ...
         threshold: keep detections whose score is at least this, in [0, 1].
@@ -75,7 +75,7 @@ class Detector:
         >>> many = detector(["a.jpg", "b.png"])                        # a list in, a list out
     """
 
-    def __init__(self, model: DETR, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
+    def __init__(self, model: Model, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
                  threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none"):
         self.device = resolve_device(device)
         self.amp = check_amp(amp, self.device)

@@ -1,7 +1,8 @@
 """Attention maps of a detection, as in the paper's figures.
 
 - decoder: for each detected object, the last decoder layer's cross-attention of its query
-  over the encoder's feature map (head-averaged), which lights up the object's extremities;
+  over the encoder's feature map (head-averaged), which lights up the object's extremities
+  (Conditional DETR: the attention of its content-and-spatial query over content-and-position keys);
 - encoder: the last encoder layer's self-attention of one feature cell (at a chosen pixel)
   over all cells, which separates object instances.
 
@@ -72,8 +73,9 @@ def explain(detector: Detector, image: ImageInput, pixel: tuple[int, int] | None
     height, width = img.shape[1:]
     store: dict[str, Any] = {}
     model = detector.model
+    cross = _cross_attention(model)
     handles = [
-        _capture_inputs(model.transformer.decoder.layers[-1].multihead_attn, store, "decoder"),
+        _capture_inputs(cross, store, "decoder"),
         _capture_inputs(model.transformer.encoder.layers[-1].self_attn, store, "encoder"),
         model.backbone.register_forward_hook(lambda m, a, out: store.__setitem__("features", out[0].shape[-2:])),
     ]
@@ -86,11 +88,17 @@ def explain(detector: Detector, image: ImageInput, pixel: tuple[int, int] | None
     if pixel is None:
         pixel = _default_pixel(found, width, height)
     check_pixel(pixel, width, height)
-    decoder = _weights(model.transformer.decoder.layers[-1].multihead_attn, store["decoder"])  # [Q, h*w]
+    decoder = _weights(cross, store["decoder"])  # [Q, h*w]
     encoder = _weights(model.transformer.encoder.layers[-1].self_attn, store["encoder"])  # [h*w, h*w]
     cell = min(int(pixel[1] * fh / height), fh - 1) * fw + min(int(pixel[0] * fw / width), fw - 1)
     return AttentionMaps(found, decoder[found.queries.to(decoder.device)].reshape(-1, fh, fw).cpu(),
                          encoder[cell].reshape(fh, fw).cpu(), pixel, (fh, fw))
+
+
+def _cross_attention(model: nn.Module) -> nn.Module:
+    """The last decoder layer's cross-attention: `multihead_attn` (DETR) or `cross_attn` (Conditional DETR)."""
+    layer = model.transformer.decoder.layers[-1]
+    return layer.cross_attn if hasattr(layer, "cross_attn") else layer.multihead_attn
 
 
 def _weights(module: Callable[..., Any], inputs: tuple[Tensor, Tensor, Tensor | None]) -> Tensor:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import output_file
-from ..models.attention import Attention
-from ..models.detr import DETR
+from ..models.attention import HeadAttention
+from ..models.build import Model
 
 OPSET = 17
 
@@ -26,7 +26,7 @@ OPSET = 17
 class _ExportWrapper(nn.Module):
     """DETR as a function of one image batch with two tensor outputs."""
 
-    def __init__(self, model: DETR):
+    def __init__(self, model: Model):
         super().__init__()
         self.model = model
 
@@ -35,22 +35,22 @@ class _ExportWrapper(nn.Module):
         return out["pred_logits"], out["pred_boxes"]
 
 
-def exportable(model: DETR) -> nn.Module:
+def exportable(model: Model) -> nn.Module:
     """A copy of `model` in eval mode with export-safe attention, wrapped to return (logits, boxes)."""
     model = copy.deepcopy(model).eval().cpu()
     model.aux_loss = False
     for module in model.modules():
-        if isinstance(module, Attention):
-            module.explicit = True  # the fused kernel does not export correctly (see Attention)
+        if isinstance(module, HeadAttention):
+            module.explicit = True  # the fused kernel does not export correctly (see attention.py)
     return _ExportWrapper(model)
 
 
-def export_onnx(model: DETR, output: str | os.PathLike, height: int = 800, width: int = 1066,
+def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, width: int = 1066,
                 opset: int = OPSET) -> Path:
     """Write `model` as an ONNX file with dynamic batch, height and width.
 
     Args:
-        model: a DETR (copied; not modified).
+        model: a DETR or ConditionalDETR (copied; not modified).
         output: the .onnx file to write (its folder must exist).
         height, width: size of the example input used to trace the graph.
         opset: ONNX opset version.

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import LossConfig, dataclass_from_dict
+from ..config import CLASS_LOSS_DEFAULTS, LossConfig, dataclass_from_dict
 from ..distributed import mean_across_processes
 from .box_ops import box_iou_pairs, cxcywh_to_xyxy, elementwise_giou
 from .matcher import HungarianMatcher
-from .varifocal import varifocal_loss
+from .varifocal import sigmoid_focal_loss, varifocal_loss
 
 
 def aux_suffix(layer: int) -> str:
@@ -20,13 +20,15 @@ def aux_suffix(layer: int) -> str:
     return f"_{layer}"
 
 
-CLASS_LOSSES = {"softmax": "loss_ce", "varifocal": "loss_vfl"}  # --class_loss -> the name of its loss term
+# --class_loss -> the name of its loss term (the focal head's is Conditional DETR's official name)
+CLASS_LOSSES = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce"}
+SIGMOID_HEADS = ("varifocal", "focal")
 
 
 def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
-                      class_loss: str = "softmax", denoising: bool = False) -> dict[str, float]:
+                      class_loss: str = "softmax", denoising: bool = False, cls_loss_coef: float = 1.0) -> dict[str, float]:
     """Weights of every loss term that enters the total, auxiliary layers and denoising included."""
-    base = {CLASS_LOSSES[class_loss]: 1.0, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    base = {CLASS_LOSSES[class_loss]: cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
     if denoising:
         base.update({f"{k}_dn": v for k, v in base.items()})
     weights = dict(base)
@@ -38,11 +40,13 @@ def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_laye
 class SetCriterion(nn.Module):
     """Computes the loss dict for DETR outputs against a list of targets.
 
-    Returns `loss_ce` (softmax head; `loss_vfl` for the varifocal sigmoid head), `loss_bbox`,
+    Returns `loss_ce` (softmax head, or the sigmoid focal loss of the focal head; `loss_vfl` for the
+    varifocal sigmoid head), `loss_bbox`,
     `loss_giou` (weighted by `weight_dict` into the total), the logging-only `class_error` and
     `cardinality_error`, and for each auxiliary decoder layer i the three losses and the
     cardinality error suffixed `_i`. Box and varifocal losses are averaged over the number of
-    target boxes across all processes.
+    target boxes across all processes, the focal loss as the official Conditional DETR: its mean over
+    queries, summed, divided by the number of target boxes and multiplied by the number of queries.
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
@@ -107,6 +111,9 @@ class SetCriterion(nn.Module):
             ious = box_iou_pairs(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
             losses = {"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
                                                  self.focal_alpha, self.focal_gamma)}
+        elif self.class_loss == "focal":
+            losses = {"loss_ce": sigmoid_focal_loss(logits, (batch_idx, query_idx), matched_labels, num_boxes,
+                                                    self.focal_alpha, self.focal_gamma)}
         else:
             target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
             target_classes[batch_idx, query_idx] = matched_labels
@@ -115,7 +122,7 @@ class SetCriterion(nn.Module):
         losses["loss_bbox"] = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum() / num_boxes
         giou = elementwise_giou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
         losses["loss_giou"] = (1 - giou).sum() / num_boxes
-        losses["cardinality_error"] = _cardinality_error(logits, targets, self.class_loss == "varifocal")
+        losses["cardinality_error"] = _cardinality_error(logits, targets, self.class_loss in SIGMOID_HEADS)
         if log:
             losses["class_error"] = _class_error(logits[batch_idx, query_idx], matched_labels)
         return losses
@@ -163,10 +170,11 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
     Args:
         num_classes: as given to `create_model`.
         dec_layers, aux_loss, class_loss: as the model's; they decide which losses are weighted, and
-            "varifocal" uses the focal class cost in the matcher.
+            the sigmoid heads ("varifocal", "focal") use the focal class cost in the matcher.
         denoising: the model has denoising queries (dn_number > 0): their `_dn` losses are weighted too.
-        **overrides: set_cost_class, set_cost_bbox, set_cost_giou, bbox_loss_coef, giou_loss_coef, eos_coef,
-            focal_alpha, focal_gamma.
+        **overrides: set_cost_class, set_cost_bbox, set_cost_giou, cls_loss_coef, bbox_loss_coef, giou_loss_coef,
+            eos_coef, focal_alpha, focal_gamma. set_cost_class and cls_loss_coef default to the class head's
+            published value (`config.CLASS_LOSS_DEFAULTS`: 2 for "focal", as Conditional DETR; else 1).
 
     Example:
         >>> criterion = create_criterion(num_classes=91)
@@ -176,9 +184,11 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
     cfg: LossConfig = dataclass_from_dict(LossConfig, overrides, where="create_criterion")
     if class_loss not in CLASS_LOSSES:
         raise ValueError(f"class_loss must be one of {', '.join(CLASS_LOSSES)}, got {class_loss!r}")
-    focal = class_loss == "varifocal"
-    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,
+    focal = class_loss in SIGMOID_HEADS
+    cost_class = CLASS_LOSS_DEFAULTS[class_loss] if cfg.set_cost_class is None else cfg.set_cost_class
+    cls_loss_coef = CLASS_LOSS_DEFAULTS[class_loss] if cfg.cls_loss_coef is None else cfg.cls_loss_coef
+    matcher = HungarianMatcher(cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,
                                cfg.focal_gamma)
     weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0,
-                                class_loss, denoising)
+                                class_loss, denoising, cls_loss_coef)
     return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma)

@@ -20,9 +20,9 @@ def postprocess(outputs: dict[str, Any], target_sizes: Tensor | Sequence[Sequenc
         outputs: the model's output dict ("pred_logits" [B, Q, C+1] or [B, Q, C], "pred_boxes" [B, Q, 4]).
         target_sizes: [B, 2] (height, width) of each original image; boxes are scaled to it.
         class_loss: the model's head. "softmax": one detection per query, its best real class ("no
-            object" is dropped before the max). "varifocal": sigmoid scores, the `top_k` best
-            (query, class) pairs of each image, best first.
-        top_k: detections per image of a varifocal head.
+            object" is dropped before the max). "varifocal" or "focal" (sigmoid heads): sigmoid scores,
+            the `top_k` best (query, class) pairs of each image, best first (Conditional DETR's top 100).
+        top_k: detections per image of a sigmoid head.
 
     Returns:
         One dict per image: "scores" [N], "labels" [N], "boxes" [N, 4] as (x0, y0, x1, y1) pixels and
@@ -35,14 +35,14 @@ def postprocess(outputs: dict[str, Any], target_sizes: Tensor | Sequence[Sequenc
                          f"got {tuple(sizes.shape)}")
     pixel_boxes = scale_boxes(cxcywh_to_xyxy(boxes), sizes)  # [B, Q, 4]
     b, q, c = logits.shape
-    if class_loss == "varifocal":
+    if class_loss in ("varifocal", "focal"):  # sigmoid heads
         scores, index = logits.sigmoid().flatten(1).topk(min(top_k, q * c), dim=1)  # [B, K] over Q x C
         queries, labels = index // c, index % c
     elif class_loss == "softmax":
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, Q]
         queries = torch.arange(q, device=logits.device).expand(b, q)
     else:
-        raise ValueError(f"class_loss must be softmax or varifocal, got {class_loss!r}")
+        raise ValueError(f"class_loss must be softmax, varifocal or focal, got {class_loss!r}")
     picked = pixel_boxes.gather(1, queries[..., None].expand(-1, -1, 4))  # [B, N, 4]
     return [{"scores": s, "labels": lab, "boxes": bx, "queries": qu}
             for s, lab, bx, qu in zip(scores, labels, picked, queries)]

@@ -1,4 +1,4 @@
-"""IoU-aware sigmoid classification: the varifocal loss and the focal matching cost that go with it.
+"""Sigmoid classification heads: the varifocal and focal losses and the focal matching cost they share.
 
 With `class_loss="varifocal"` the class head has num_classes sigmoid outputs and no "no object"
 class (RT-DETR's varifocal loss; Align-DETR's IA-BCE and Stable-DINO train the same way): a matched
@@ -45,3 +45,26 @@ def varifocal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tenso
     weight = torch.where(positive, target, alpha * prob**gamma)
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
     return loss.sum() / num_boxes
+
+
+def sigmoid_focal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, num_boxes: float,
+                       alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Conditional DETR's class loss: the sigmoid focal loss against one-hot targets (the matched query's class).
+
+    Normalised as the official code (Atten4Vis/ConditionalDETR models/conditional_detr.py `loss_labels` and
+    models/segmentation.py `sigmoid_focal_loss`): the mean over queries, summed over images and classes,
+    divided by `num_boxes`, times the number of queries; i.e. the sum over everything divided by num_boxes.
+
+    Args:
+        logits: [B, Q, C] class logits.
+        matched: (batch index, query index) [N] each, of the matched queries; labels [N] their classes.
+    """
+    target = torch.zeros_like(logits)  # [B, Q, C] one-hot at (matched query, its class)
+    target[matched[0], matched[1], labels] = 1.0
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.mean(1).sum() / num_boxes * logits.shape[1]

@@ -39,12 +39,11 @@ KEEP_WEIGHTS = 2**23
 MAX_CHUNK_WEIGHTS = 2**21
 
 
-class Attention(nn.Module):
-    """Batch-first multi-head attention.
+class HeadAttention(nn.Module):
+    """The attention core shared by `Attention` and `ProjectedAttention`: per-head inputs -> [B, L, E_v].
 
     Args:
-        embed_dim: model width E.
-        num_heads: heads; E must be divisible by it.
+        num_heads: heads.
         dropout: dropout on the attention weights during training.
         chunk_size: queries per chunk on the exact path, at most; chunks also hold at most
             `MAX_CHUNK_WEIGHTS` attention weights (batch x heads x queries x keys), unless the
@@ -57,37 +56,16 @@ class Attention(nn.Module):
 
     explicit = False
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, chunk_size: int = 1024,
-                 fused_training: bool = False):
+    def __init__(self, num_heads: int, dropout: float = 0.0, chunk_size: int = 1024, fused_training: bool = False):
         super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"hidden_dim ({embed_dim}) must be divisible by nheads ({num_heads})")
         self.num_heads = num_heads
         self.dropout = dropout
         self.chunk_size = chunk_size
         self.fused_training = fused_training
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
 
-    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """[B, L|S, E] inputs -> per-head q [B, h, L, d], k and v [B, h, S, d]."""
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        heads = [F.linear(x, w, b).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-                 for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))]
-        return heads[0], heads[1], heads[2]
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
-        """query [B, L, E], key/value [B, S, E] -> [B, L, E].
-
-        key_padding_mask [B, S] and attn_mask [L, S] (bool, True = may not attend) hide keys; every
-        query must keep at least one key.
-        """
-        q, k, v = self._project(query, key, value)
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+                attn_mask: Tensor | None) -> Tensor:
+        """q [B, h, L, d], k [B, h, S, d], v [B, h, S, d_v] -> [B, L, h * d_v] (heads concatenated)."""
         keep = _keep(key_padding_mask, attn_mask)  # [B|1, 1, 1|L, S] or None
         p = self.dropout if self.training else 0.0
         if self.explicit and not self.training:
@@ -99,14 +77,90 @@ class Attention(nn.Module):
             budget = KEEP_WEIGHTS if per_row * q.shape[2] <= KEEP_WEIGHTS else MAX_CHUNK_WEIGHTS
             rows = min(self.chunk_size, max(1, budget // per_row))
             out = ExactAttention.apply(q, k, v, _additive_mask(keep, q.dtype), p, rows)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return out.transpose(1, 2).flatten(2)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[B, L, h * d] -> [B, h, L, d]."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    @staticmethod
+    @torch.no_grad()
+    def _mean_weights(q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """Head-averaged softmax(q k^T / sqrt(d)) [B, L, S] of per-head q [B, h, L, d], k [B, h, S, d]."""
+        bias = _additive_mask(None if key_padding_mask is None else ~key_padding_mask[:, None, None, :], q.dtype)
+        return _softmax(q * (q.shape[-1] ** -0.5), k, bias).mean(1)
+
+
+class Attention(HeadAttention):
+    """Batch-first multi-head attention with the parameter layout of `nn.MultiheadAttention`.
+
+    Args:
+        embed_dim: model width E.
+        num_heads, dropout, chunk_size, fused_training: as `HeadAttention`'s.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, chunk_size: int = 1024,
+                 fused_training: bool = False):
+        if embed_dim % num_heads:
+            raise ValueError(f"hidden_dim ({embed_dim}) must be divisible by nheads ({num_heads})")
+        super().__init__(num_heads, dropout, chunk_size, fused_training)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, L|S, E] inputs -> per-head q [B, h, L, d], k and v [B, h, S, d]."""
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        heads = [self._heads(F.linear(x, w, b)) for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))]
+        return heads[0], heads[1], heads[2]
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """query [B, L, E], key/value [B, S, E] -> [B, L, E].
+
+        key_padding_mask [B, S] and attn_mask [L, S] (bool, True = may not attend) hide keys; every
+        query must keep at least one key.
+        """
+        q, k, v = self._project(query, key, value)
+        return self.out_proj(self._attend(q, k, v, key_padding_mask, attn_mask))
 
     @torch.no_grad()
     def attention_weights(self, query: Tensor, key: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """Head-averaged attention weights [B, L, S] (for pictures; no dropout)."""
         q, k, _ = self._project(query, key, key)
-        bias = _additive_mask(None if key_padding_mask is None else ~key_padding_mask[:, None, None, :], q.dtype)
-        return _softmax(q * (q.shape[-1] ** -0.5), k, bias).mean(1)
+        return self._mean_weights(q, k, key_padding_mask)
+
+
+class ProjectedAttention(HeadAttention):
+    """Multi-head attention over inputs that are already projected: only the output projection is learned.
+
+    Conditional DETR's decoder projects queries, keys and values itself (its content and spatial
+    parts separately) and concatenates them per head, so queries and keys may be wider than values:
+    query [B, L, D_qk], key [B, S, D_qk], value [B, S, E] with h heads of D_qk / h and E / h channels.
+    The parameter layout is the official Conditional DETR `MultiheadAttention`'s (only `out_proj`).
+    """
+
+    def __init__(self, value_dim: int, num_heads: int, dropout: float = 0.0, chunk_size: int = 1024,
+                 fused_training: bool = False):
+        if value_dim % num_heads:
+            raise ValueError(f"hidden_dim ({value_dim}) must be divisible by nheads ({num_heads})")
+        super().__init__(num_heads, dropout, chunk_size, fused_training)
+        self.out_proj = nn.Linear(value_dim, value_dim)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """query [B, L, D_qk], key [B, S, D_qk], value [B, S, E] -> [B, L, E] (masks as `Attention`'s)."""
+        out = self._attend(self._heads(query), self._heads(key), self._heads(value), key_padding_mask, attn_mask)
+        return self.out_proj(out)
+
+    @torch.no_grad()
+    def attention_weights(self, query: Tensor, key: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Head-averaged attention weights [B, L, S] (for pictures; no dropout)."""
+        return self._mean_weights(self._heads(query), self._heads(key), key_padding_mask)
 
 
 def _keep(key_padding_mask: Tensor | None, attn_mask: Tensor | None) -> Tensor | None:

@@ -1,8 +1,7 @@
-"""The DETR model and `create_model`."""
+"""The DETR model."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,7 +12,6 @@ from torch import Tensor, nn
 
 from ..checkpoint import plain_state_dict
 from ..config import ModelConfig
-from ..registry import MODELS, model_config
 from .backbone import RESNETS, Backbone, Joiner
 from .denoising import Denoising
 from .position import build_position_embedding
@@ -42,8 +40,8 @@ class DETR(nn.Module):
     (padded bottom/right into one batch with a mask), or an already padded [B, 3, H, W]
     tensor with an optional `mask` [B, H, W] (True on padding). It returns a dict:
 
-    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object" (with
-      `class_loss="varifocal"`: [B, Q, num_classes] sigmoid logits, no "no object" column);
+    - "pred_logits": [B, Q, num_classes + 1] class logits, the last column is "no object" (with a
+      sigmoid head, `class_loss` "varifocal" or "focal": [B, Q, num_classes] sigmoid logits, no "no object" column);
     - "pred_boxes": [B, Q, 4] boxes as (cx, cy, w, h) in [0, 1] relative to each image's
       unpadded size;
     - "aux_outputs" (when aux_loss): a list of L-1 dicts with the same two keys for every
@@ -69,7 +67,7 @@ class DETR(nn.Module):
         self.aux_loss = aux_loss
         self.transformer = transformer
         self.class_embed = nn.Linear(hidden_dim, num_classes + (class_loss == "softmax"))
-        if class_loss == "varifocal":  # scores start at 0.01, as focal-loss heads do (RetinaNet, Deformable DETR)
+        if class_loss != "softmax":  # sigmoid heads: scores start at 0.01, as focal-loss heads do (RetinaNet, Deformable DETR)
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -85,9 +83,7 @@ class DETR(nn.Module):
         batch, mask = prepare_batch(images, mask)
         feats, mask, pos = self.backbone(batch, mask)
         groups = self.num_groups if self.training else 1
-        queries = self.query_embed.weight  # [Q, E]
-        if groups > 1:
-            queries = torch.cat([queries, self.group_query_embed.weight])  # [K*Q, E]
+        queries = object_queries(self, groups)  # [K*Q, E]
         noised = extra = None
         if self.training and self.denoising is not None and targets is not None:
             noised, extra = self.denoising(targets, self.num_queries)
@@ -97,19 +93,29 @@ class DETR(nn.Module):
         outs = []
         for lg, bx in zip(logits.chunk(groups, dim=2), boxes.chunk(groups, dim=2)):
             q = self.num_queries
-            outs.append(self._outputs(lg[:, :, :q], bx[:, :, :q]))
+            outs.append(layer_outputs(lg[:, :, :q], bx[:, :, :q], self.aux_loss))
             if noised is not None:
-                outs[-1]["dn"] = {**self._outputs(lg[:, :, q:], bx[:, :, q:]), "targets": noised}
+                outs[-1]["dn"] = {**layer_outputs(lg[:, :, q:], bx[:, :, q:], self.aux_loss), "targets": noised}
         if groups > 1:
             outs[0]["groups"] = outs[1:]
         return outs[0]
 
-    def _outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
-        """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
-        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
+
+
+def object_queries(model: nn.Module, groups: int) -> Tensor:
+    """The query embeddings of `groups` query groups [K*Q, E]: `query_embed`, then Group DETR's extra groups."""
+    queries = model.query_embed.weight  # [Q, E]
+    if groups > 1:
+        queries = torch.cat([queries, model.group_query_embed.weight])  # [K*Q, E]
+    return queries
+
+
+def layer_outputs(logits: Tensor, boxes: Tensor, aux_loss: bool) -> dict[str, Any]:
+    """The output dict of one query group from every decoder layer's logits and boxes [L, B, Q, *]."""
+    out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+    if aux_loss:
+        out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+    return out
 
 
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -154,8 +160,8 @@ def _check_image(img: Tensor, where: str) -> None:
         raise TypeError(f"{where}: expected a float image normalised with ImageNet mean/std, got {img.dtype}")
 
 
-def build_model(cfg: ModelConfig) -> DETR:
-    """Build a DETR from a ModelConfig."""
+def build_detr(cfg: ModelConfig) -> DETR:
+    """Build a DETR from a ModelConfig (`family="detr"`)."""
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
     if cfg.num_queries < 1:
@@ -164,8 +170,6 @@ def build_model(cfg: ModelConfig) -> DETR:
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
-    if cfg.class_loss not in ("softmax", "varifocal"):
-        raise ValueError(f"class_loss must be softmax or varifocal, got {cfg.class_loss!r}")
     denoising = None
     if cfg.dn_number > 0:
         denoising = Denoising(cfg.num_classes, cfg.hidden_dim, cfg.dn_number, cfg.dn_box_noise, cfg.dn_label_noise)
@@ -180,42 +184,6 @@ def build_backbone(name: str, train_backbone: bool = True, dilation: bool = Fals
     if name not in RESNETS:
         raise ValueError(f"backbone must be one of {[*RESNETS, 'tiny']}, got {name!r}")
     return Backbone(name, train_backbone, dilation)
-
-
-# Parameters used only in training (Group DETR's extra queries, the denoising embeddings): kept in training checkpoints so
-# that --resume is exact, dropped when a model is loaded for inference.
-TRAINING_ONLY = ("group_query_embed.", "denoising.")
-
-
-def inference_parts(cfg: ModelConfig, state_dict: Mapping[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """The config and weights of the inference model of a (possibly recipe-trained) checkpoint."""
-    state = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
-    return dataclasses.replace(cfg, num_groups=1, dn_number=0), state
-
-
-def create_model(name: str = "detr_r50", num_classes: int = 91, **overrides: Any) -> DETR:
-    """Create a randomly initialised DETR.
-
-    Args:
-        name: one of `list_models()`.
-        num_classes: number of object classes (the class head has num_classes + 1 outputs;
-            COCO uses 91, the largest category id + 1).
-        **overrides: official flag names, e.g. hidden_dim, nheads, enc_layers, dec_layers,
-            dim_feedforward, dropout, num_queries, pre_norm, aux_loss, position_embedding,
-            backbone, dilation, lr_backbone.
-
-    Example:
-        >>> model = create_model("detr_r50", num_classes=91).eval()
-        >>> out = model([torch.rand(3, 480, 640)])
-        >>> out["pred_boxes"].shape
-        torch.Size([1, 100, 4])
-    """
-    return build_model(model_config(name, num_classes, **overrides))
-
-
-def list_models() -> list[str]:
-    """The names `create_model` accepts."""
-    return list(MODELS)
 
 
 def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

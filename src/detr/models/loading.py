@@ -14,9 +14,9 @@ from typing import Any
 from ..checkpoint import load_checkpoint, load_model_weights
 from ..config import Config
 from ..hub import WeightsError, cached_download
-from ..registry import PUBLISHED, config_from_checkpoint
+from ..registry import MODELS, PUBLISHED, config_from_checkpoint
 from .backbone import Backbone
-from .detr import DETR, build_model, inference_parts
+from .build import Model, build_model, inference_parts
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ def resolve_weights(name_or_path: str | os.PathLike, progress: bool = True) -> P
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder; expected a checkpoint file (.pth or .safetensors)")
     name = str(name_or_path)
+    if name in MODELS and name not in PUBLISHED:
+        raise WeightsError(f"{name}: no published weights can be downloaded by this name (the official release "
+                           "files carry no hash to check them by); download them yourself and pass the file, or "
+                           "train one with detr train --model " + name)
     if name not in PUBLISHED:
         raise WeightsError(f"{name}: no such file, and not a published model name "
                            f"(known names: {', '.join(PUBLISHED)})")
@@ -83,7 +87,7 @@ def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progres
 
 
 def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, progress: bool = True,
-                    **overrides: Any) -> tuple[DETR, Config]:
+                    **overrides: Any) -> tuple[Model, Config]:
     """Build a DETR in eval mode from a published name, one of our checkpoints or an official file.
 
     Args:

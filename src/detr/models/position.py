@@ -30,14 +30,18 @@ class PositionEmbeddingSine(nn.Module):
         y = y / (y[:, -1:, :] + eps) * self.scale
         x = x / (x[:, :, -1:] + eps) * self.scale
 
-        n = self.num_pos_feats
-        freq = torch.arange(n, dtype=torch.float32, device=mask.device)
-        freq = self.temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / n)  # [n]
-        return torch.cat([_interleave_sin_cos(y[..., None] / freq), _interleave_sin_cos(x[..., None] / freq)],
+        freq = sine_frequencies(self.num_pos_feats, self.temperature, mask.device)  # [n]
+        return torch.cat([interleave_sin_cos(y[..., None] / freq), interleave_sin_cos(x[..., None] / freq)],
                          dim=3).permute(0, 3, 1, 2)
 
 
-def _interleave_sin_cos(angles: Tensor) -> Tensor:
+def sine_frequencies(n: int, temperature: float, device: torch.device) -> Tensor:
+    """[n] float32 divisors of the sine encoding: temperature^(2 floor(i / 2) / n)."""
+    freq = torch.arange(n, dtype=torch.float32, device=device)
+    return temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / n)
+
+
+def interleave_sin_cos(angles: Tensor) -> Tensor:
     """[..., n] -> [..., n]: sin of the even channels and cos of the odd ones, interleaved."""
     return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
 

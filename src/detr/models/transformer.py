@@ -16,6 +16,7 @@ same random draws (`torch.utils.checkpoint`), so gradients stay bit-identical.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +169,23 @@ class Decoder(nn.Module):
         return torch.stack(outputs)
 
 
+def flatten_features(src: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Feature map and positions [B, E, h, w], mask [B, h, w] -> tokens [B, S, E], [B, S, E] and mask [B, S]."""
+    return src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), mask.flatten(1)
+
+
+def fold_groups(query_embed: Tensor, batch: int, groups: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Group DETR's query groups as separate batch entries, so that groups never see each other.
+
+    query_embed [K*Q, E] -> query positions [B*K, Q, E] (image b's group k at b*K + k), and `fold`, which
+    repeats a per-image tensor [B, ...] for each group [B*K, ...] (the identity for one group).
+    """
+    query_pos = query_embed.unflatten(0, (groups, -1))[None].expand(batch, -1, -1, -1).flatten(0, 1)
+    if groups == 1:
+        return query_pos, lambda x: x
+    return query_pos, lambda x: x.repeat_interleave(groups, dim=0)
+
+
 class Transformer(nn.Module):
     """Encoder over the flattened feature map, decoder over the object queries.
 
@@ -205,13 +223,10 @@ class Transformer(nn.Module):
         `extra` (denoising queries) = (content [B, D, E], position [B, D, E], self-attention mask
         [Q+D, Q+D]): D more queries after each group's Q, with their own decoder input and position.
         """
-        src = src.flatten(2).transpose(1, 2)  # [B, S, E]
-        pos = pos.flatten(2).transpose(1, 2)  # [B, S, E]
-        mask = mask.flatten(1)  # [B, S]
+        src, pos, mask = flatten_features(src, pos, mask)  # [B, S, E], [B, S, E], [B, S]
         memory = self.encoder(src, pos, mask)
         b, k = src.shape[0], groups
-        query_pos = query_embed.unflatten(0, (k, -1))[None].expand(b, -1, -1, -1).flatten(0, 1)  # [B*K, Q, E]
-        fold = (lambda x: x.repeat_interleave(k, dim=0)) if k > 1 else (lambda x: x)  # noqa: E731  [B*K, ...]
+        query_pos, fold = fold_groups(query_embed, b, k)  # [B*K, Q, E]
         tgt, self_attn_mask = torch.zeros_like(query_pos), None
         if extra is not None:
             content, position, self_attn_mask = extra

@@ -18,7 +18,7 @@ from ..checkpoint import CheckpointError, load_checkpoint, load_model_weights, s
 from ..config import Config
 from ..data.loaders import RunData
 from ..loss.criterion import SetCriterion
-from ..models.detr import DETR
+from ..models.build import Model
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Progress:
 class Run:
     """The objects of one training job (on this process)."""
 
-    model: DETR
+    model: Model
     ddp_model: nn.Module  # `model`, wrapped in DistributedDataParallel under torchrun
     criterion: SetCriterion
     optimizer: torch.optim.Optimizer

@@ -29,8 +29,9 @@ from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.evaluate import evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
-from ..models.detr import DETR, TRAINING_ONLY, build_model
+from ..models.build import TRAINING_ONLY, Model, build_model
 from ..models.loading import load_backbone_weights
+from ..registry import check_family, family_of
 from ..runtime import resolve_device
 from .engine import train_one_epoch
 from .state import Progress, Run, restore_training_state, save_training_checkpoint
@@ -82,11 +83,12 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
-def load_finetune_weights(model: DETR, path: str) -> None:
+def load_finetune_weights(model: Model, path: str) -> None:
     """Load --weights (ours or official). A different class count or query count re-initialises that head;
     Group DETR's extra query groups start as copies of the checkpoint's queries unless it has its own."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
+    check_family(state, family_of(own) or "detr", f"--weights {path}")  # before any key-by-key complaint
     state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
     skip = []
     for prefix, what in (("class_embed.", "classes"), ("query_embed.", "queries")):
@@ -105,7 +107,7 @@ def load_finetune_weights(model: DETR, path: str) -> None:
     load_model_weights(model, state, source=f"--weights {path}", skip_prefixes=tuple(skip))
 
 
-def initialise_weights(model: DETR, cfg: Config, data: RunData, device: torch.device) -> None:
+def initialise_weights(model: Model, cfg: Config, data: RunData, device: torch.device) -> None:
     """A fresh run's starting point: --weights; else --backbone_weights, then the optional
     backbone warm-up (every process does the same; DDP then copies rank 0's weights anyway)."""
     t = cfg.train
@@ -133,6 +135,8 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     work) and NonFiniteLossError when the loss or gradients become NaN/inf.
     """
     validate_config(cfg)
+    if cfg.train.weights:  # a file of the other model family is refused before any data is read
+        check_family(load_checkpoint(cfg.train.weights)["model"], cfg.model.family, f"--weights {cfg.train.weights}")
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
