@@ -81,6 +81,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "conditional": {"family": "conditional_detr", "class_loss": "focal"},
     "conditional_groups": {"family": "conditional_detr", "class_loss": "focal", "num_groups": 3},
     "conditional_varifocal": {"family": "conditional_detr", "class_loss": "varifocal", "set_cost_class": 2.0},
+    "conditional_fast": {"family": "conditional_detr", "class_loss": "focal",
+                         **recipe_options({**SETTINGS, "recipe": "fast"})},
 }
 DATA = {"num_train": 5000, "num_val": 200, "image_size": 128, "seed": 0}
 # --smoke: the same model on a few 64-px images.
