@@ -180,7 +180,7 @@ DEMO_PRESET: dict[str, Any] = {
     "dec_layers": 3, "dim_feedforward": 512, "num_queries": 16, "dropout": 0.0, "attention_dropout": 0.0,
     "recipe": "fast", "batch_size": 8, "epochs": 5, "lr_drop": 4,
     "scales": [128], "max_size": 192, "val_scale": 128, "random_crop": False,
-    "num_workers": 1, "device": "cpu", "output_dir": "runs/demo", "eval_every": 1,
+    "num_workers": 0, "device": "cpu", "output_dir": "runs/demo", "eval_every": 1,
     "num_classes": None,  # from the data
 }
 # The demo's dataset (data/demo.py): enough images that the model does not overfit within the demo.
