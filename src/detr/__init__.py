@@ -11,7 +11,7 @@ The public API:
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from .inference.detector import Detections, Detector
-from .inference.huggingface import convert_hf_state_dict
+from .models.huggingface import convert_hf_state_dict
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
 from .loss.postprocess import postprocess

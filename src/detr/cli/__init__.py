@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "explain": "attention maps: decoder per detected object, encoder at a pixel",
     "export": "export a model to ONNX (dynamic batch and image size)",
     "plot": "training curves (loss, class error, AP) of one or several runs",
+    "convert": "weights to a transformers folder, or from PaddleDetection .pdparams",
 }
 
 USAGE = """usage: detr [--quiet | --verbose] <command> [options]     (detr <command> --help for its options)

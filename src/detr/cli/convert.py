@@ -1,0 +1,39 @@
+"""`detr convert`: weights between ecosystems.
+
+    detr convert --to hf OUT_DIR --weights FILE          ours/official -> a transformers folder
+    detr convert --from paddle FILE.pdparams --output OUT.pth   PaddleDetection -> our checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import parse_and_run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to", choices=["hf"], help="write PATH (a folder) in this format")
+    direction.add_argument("--from", dest="source", choices=["paddle"], help="read PATH (a file) in this format")
+    parser.add_argument("path", help="--to: the folder to write; --from: the file to read")
+    parser.add_argument("--weights", default=None, help="--to: the checkpoint to convert (ours, official or a name)")
+    parser.add_argument("--output", default=None, help="--from: the checkpoint to write (.pth or .safetensors)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert weights in the direction the flags say."""
+    if args.to == "hf":
+        return _to_hf(args)
+    return _from_paddle(args)
+
+
+def _to_hf(args: argparse.Namespace) -> int:
+    raise NotImplementedError("detr convert --to hf")  # issue #12
+
+
+def _from_paddle(args: argparse.Namespace) -> int:
+    raise NotImplementedError("detr convert --from paddle")  # issue #12
+
+
+def main(argv: list[str]) -> int:
+    return parse_and_run(argv, "detr convert", __doc__, add_arguments, run)
