@@ -52,6 +52,23 @@ class Detections:
         """COCO results entries: {"image_id", "category_id", "bbox": [x, y, w, h], "score"}."""
         return coco_results(image_id, self.boxes, self.scores, self.labels)
 
+    def to_supervision(self) -> Any:
+        """These detections as a `supervision.Detections` (needs the `supervision` extra).
+
+        xyxy float32 [N, 4] pixels, confidence float32 [N], class_id int64 [N] and the names in
+        data["class_name"] (a numpy str array), as supervision's own converters fill them.
+        """
+        try:
+            import supervision as sv
+        except ImportError:
+            raise ImportError("to_supervision needs supervision: pip install 'detr-aligned[supervision]'") from None
+        return sv.Detections(
+            xyxy=self.boxes.detach().cpu().float().numpy().reshape(-1, 4),  # reshape: [0, 4] when empty
+            confidence=self.scores.detach().cpu().float().numpy(),
+            class_id=self.labels.detach().cpu().numpy().astype(np.int64),
+            data={"class_name": np.array(self.names, dtype=str)},
+        )
+
 
 class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
