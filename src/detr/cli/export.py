@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..checkpoint import output_file
-from ..inference.export import export_onnx, onnx_outputs
+from ..inference.export import DETECTIONS, INPUT, OUTPUTS, SIZES, default_top_k, export_onnx, verify_onnx
 from . import parse_and_run
 from .common import add_weights_arguments, detector_from_args
 
@@ -16,24 +14,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_arguments(parser)
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     parser.add_argument("--output", default="detr.onnx", help="file to write (default detr.onnx)")
-    parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch on a random input")
+    parser.add_argument("--postprocess", action="store_true",
+                        help=f"build postprocessing in: inputs {INPUT}, {SIZES} [B, 2] (height, width); outputs "
+                             f"{', '.join(DETECTIONS)} (xyxy pixels, best first)")
+    parser.add_argument("--top_k", type=int, default=None,
+                        help="detections per image with --postprocess (default: every query for the softmax head, "
+                             "100 for sigmoid heads)")
+    parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch on random inputs")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export the model to ONNX (dynamic batch and image size), optionally checking parity."""
+    if args.top_k is not None and not args.postprocess:
+        raise ValueError("--top_k applies with --postprocess only")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k must be >= 1, got {args.top_k}")
     output_file(args.output)
     detector = detector_from_args(args)
-    path = export_onnx(detector.model.cpu(), args.output)
-    print(f"detr export: wrote {path} (input 'images' [B, 3, H, W] normalised; outputs pred_logits, pred_boxes)")
+    model = detector.model.cpu()
+    path = export_onnx(model, args.output, postprocess=args.postprocess, top_k=args.top_k)
+    if args.postprocess:
+        layout = (f"inputs {INPUT} [B, 3, H, W] normalised, {SIZES} [B, 2]; outputs {', '.join(DETECTIONS)} "
+                  f"[B, {args.top_k or default_top_k(model)}]")
+    else:
+        layout = f"input {INPUT} [B, 3, H, W] normalised; outputs {', '.join(OUTPUTS)}"
+    print(f"detr export: wrote {path} ({layout})")
     if args.verify:
-        x = torch.randn(2, 3, 320, 416)
-        logits, boxes = onnx_outputs(path, x)
-        with torch.inference_mode():
-            ref = detector.model.cpu()(x)
-        diff = max(float((logits - ref["pred_logits"]).abs().max()), float((boxes - ref["pred_boxes"]).abs().max()))
+        diff = verify_onnx(model, path)
         print(f"detr export: onnxruntime vs PyTorch max abs difference {diff:.2e}")
-        if diff > 1e-4:
-            raise ValueError(f"exported model differs from PyTorch by {diff:.2e} (> 1e-4)")
     return 0
 
 

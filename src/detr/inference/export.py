@@ -1,9 +1,29 @@
-"""Export a DETR to ONNX with a dynamic batch size and image size.
+"""Export a DETR to ONNX with a dynamic batch size and image size, in the layout runtimes expect.
 
-The exported graph takes a padded, ImageNet-normalised batch "images" [B, 3, H, W] (no
-mask: every pixel counts as image) and returns "pred_logits" [B, Q, C+1] and "pred_boxes"
-[B, Q, 4] (cx, cy, w, h in [0, 1]) exactly as `DETR.forward` does without auxiliary outputs.
-Needs the `export` extra (onnx; onnxruntime to verify).
+Two graphs (opset 17), both with a dynamic batch, height and width. Neither takes a mask: every
+pixel counts as image, so a batch of different sizes must be run one image at a time (or padded,
+which changes the result as padding without a mask does in PyTorch).
+
+Plain graph (HF optimum's names for DETR):
+    input  "pixel_values" float32 [B, 3, H, W]: RGB in [0, 1], resized (validation: short side 800,
+           long side <= 1333), then normalised with ImageNet's mean (0.485, 0.456, 0.406) and
+           std (0.229, 0.224, 0.225).
+    output "logits" float32 [B, Q, C+1] for the softmax head (family "detr" as trained by the paper:
+           softmax over C classes plus "no object", the last column) or [B, Q, C] for the sigmoid
+           heads (class_loss "focal"/"varifocal", Conditional DETR's default: independent sigmoid
+           per class, no "no object" column). C is num_classes (91 for COCO: category ids).
+    output "pred_boxes" float32 [B, Q, 4]: (cx, cy, w, h) relative to the input image, in [0, 1].
+
+Postprocessing graph (`postprocess=True`, a graph a runtime can use as is, as RT-DETR exports it):
+    inputs "pixel_values" as above, and "orig_target_sizes" int64 [B, 2] as (height, width) of each
+           original image (what the official PostProcess takes).
+    output "boxes" float32 [B, K, 4]: (x0, y0, x1, y1) pixels of the original image.
+    output "scores" float32 [B, K], "labels" int64 [B, K]: best first (threshold them yourself).
+    K: softmax head: every query (K = Q, the official PostProcess keeps one detection per query: its
+       best real class), sorted by score; sigmoid heads: the top 100 (query, class) pairs over Q x C,
+       as Conditional DETR's postprocessing and `detr.postprocess` keep. `top_k` sets K for both.
+
+Needs the `export` extra (onnx; onnxruntime to run or verify).
 """
 
 from __future__ import annotations
@@ -17,10 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import output_file
+from ..loss.postprocess import SIGMOID_HEADS, select_detections
 from ..models.attention import HeadAttention
 from ..models.build import Model
 
 OPSET = 17
+INPUT, SIZES = "pixel_values", "orig_target_sizes"
+OUTPUTS = ("logits", "pred_boxes")  # the plain graph
+DETECTIONS = ("boxes", "scores", "labels")  # the postprocessing graph
 
 
 class _ExportWrapper(nn.Module):
@@ -30,9 +54,23 @@ class _ExportWrapper(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(images)
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(pixel_values)
         return out["pred_logits"], out["pred_boxes"]
+
+
+class _PostprocessWrapper(nn.Module):
+    """DETR followed by `select_detections`: (pixel_values, orig_target_sizes) -> boxes, scores, labels."""
+
+    def __init__(self, model: Model, top_k: int):
+        super().__init__()
+        self.model, self.top_k = model, top_k
+
+    def forward(self, pixel_values: Tensor, orig_target_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model(pixel_values)
+        scores, labels, boxes, _ = select_detections(out["pred_logits"], out["pred_boxes"], orig_target_sizes,
+                                                     self.model.class_loss, self.top_k)
+        return boxes, scores, labels
 
 
 def exportable(model: Model) -> nn.Module:
@@ -45,45 +83,135 @@ def exportable(model: Model) -> nn.Module:
     return _ExportWrapper(model)
 
 
+def default_top_k(model: Model) -> int:
+    """K of the postprocessing graph: every query for the softmax head, 100 (query, class) pairs otherwise."""
+    return 100 if model.class_loss in SIGMOID_HEADS else model.num_queries
+
+
 def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, width: int = 1066,
-                opset: int = OPSET) -> Path:
-    """Write `model` as an ONNX file with dynamic batch, height and width.
+                opset: int = OPSET, postprocess: bool = False, top_k: int | None = None) -> Path:
+    """Write `model` as an ONNX file with dynamic batch, height and width (layout: the module docstring).
 
     Args:
         model: a DETR or ConditionalDETR (copied; not modified).
         output: the .onnx file to write (its folder must exist).
         height, width: size of the example input used to trace the graph.
         opset: ONNX opset version.
+        postprocess: write the graph with postprocessing (boxes, scores, labels) instead of the raw outputs.
+        top_k: detections per image of the postprocessing graph (default: `default_top_k`).
 
     Returns:
         The written path.
 
     Example:
-        >>> export_onnx(Detector.from_pretrained("detr_r50").model, "detr_r50.onnx")
+        >>> export_onnx(Detector.from_pretrained("detr_r50").model, "detr_r50.onnx", postprocess=True)
     """
+    if top_k is not None and not postprocess:
+        raise ValueError("top_k applies to the postprocessing graph only: pass postprocess=True (--postprocess)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail early with a clear message)
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install 'detr-aligned[export]'") from None
     output = output_file(output)
-    example = torch.zeros(1, 3, height, width)
+    net = exportable(model)
+    example: tuple[Tensor, ...] = (torch.zeros(1, 3, height, width),)
+    batch = {0: "batch"}
+    axes = {INPUT: {0: "batch", 2: "height", 3: "width"}}
+    if postprocess:
+        net = _PostprocessWrapper(net.model, top_k or default_top_k(model))
+        example += (torch.tensor([[height, width]]),)
+        inputs, outputs = [INPUT, SIZES], list(DETECTIONS)
+    else:
+        inputs, outputs = [INPUT], list(OUTPUTS)
+    axes.update({name: batch for name in inputs[1:] + outputs})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the TorchScript exporter
-        torch.onnx.export(
-            exportable(model), (example,), str(output), dynamo=False, opset_version=opset,
-            input_names=["images"], output_names=["pred_logits", "pred_boxes"],
-            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                          "pred_logits": {0: "batch"}, "pred_boxes": {0: "batch"}},
-        )
+        torch.onnx.export(net, example, str(output), dynamo=False, opset_version=opset,
+                          input_names=inputs, output_names=outputs, dynamic_axes=axes)
     return output
 
 
-def onnx_outputs(path: str | os.PathLike, images: Tensor) -> tuple[Tensor, Tensor]:
-    """Run an exported model with onnxruntime on CPU: images [B, 3, H, W] -> (logits, boxes)."""
+def run_onnx(path: str | os.PathLike, pixel_values: Tensor, orig_target_sizes: Tensor | None = None
+             ) -> dict[str, Tensor]:
+    """Run an exported graph with onnxruntime on CPU; its outputs by name.
+
+    Args:
+        path: an .onnx file written by `export_onnx`.
+        pixel_values: [B, 3, H, W] normalised images.
+        orig_target_sizes: [B, 2] (height, width); required by the postprocessing graph only.
+    """
     try:
         import onnxruntime
     except ImportError:
         raise ImportError("running ONNX models needs onnxruntime: pip install 'detr-aligned[export]'") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, boxes = session.run(["pred_logits", "pred_boxes"], {"images": images.cpu().numpy()})
-    return torch.from_numpy(logits), torch.from_numpy(boxes)
+    names = [i.name for i in session.get_inputs()]
+    feed = {INPUT: pixel_values.detach().cpu().float().numpy()}
+    if SIZES in names:
+        if orig_target_sizes is None:
+            raise ValueError(f"orig_target_sizes: {path} is a postprocessing graph; pass the [B, 2] (height, "
+                             f"width) of the original images")
+        feed[SIZES] = torch.as_tensor(orig_target_sizes).to(torch.int64).cpu().numpy()
+    outputs = [o.name for o in session.get_outputs()]
+    return {name: torch.from_numpy(value) for name, value in zip(outputs, session.run(outputs, feed))}
+
+
+def onnx_outputs(path: str | os.PathLike, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Run a plain exported graph: images [B, 3, H, W] -> (logits, pred_boxes)."""
+    out = run_onnx(path, images)
+    return out["logits"], out["pred_boxes"]
+
+
+def verify_onnx(model: Model, path: str | os.PathLike, sizes: tuple[tuple[int, int], ...] = ((320, 416), (384, 288)),
+                tolerance: float = 1e-4) -> float:
+    """Compare an exported graph (either kind) with PyTorch on random batches of two at each size.
+
+    Plain graph: logits and pred_boxes. Postprocessing graph: scores, and boxes as a fraction of the
+    image size (pixels scale the float error with the image); labels must be equal wherever a score is
+    not within `tolerance` of its neighbours (a tie may swap two detections in either runtime).
+
+    Returns:
+        The largest absolute difference.
+
+    Raises:
+        ValueError: a difference above `tolerance`, or a label that differs.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    orig = torch.tensor([[480, 640], [600, 400]])  # [2, 2] (height, width) of made-up original images
+    worst = 0.0
+    for h, w in sizes:
+        x = torch.randn(2, 3, h, w, generator=generator)
+        got = run_onnx(path, x, orig)
+        with torch.inference_mode():
+            ref = {k: v.float().cpu() for k, v in model.eval()(x.to(device)).items() if k in ("pred_logits", "pred_boxes")}
+        if OUTPUTS[0] in got:
+            worst = max(worst, _max_diff(got["logits"], ref["pred_logits"]), _max_diff(got["pred_boxes"], ref["pred_boxes"]))
+        else:
+            expected = select_detections(ref["pred_logits"], ref["pred_boxes"], orig, model.class_loss,
+                                         got["scores"].shape[1])
+            worst = max(worst, _compare_detections(got, *expected[:3], orig, tolerance))
+    if worst > tolerance:
+        raise ValueError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:g})")
+    return worst
+
+
+def _max_diff(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _compare_detections(got: dict[str, Tensor], scores: Tensor, labels: Tensor, boxes: Tensor, sizes: Tensor,
+                        tolerance: float) -> float:
+    """Largest score / relative box difference of best-first detections [B, K]; labels equal where untied."""
+    gaps = scores[:, :-1] - scores[:, 1:]  # [B, K-1] >= 0: sorted best first
+    far = gaps > tolerance
+    ones = torch.ones_like(scores[:, :1], dtype=torch.bool)
+    untied = torch.cat([ones, far], 1) & torch.cat([far, ones], 1)  # [B, K] apart from both neighbours
+    wrong = int((got["labels"].ne(labels) & untied).sum())
+    if wrong:
+        raise ValueError(f"onnxruntime and PyTorch give different labels to {wrong} detections")
+    scale = sizes.flip(-1).repeat(1, 2).to(boxes.dtype)[:, None]  # [B, 1, 4] (w, h, w, h)
+    box_diff = ((got["boxes"] - boxes) / scale).abs().amax(-1)  # [B, K]
+    return max(_max_diff(got["scores"], scores), float(box_diff[untied].max()) if untied.any() else 0.0)
