@@ -14,7 +14,7 @@ from PIL import Image
 from detr.cli.plot import main as plot_command
 from detr.inference.detector import Detections, Detector
 from detr.inference.explain import explain
-from detr.inference.visualize import draw_detections, overlay_heatmap, plot_logs
+from detr.inference.visualize import PALETTE, draw_detections, label_boxes, overlay_heatmap, plot_logs
 
 from .helpers_predict import MAX_SIZE, SIZE, one_thread, tiny_model, write_images  # noqa: F401  (autouse fixture)
 
@@ -35,6 +35,54 @@ def test_boxes_are_drawn_on_their_edges_only():
     assert not changed[5, 95] and not changed[75, 5]  # far from the box and its label
     assert changed[25, 25]  # the label sits above the box
     assert image.getpixel((20, 45)) == (40, 40, 40)  # the input is not modified
+
+
+def crowded_scene() -> Detections:
+    """Boxes at every corner and edge, past the border, overlapping, identical and nested, on a 320x240 image."""
+    boxes = [[0, 0, 60, 40], [260, 0, 320, 40], [0, 200, 60, 240], [260, 200, 320, 240],  # corners
+             [130, 0, 190, 30], [130, 215, 190, 240], [0, 100, 40, 140], [280, 100, 320, 140],  # edges
+             [-15, -10, 30, 25], [300, 230, 340, 260],  # past the border (predictions may be)
+             [100, 80, 200, 160], [105, 85, 205, 165], [100, 80, 200, 160], [120, 100, 150, 120],  # overlapping
+             [0, 0, 320, 240]]  # the whole image
+    n = len(boxes)
+    labels = [i for i in range(n + 1) if i % 12 != 7][:n]  # class colour 7 is white: kept apart from the ink
+    names = ["car", "traffic light", "dog", "person", "cell phone", "bus", "cat", "potted plant", "tv", "kite",
+             "umbrella", "surfboard", "cup", "fire hydrant", "bicycle"]
+    return Detections(torch.tensor(boxes, dtype=torch.float), torch.linspace(0.99, 0.5, n), torch.tensor(labels),
+                      names, (240, 320), torch.arange(n))
+
+
+def test_labels_stay_inside_the_image_and_apart():
+    """Every label lies inside the image, no two overlap, each is drawn whole and not crossed by any box."""
+    grey = (90, 90, 90)
+    image = Image.new("RGB", (320, 240), grey)
+    det = crowded_scene()
+    places = label_boxes(image, det)
+    drawn = np.asarray(draw_detections(image, det)).astype(int)
+    assert len(places) == len(det)
+    for x0, y0, x1, y1 in places:
+        assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 240, (x0, y0, x1, y1)
+    for i, a in enumerate(places):  # pairwise: the intervals of two labels are disjoint on x or on y
+        for b in places[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    solid = [grey] + [c for c in PALETTE if c != (255, 255, 255)]  # background, outlines and label fills
+    text = ~np.any([(drawn == c).all(-1) for c in solid], axis=0)  # [H, W] ink, anti-aliased or not
+    inside_labels = np.zeros(text.shape, dtype=bool)
+    for (x0, y0, x1, y1), label in zip(places, det.labels.tolist()):
+        rgb = PALETTE[label % len(PALETTE)]
+        ring = np.concatenate([drawn[y0, x0:x1], drawn[y1 - 1, x0:x1], drawn[y0:y1, x0], drawn[y0:y1, x1 - 1]])
+        assert (ring == rgb).all(), "a label's edge is covered by something drawn later"
+        assert text[y0:y1, x0:x1].sum() > 20  # its text is there
+        inside_labels[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = True
+    assert not (text & ~inside_labels).any()  # no text outside a label's padding: none is cut off
+
+
+def test_a_crowded_image_still_keeps_every_label_inside():
+    """More labels than room: they may overlap, but none leaves the image."""
+    image = Image.new("RGB", (90, 60))
+    det = crowded_scene()
+    for x0, y0, x1, y1 in label_boxes(image, det):
+        assert 0 <= x0 < x1 <= 90 and 0 <= y0 < y1 <= 60
 
 
 def test_heatmap_is_hottest_where_the_map_is():

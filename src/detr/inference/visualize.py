@@ -36,31 +36,94 @@ def _font(image_size: tuple[int, int]) -> ImageFont.ImageFont | ImageFont.FreeTy
         return ImageFont.load_default()
 
 
+Rect = tuple[int, int, int, int]  # (x0, y0, x1, y1) pixels, x1 and y1 excluded
+
+
 def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
     """A copy of `image` (RGB) with each box, its class name and score drawn on it.
 
-    The label sits on a filled box of the class colour, in black or white text whichever
-    reads better, above the box (inside it when the box touches the top edge), and is moved
-    left or up where it would leave the image, so that it is never cut off.
+    Each label is a filled box of the class colour with black or white text, whichever reads better,
+    placed by `label_boxes`: inside the image, and clear of the other labels where there is room.
+    Boxes are drawn first and labels over them, the best detection last, so no outline crosses a label.
     """
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
     font = _font(out.size)
     width = max(2, round(min(out.size) / 200))
-    for box, score, label, name in zip(detections.boxes.tolist(), detections.scores.tolist(),
-                                       detections.labels.tolist(), detections.names):
-        rgb = colour(int(label))
+    texts = _texts(detections)
+    rgbs = [colour(int(label)) for label in detections.labels.tolist()]
+    for box, rgb in zip(detections.boxes.tolist(), rgbs):
         draw.rectangle(box, outline=rgb, width=width)
-        text = f"{name} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left + 4, bottom - top + 4
-        x0 = max(0, min(box[0], out.width - tw))  # kept inside the image
-        y0 = box[1] - th if box[1] - th >= 0 else box[1]
-        y0 = max(0, min(y0, out.height - th))
-        draw.rectangle([x0, y0, x0 + tw, y0 + th], fill=rgb)
+    places = label_boxes(out, detections)
+    for text, rgb, (x0, y0, x1, y1) in reversed(list(zip(texts, rgbs, places))):
+        left, top, _, _ = draw.textbbox((0, 0), text, font=font)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=rgb)
         ink = (0, 0, 0) if sum(c * w for c, w in zip(rgb, (0.299, 0.587, 0.114))) > 140 else (255, 255, 255)
-        draw.text((x0 + 2 - left, y0 + 2 - top), text, fill=ink, font=font)
+        draw.text((x0 + LABEL_PAD - left, y0 + LABEL_PAD - top), text, fill=ink, font=font)
     return out
+
+
+LABEL_PAD = 2  # pixels between a label's text and its edge
+
+
+def _texts(detections: Detections) -> list[str]:
+    return [f"{name} {score:.2f}" for name, score in zip(detections.names, detections.scores.tolist())]
+
+
+def label_boxes(image: Image.Image, detections: Detections) -> list[Rect]:
+    """Where `draw_detections` puts each detection's label: (x0, y0, x1, y1) pixels, x1 and y1 excluded.
+
+    Labels are placed best detection first, each at the first free spot of: above the box's top-left
+    corner, inside it, then the same at the top-right, below the box, inside its bottom, then further up
+    or down along its sides; every spot is moved inside the image. When no spot is free of the labels
+    placed before, the one overlapping them least is taken. (A label wider than the image starts at 0.)
+
+    Hand-written on PIL's `textbbox`: torchvision's `draw_bounding_boxes` neither keeps labels inside
+    the image nor apart, and supervision's `LabelAnnotator` would make supervision a dependency of
+    `detr predict`.
+    """
+    draw = ImageDraw.Draw(image)
+    font = _font(image.size)
+    placed: list[Rect] = []
+    for box, text in zip(detections.boxes.tolist(), _texts(detections)):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        size = (right - left + 2 * LABEL_PAD, bottom - top + 2 * LABEL_PAD)
+        spots = _spots([round(v) for v in box], size, image.size)
+        placed.append(_least_covered(spots, placed))
+    return placed
+
+
+def _least_covered(spots: list[Rect], placed: list[Rect]) -> Rect:
+    """The first spot clear of every placed label, else the one overlapping them least (the first of equals)."""
+    best, best_area = spots[0], None
+    for spot in spots:
+        area = sum(_overlap(spot, p) for p in placed)
+        if area == 0:
+            return spot
+        if best_area is None or area < best_area:
+            best, best_area = spot, area
+    return best
+
+
+def _spots(box: list[int], size: tuple[int, int], image_size: tuple[int, int]) -> list[Rect]:
+    """Candidate label places for `box`, in order of preference, moved inside the image, without repeats."""
+    (x0, y0, x1, y1), (tw, th), (width, height) = box, size, image_size
+    xs = (x0, x1 - tw)  # left-aligned, right-aligned with the box
+    near = [(x, y) for y in (y0 - th, y0) for x in xs] + [(x, y) for y in (y1, y1 - th) for x in xs]
+    steps = range(1, height // max(th, 1) + 2)  # then further along the box's sides, nearest first
+    far = [(x, y) for n in steps for y in (y0 - th - n * th, y0 + n * th) for x in xs]
+    spots: list[Rect] = []
+    for x, y in near + far:
+        x = max(0, min(x, width - tw))
+        y = max(0, min(y, height - th))
+        if (x, y, x + tw, y + th) not in spots:
+            spots.append((x, y, x + tw, y + th))
+    return spots
+
+
+def _overlap(a: Rect, b: Rect) -> int:
+    """Area shared by two rectangles."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.55) -> Image.Image:
