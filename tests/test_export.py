@@ -65,6 +65,12 @@ def test_export_command_with_verification(model, tmp_path, capsys):
     assert export_command(["--weights", str(weights), "--nheads", "2", "--format", "onnx", "--output", str(out),
                            "--verify"]) == 0
     assert out.is_file() and "max abs difference" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="folder .*nowhere does not exist"):
+        export_command(["--weights", str(weights), "--nheads", "2", "--output", str(tmp_path / "nowhere" / "m.onnx")])
+
+
+def test_export_command_with_postprocessing(model, tmp_path, capsys):
+    weights = save_official(model, tmp_path / "w.pth")
     post = tmp_path / "post.onnx"
     assert export_command(["--weights", str(weights), "--nheads", "2", "--output", str(post), "--postprocess",
                            "--top_k", "4", "--verify"]) == 0
@@ -73,8 +79,6 @@ def test_export_command_with_verification(model, tmp_path, capsys):
     assert [o.name for o in onnx.load(str(post)).graph.output] == ["boxes", "scores", "labels"]
     with pytest.raises(ValueError, match="--top_k applies with --postprocess only"):
         export_command(["--weights", str(weights), "--output", str(post), "--top_k", "4"])
-    with pytest.raises(ValueError, match="folder .*nowhere does not exist"):
-        export_command(["--weights", str(weights), "--nheads", "2", "--output", str(tmp_path / "nowhere" / "m.onnx")])
 
 
 # Tiny models of both heads: the softmax head of the paper's DETR, the sigmoid (focal) head of Conditional DETR.
@@ -102,7 +106,8 @@ def expected_detections(logits, boxes, sizes, sigmoid: bool, k: int):
     """The postprocessing written out independently: best-first (scores, labels, xyxy pixel boxes)."""
     cx, cy, w, h = boxes.unbind(-1)  # [B, Q] each, relative to the image
     height, width = sizes[:, :1].float(), sizes[:, 1:].float()  # [B, 1]
-    pixels = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], -1)
+    pixels = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height,
+                          (cx + w / 2) * width, (cy + h / 2) * height], -1)  # [B, Q, 4] xyxy pixels
     if sigmoid:  # every (query, class) pair is a candidate
         flat = logits.sigmoid().flatten(1)  # [B, Q*C]
         order = flat.argsort(1, descending=True)[:, :k]
@@ -173,3 +178,14 @@ def test_verify_checks_the_graph_it_is_given(family):
     for path in (plain, post):
         with pytest.raises(ValueError, match="differ"):
             verify_onnx(other, path, sizes=((64, 96),))
+
+
+def test_verify_forgives_label_swaps_only_between_tied_scores():
+    from detr.inference.export import _compare_detections
+
+    scores = torch.tensor([[0.9, 0.5, 0.5 - 1e-7, 0.2]])  # the middle two are tied within 1e-4
+    labels, boxes, sizes = torch.tensor([[1, 2, 3, 4]]), torch.rand(1, 4, 4) * 100, torch.tensor([[100, 100]])
+    swapped = {"scores": scores, "labels": torch.tensor([[1, 3, 2, 4]]), "boxes": boxes[:, [0, 2, 1, 3]]}
+    assert _compare_detections(swapped, scores, labels, boxes, sizes, 1e-4) == (0.0, 0)
+    wrong = {"scores": scores, "labels": torch.tensor([[4, 2, 3, 1]]), "boxes": boxes}
+    assert _compare_detections(wrong, scores, labels, boxes, sizes, 1e-4)[1] == 2

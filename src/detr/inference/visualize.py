@@ -94,7 +94,7 @@ def label_boxes(image: Image.Image, detections: Detections) -> list[Rect]:
 
 
 def _least_covered(spots: list[Rect], placed: list[Rect]) -> Rect:
-    """The first spot clear of every placed label, else the one overlapping them least (the first of equals)."""
+    """The first spot clear of every placed label, else the first of those overlapping them least."""
     best, best_area = spots[0], None
     for spot in spots:
         area = sum(_overlap(spot, p) for p in placed)
