@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import output_file
-from ..inference.export import DETECTIONS, INPUT, OUTPUTS, SIZES, default_top_k, export_onnx, verify_onnx
+from ..inference import export as onnx_export
 from . import parse_and_run
 from .common import add_weights_arguments, detector_from_args
 
@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     parser.add_argument("--output", default="detr.onnx", help="file to write (default detr.onnx)")
     parser.add_argument("--postprocess", action="store_true",
-                        help=f"build postprocessing in: inputs {INPUT}, {SIZES} [B, 2] (height, width); outputs "
-                             f"{', '.join(DETECTIONS)} (xyxy pixels, best first)")
+                        help="build postprocessing in: inputs pixel_values, orig_target_sizes [B, 2] (height, "
+                             "width); outputs boxes (xyxy pixels), scores, labels, best first")
     parser.add_argument("--top_k", type=int, default=None,
                         help="detections per image with --postprocess (default: every query for the softmax head, "
                              "100 for sigmoid heads)")
@@ -30,17 +30,14 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {args.top_k}")
     output_file(args.output)
-    detector = detector_from_args(args)
-    model = detector.model.cpu()
-    path = export_onnx(model, args.output, postprocess=args.postprocess, top_k=args.top_k)
-    if args.postprocess:
-        layout = (f"inputs {INPUT} [B, 3, H, W] normalised, {SIZES} [B, 2]; outputs {', '.join(DETECTIONS)} "
-                  f"[B, {args.top_k or default_top_k(model)}]")
-    else:
-        layout = f"input {INPUT} [B, 3, H, W] normalised; outputs {', '.join(OUTPUTS)}"
-    print(f"detr export: wrote {path} ({layout})")
+    model = detector_from_args(args).model.cpu()
+    path = onnx_export.export_onnx(model, args.output, postprocess=args.postprocess, top_k=args.top_k)
+    inputs = [onnx_export.INPUT] + [onnx_export.SIZES] * args.postprocess
+    outputs = onnx_export.DETECTIONS if args.postprocess else onnx_export.OUTPUTS
+    k = f" [B, {onnx_export.detections_per_image(model, args.top_k)}]" if args.postprocess else ""
+    print(f"detr export: wrote {path} (inputs {', '.join(inputs)}; outputs {', '.join(outputs)}{k})")
     if args.verify:
-        diff = verify_onnx(model, path)
+        diff = onnx_export.verify_onnx(model, path)
         print(f"detr export: onnxruntime vs PyTorch max abs difference {diff:.2e}")
     return 0
 

@@ -83,9 +83,12 @@ def exportable(model: Model) -> nn.Module:
     return _ExportWrapper(model)
 
 
-def default_top_k(model: Model) -> int:
-    """K of the postprocessing graph: every query for the softmax head, 100 (query, class) pairs otherwise."""
-    return 100 if model.class_loss in SIGMOID_HEADS else model.num_queries
+def detections_per_image(model: Model, top_k: int | None = None) -> int:
+    """K of the postprocessing graph: `top_k` (default: every query for the softmax head, 100 for sigmoid
+    heads), at most the number of candidates (Q, or Q x C for sigmoid heads)."""
+    sigmoid = model.class_loss in SIGMOID_HEADS
+    candidates = model.num_queries * (model.num_classes if sigmoid else 1)
+    return min(top_k or (100 if sigmoid else model.num_queries), candidates)
 
 
 def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, width: int = 1066,
@@ -98,7 +101,7 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
         height, width: size of the example input used to trace the graph.
         opset: ONNX opset version.
         postprocess: write the graph with postprocessing (boxes, scores, labels) instead of the raw outputs.
-        top_k: detections per image of the postprocessing graph (default: `default_top_k`).
+        top_k: detections per image of the postprocessing graph (see `detections_per_image`).
 
     Returns:
         The written path.
@@ -120,7 +123,7 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
     batch = {0: "batch"}
     axes = {INPUT: {0: "batch", 2: "height", 3: "width"}}
     if postprocess:
-        net = _PostprocessWrapper(net.model, top_k or default_top_k(model))
+        net = _PostprocessWrapper(net.model, detections_per_image(model, top_k))
         example += (torch.tensor([[height, width]]),)
         inputs, outputs = [INPUT, SIZES], list(DETECTIONS)
     else:
