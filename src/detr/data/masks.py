@@ -8,6 +8,7 @@ uncompressed (`counts` a list, used for crowds) or compressed (`counts` a string
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,14 @@ def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     """
     from pycocotools import mask as mask_utils
 
-    if isinstance(segm, list):
-        rles = mask_utils.frPyObjects(segm, height, width)
-        return mask_utils.decode(rles).any(axis=2)  # [H, W, P] -> [H, W]
-    if isinstance(segm.get("counts"), list):
-        segm = mask_utils.frPyObjects(segm, height, width)  # uncompressed -> compressed
-    return mask_utils.decode(segm).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' decode trips numpy 2's __array__(copy=) deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if isinstance(segm, list):
+            rles = mask_utils.frPyObjects(segm, height, width)
+            return mask_utils.decode(rles).any(axis=2)  # [H, W, P] -> [H, W]
+        if isinstance(segm.get("counts"), list):
+            segm = mask_utils.frPyObjects(segm, height, width)  # uncompressed -> compressed
+        return mask_utils.decode(segm).astype(bool)
 
 
 def coco_mask_results(image_id: int, masks: np.ndarray | Tensor, scores: Any, labels: Any) -> list[dict[str, Any]]:
