@@ -216,6 +216,30 @@ def _add_record(report: PanopticReport, entry: dict[str, Any], probe: ImageProbe
     return segments
 
 
+def _add_records(report: PanopticReport, entries: dict[int, dict[str, Any]],
+                 by_image: dict[int, tuple[str, list[dict[str, Any]]]], workers: int | None,
+                 decode: bool) -> dict[int, list[dict[str, Any]]]:
+    """Decode every image and PNG; store the records of the usable ones. Returns their kept segments."""
+    probes = probe_all(report.images_dir, entries, workers, decode)
+    for image_id, probe in probes.items():
+        name = entries[image_id]["file_name"]
+        if isinstance(probe, str):
+            report.add("image_missing" if probe == "missing" else "image_unreadable",
+                       name if probe == "missing" else probe)
+        elif image_id not in by_image:
+            report.add("panoptic_unannotated", name)
+    usable = [i for i, p in probes.items() if not isinstance(p, str) and i in by_image]
+    pngs = _probe_pngs({i: report.png_dir / by_image[i][0] for i in usable}, workers, decode)
+    kept: dict[int, list[dict[str, Any]]] = {}
+    for image_id in usable:
+        probe = probes[image_id]
+        assert not isinstance(probe, str)
+        segments = _add_record(report, entries[image_id], probe, *by_image[image_id], pngs[image_id])
+        if segments is not None:
+            kept[image_id] = segments
+    return kept
+
+
 def scan_panoptic(images_dir: str | Path, ann_file: str | Path, png_dir: str | Path,
                   num_classes: int | None = None, workers: int | None = None, keep_gt: bool = True,
                   decode: bool = True) -> PanopticReport:
@@ -254,21 +278,7 @@ def scan_panoptic(images_dir: str | Path, ann_file: str | Path, png_dir: str | P
     by_image = _check_annotations(report, data, entries)
     if report.fatal_kinds():
         raise DatasetError(f"{ann_file}: cannot train on this dataset:\n" + report.summary(report.fatal_kinds()))
-    probes = probe_all(images_dir, entries, workers, decode)
-    for image_id, probe in probes.items():
-        name = entries[image_id]["file_name"]
-        if isinstance(probe, str):
-            report.add("image_missing" if probe == "missing" else "image_unreadable",
-                       name if probe == "missing" else probe)
-        elif image_id not in by_image:
-            report.add("panoptic_unannotated", name)
-    usable = [i for i, p in probes.items() if not isinstance(p, str) and i in by_image]
-    pngs = _probe_pngs({i: png_dir / by_image[i][0] for i in usable}, workers, decode)
-    kept: dict[int, list[dict[str, Any]]] = {}
-    for image_id in usable:
-        segments = _add_record(report, entries[image_id], probes[image_id], *by_image[image_id], pngs[image_id])
-        if segments is not None:
-            kept[image_id] = segments
+    kept = _add_records(report, entries, by_image, workers, decode)
     if not report.image_ids:
         raise DatasetError(f"{ann_file}: no usable image in {images_dir} with a PNG in {png_dir}:\n"
                            f"{report.summary()}")
