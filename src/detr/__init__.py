@@ -7,9 +7,11 @@ The public API:
     results = detr.postprocess(model(images), target_sizes)
     detector = detr.Detector.from_pretrained("detr_r50")
     state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
+    results = detr.panoptic_quality(gt_json, gt_folder, pred_json, pred_folder)  # PQ / SQ / RQ as panopticapi
 """
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from .evaluation.panoptic import panoptic_quality
 from .inference.detector import Detections, Detector
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
@@ -40,5 +42,6 @@ __all__ = [
     "create_criterion",
     "create_model",
     "list_models",
+    "panoptic_quality",
     "postprocess",
 ]

@@ -92,6 +92,9 @@ class DataConfig:
     train_annotations: str | None = None
     val_images: str | None = None
     val_annotations: str | None = None
+    # COCO panoptic (official flag): annotations/panoptic_{train,val}2017.json and the PNG folders
+    # panoptic_{train,val}2017 (data.coco_panoptic_paths); the images stay in coco_path.
+    coco_panoptic_path: str | None = None
     # Names of the classes indexed by label id (from the annotation file or the checkpoint).
     class_names: list[str] | None = None
     # Image sizes: training resizes the short side to one of `scales` (None: the paper's

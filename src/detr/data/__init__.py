@@ -1,4 +1,4 @@
-"""Data: COCO-format datasets checked up front, the official augmentations, the demo dataset.
+"""Data: COCO-format datasets (instances, panoptic) checked up front, the official augmentations, the demo.
 
     paths = make_demo_dataset(Path("data/demo"))
     train = build_dataset(paths["train_images"], paths["train_annotations"], train=True,
@@ -11,6 +11,21 @@ from .coco import CocoDetection, build_dataset, coco_paths, collate_fn
 from .demo import DEMO_CLASSES, DEMO_NUM_CLASSES, make_demo_dataset
 from .errors import DatasetError
 from .images import load_image
+from .masks import (
+    coco_mask_results,
+    id_to_rgb,
+    read_id_png,
+    rgb_to_id,
+    segmentation_to_mask,
+    write_id_png,
+)
+from .panoptic import (
+    CocoPanoptic,
+    PanopticReport,
+    build_panoptic_dataset,
+    coco_panoptic_paths,
+    scan_panoptic,
+)
 from .scan import ScanReport, scan_dataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms, preprocess
 
@@ -20,16 +35,27 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CocoDetection",
+    "CocoPanoptic",
     "DatasetError",
+    "PanopticReport",
     "ScanReport",
     "build_dataset",
+    "build_panoptic_dataset",
     "class_names_from_annotations",
+    "coco_mask_results",
+    "coco_panoptic_paths",
     "coco_paths",
     "collate_fn",
+    "id_to_rgb",
     "load_image",
     "make_demo_dataset",
     "make_transforms",
     "num_classes_from_annotations",
     "preprocess",
+    "read_id_png",
+    "rgb_to_id",
     "scan_dataset",
+    "scan_panoptic",
+    "segmentation_to_mask",
+    "write_id_png",
 ]

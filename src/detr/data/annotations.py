@@ -105,11 +105,12 @@ def box_kind(bbox: list[float], width: int, height: int) -> str:
     return "ok" if (x0, y0, x1, y1) == (x, y, x + w, y + h) else "clipped"
 
 
-def build_target(anns: list[dict[str, Any]], width: int, height: int) -> dict[str, np.ndarray]:
+def build_target(anns: list[dict[str, Any]], width: int, height: int, masks: bool = False) -> dict[str, np.ndarray]:
     """Official target building for one image of size (width, height).
 
     Returns numpy arrays: boxes [N, 4] float32 xyxy pixels, labels [N] int64, area [N] float32,
-    iscrowd [N] int64, where N counts the non-crowd boxes with positive area after clipping.
+    iscrowd [N] int64, where N counts the non-crowd boxes with positive area after clipping; with
+    `masks`, also segmentation [N] (objects: each box's polygons or RLE, decoded when loaded).
     """
     anns = [a for a in anns if not a.get("iscrowd", 0)]
     boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)  # [N, 4] xywh
@@ -119,8 +120,14 @@ def build_target(anns: list[dict[str, Any]], width: int, height: int) -> dict[st
     keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
     labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
     area = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float32)
-    return {"boxes": boxes[keep], "labels": labels[keep], "area": area[keep],
-            "iscrowd": np.zeros(int(keep.sum()), dtype=np.int64)}
+    target = {"boxes": boxes[keep], "labels": labels[keep], "area": area[keep],
+              "iscrowd": np.zeros(int(keep.sum()), dtype=np.int64)}
+    if masks:
+        segmentation = np.empty(len(anns), dtype=object)  # filled one by one: polygons are ragged lists
+        for i, a in enumerate(anns):
+            segmentation[i] = a["segmentation"]
+        target["segmentation"] = segmentation[keep]
+    return target
 
 
 def category_names(data: dict[str, Any]) -> dict[int, str]:

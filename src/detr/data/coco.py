@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -13,7 +14,8 @@ from torchvision import tv_tensors
 
 from .errors import DatasetError
 from .images import load_image
-from .scan import ScanReport, scan_dataset
+from .masks import segmentation_to_mask
+from .scan import ImageRecord, ScanReport, scan_dataset
 from .transforms import make_transforms
 
 Target = dict[str, Any]
@@ -24,7 +26,8 @@ class CocoDetection(Dataset):
 
     `dataset[i]` is `(image, target)`: image [3, H, W] float normalised; target "boxes" [N, 4]
     cxcywh in [0, 1] of the transformed image, "labels" [N] int64 (category ids), "image_id" int,
-    "orig_size" [2] and "size" [2] as (h, w) before/after transforms, "area" [N], "iscrowd" [N].
+    "orig_size" [2] and "size" [2] as (h, w) before/after transforms, "area" [N], "iscrowd" [N];
+    "masks" [N, H, W] bool when the report was scanned with `masks=True`.
 
     Args:
         report: the result of `scan_dataset` (only images that decoded there are used).
@@ -56,6 +59,13 @@ class CocoDetection(Dataset):
         if image.size != (rec.width, rec.height):
             raise DatasetError(f"{rec.file}: image is {image.width}x{image.height} now but was "
                                f"{rec.width}x{rec.height} when the dataset was scanned (file changed?)")
+        image, target = self.transforms(image, self._target(rec))
+        target["image_id"] = image_id
+        target["orig_size"] = torch.tensor([rec.height, rec.width])
+        return image, target
+
+    def _target(self, rec: ImageRecord) -> Target:
+        """The target of one image before transforms (boxes in pixels, masks at the image size)."""
         t = rec.target
         target: Target = {
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(t["boxes"]), format="XYXY",
@@ -64,28 +74,31 @@ class CocoDetection(Dataset):
             "area": torch.from_numpy(t["area"]),
             "iscrowd": torch.from_numpy(t["iscrowd"]),
         }
-        image, target = self.transforms(image, target)
-        target["image_id"] = image_id
-        target["orig_size"] = torch.tensor([rec.height, rec.width])
-        return image, target
+        if "segmentation" in t:  # scanned with masks=True
+            masks = [segmentation_to_mask(s, rec.height, rec.width) for s in t["segmentation"]]
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(
+                np.stack(masks) if masks else np.zeros((0, rec.height, rec.width), dtype=bool)))  # [N, H, W]
+        return target
 
 
 def build_dataset(images_dir: str | Path, ann_file: str | Path, train: bool,
                   transforms: Callable[..., Any] | None = None,
-                  num_classes: int | None = None, decode: bool = True) -> CocoDetection:
+                  num_classes: int | None = None, decode: bool = True, masks: bool = False) -> CocoDetection:
     """Scan the dataset (one warning if anything was skipped) and wrap it for training or eval.
 
     Args:
         transforms: default `make_transforms(train)` (the official recipe).
         num_classes: labels must be < num_classes; None derives max category id + 1.
         decode: decode every image in the scan (see `scan_dataset`); False trusts the headers.
+        masks: targets also hold the instance masks ("masks" [N, H, W]) from polygons or RLE.
 
     A training dataset (`train=True`) keeps no COCO ground truth (`.coco`), to save memory.
 
     Raises:
         DatasetError: the dataset cannot be used; the message names the file and the problem.
     """
-    report = scan_dataset(images_dir, ann_file, num_classes=num_classes, keep_coco=not train, decode=decode)
+    report = scan_dataset(images_dir, ann_file, num_classes=num_classes, keep_coco=not train, decode=decode,
+                          masks=masks)
     report.warn()
     return CocoDetection(report, transforms if transforms is not None else make_transforms(train))
 

@@ -33,6 +33,7 @@ from .annotations import (
 )
 from .errors import DatasetError
 from .images import ImageProbe, decide_exif, displayed_size, probe_image
+from .masks import segmentation_problem
 
 # kind -> (what happens, description). Actions that lose data or look suspicious are warned about.
 PROBLEM_KINDS: dict[str, tuple[str, str]] = {
@@ -46,6 +47,17 @@ PROBLEM_KINDS: dict[str, tuple[str, str]] = {
     "annotation_unknown_image": ("dropped", "annotation of an image id not in 'images'"),
     "annotation_of_skipped_image": ("dropped", "annotation of a skipped image"),
     "box_degenerate": ("dropped", "box with zero or negative width/height"),
+    "segmentation_malformed": ("dropped", "annotation whose segmentation is not polygons or an RLE of its image"),
+    # COCO panoptic (data/panoptic.py)
+    "panoptic_unannotated": ("skipped", "image without a panoptic annotation (segments_info)"),
+    "panoptic_malformed": ("dropped", "malformed panoptic annotation entry"),
+    "png_missing": ("skipped", "panoptic PNG not found"),
+    "png_unreadable": ("skipped", "panoptic PNG cannot be decoded or is not RGB"),
+    "png_size_mismatch": ("skipped", "panoptic PNG size differs from its image"),
+    "segment_malformed": ("dropped", "malformed or duplicated entry of segments_info"),
+    "segment_unknown_category": ("dropped", "segment whose category_id is not in 'categories'"),
+    "segment_not_in_png": ("dropped", "segment of segments_info with no pixel in the PNG"),
+    "segment_not_in_json": ("dropped", "segment id in the PNG but not in segments_info (pixels left unlabelled)"),
     "box_outside": ("dropped", "box entirely outside its image"),
     "size_mismatch": ("kept", "image size differs from width/height in the JSON (boxes clipped to the image)"),
     "exif_ignored": ("kept", "EXIF rotation ignored: the JSON size matches the stored pixels"),
@@ -80,7 +92,8 @@ class ImageRecord:
     width: int
     height: int
     apply_exif: bool
-    target: dict[str, np.ndarray]  # boxes [N, 4] xyxy pixels, labels [N], area [N], iscrowd [N]
+    # boxes [N, 4] xyxy pixels, labels [N], area [N], iscrowd [N] (+ segmentation [N] objects with masks)
+    target: dict[str, np.ndarray]
 
 
 @dataclass
@@ -107,7 +120,7 @@ class ScanReport:
 
     def summary(self, kinds: set[str] | None = None) -> str:
         """Readable report: totals, then one line per problem kind with examples."""
-        boxes = sum(len(r.target["boxes"]) for r in self.records.values())
+        boxes = sum(len(r.target["labels"]) for r in self.records.values())
         lines = [f"dataset scan of {self.ann_file} (images in {self.images_dir}):",
                  f"  {self.num_images_listed} images listed, {len(self.image_ids)} usable; "
                  f"{self.num_annotations_listed} annotations, {boxes} boxes for training; "
@@ -141,7 +154,7 @@ class ScanReport:
         return coco
 
 
-def _relative_file(name: str) -> bool:
+def is_relative_file(name: str) -> bool:
     """True when `name` stays inside the image folder (no absolute path, no '..')."""
     for pure in (PurePosixPath(name), PureWindowsPath(name)):
         if pure.is_absolute() or pure.drive or ".." in pure.parts:
@@ -149,7 +162,7 @@ def _relative_file(name: str) -> bool:
     return True
 
 
-def _check_images(report: ScanReport, data: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def check_images(report: ScanReport, data: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Well-formed image entries by id; duplicates are fatal, the rest skipped with a count."""
     entries: dict[int, dict[str, Any]] = {}
     for img in data["images"]:
@@ -158,7 +171,7 @@ def _check_images(report: ScanReport, data: dict[str, Any]) -> dict[int, dict[st
             report.add("image_malformed_entry", problem)
         elif img["id"] in entries:
             report.add("duplicate_image_id", f"id {img['id']} ({img['file_name']})")
-        elif not _relative_file(img["file_name"]):
+        elif not is_relative_file(img["file_name"]):
             report.add("image_outside_folder", img["file_name"])
         else:
             entries[img["id"]] = img
@@ -200,7 +213,7 @@ def _probe(path: Path, decode: bool = True) -> ImageProbe | str:
         return str(e)
 
 
-def _probe_all(images_dir: Path, entries: dict[int, dict[str, Any]],
+def probe_all(images_dir: Path, entries: dict[int, dict[str, Any]],
                workers: int | None, decode: bool) -> dict[int, ImageProbe | str]:
     """Decode every listed image, in threads (PIL releases the GIL while decoding)."""
     ids = list(entries)
@@ -214,9 +227,8 @@ def _probe_all(images_dir: Path, entries: dict[int, dict[str, Any]],
     return dict(zip(ids, results))
 
 
-def _add_record(report: ScanReport, entry: dict[str, Any], probe: ImageProbe,
-                anns: list[dict[str, Any]]) -> None:
-    """Decide EXIF and size for one decoded image, count its box problems, store its target."""
+def decide_size(report: ScanReport, entry: dict[str, Any], probe: ImageProbe) -> tuple[int, int, bool]:
+    """(width, height, apply_exif) of one decoded image as the dataset returns it; counts what changed."""
     name = entry["file_name"]
     declared = json_size(entry)
     apply_exif = decide_exif(probe, declared)
@@ -227,6 +239,32 @@ def _add_record(report: ScanReport, entry: dict[str, Any], probe: ImageProbe,
     width, height = displayed_size(probe, apply_exif)
     if declared is not None and declared != (width, height):
         report.add("size_mismatch", f"{name}: JSON {declared[0]}x{declared[1]}, file {width}x{height}")
+    return width, height, apply_exif
+
+
+def _with_masks(report: ScanReport, anns: list[dict[str, Any]], name: str, width: int,
+                height: int) -> list[dict[str, Any]]:
+    """The annotations whose segmentation makes a mask of this image (crowds are not trained on)."""
+    kept = []
+    for ann in anns:
+        problem = None if ann.get("iscrowd", 0) else segmentation_problem(ann.get("segmentation"), height, width)
+        if problem is not None:
+            report.add("segmentation_malformed", f"annotation {ann.get('id')!r} in {name}: {problem}")
+        else:
+            kept.append(ann)
+    return kept
+
+
+def _add_record(report: ScanReport, entry: dict[str, Any], probe: ImageProbe,
+                anns: list[dict[str, Any]], masks: bool) -> list[dict[str, Any]]:
+    """Decide EXIF and size for one decoded image, count its box problems, store its target.
+
+    Returns the annotations kept (with `masks`, those without a usable segmentation are dropped).
+    """
+    name = entry["file_name"]
+    width, height, apply_exif = decide_size(report, entry, probe)
+    if masks:
+        anns = _with_masks(report, anns, name, width, height)
     for ann in anns:
         if ann.get("iscrowd", 0):
             report.add("crowd", f"annotation {ann.get('id')!r} in {name}")
@@ -234,11 +272,12 @@ def _add_record(report: ScanReport, entry: dict[str, Any], probe: ImageProbe,
         kind = box_kind(ann["bbox"], width, height)
         if kind != "ok":
             report.add(f"box_{kind}", f"annotation {ann.get('id')!r} in {name}: bbox {ann['bbox']}")
-    target = build_target(anns, width, height)
+    target = build_target(anns, width, height, masks=masks)
     if len(target["boxes"]) == 0:
         report.add("no_annotations", name)
     report.records[entry["id"]] = ImageRecord(report.images_dir / name, width, height, apply_exif, target)
     report.image_ids.append(entry["id"])
+    return anns
 
 
 def _clean_coco(report: ScanReport, data: dict[str, Any], entries: dict[int, dict[str, Any]],
@@ -266,7 +305,8 @@ def _clean_coco(report: ScanReport, data: dict[str, Any], entries: dict[int, dic
     return out
 
 
-def _resolve_num_classes(data: dict[str, Any], ann_file: Path, num_classes: int | None) -> int:
+def resolve_num_classes(data: dict[str, Any], ann_file: Path, num_classes: int | None) -> int:
+    """`num_classes`, checked, or max category id + 1 when None."""
     if num_classes is None:
         num_classes = num_classes_of(data, ann_file)
         if num_classes > MAX_NUM_CLASSES:
@@ -278,7 +318,8 @@ def _resolve_num_classes(data: dict[str, Any], ann_file: Path, num_classes: int 
 
 
 def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int | None = None,
-                 workers: int | None = None, keep_coco: bool = True, decode: bool = True) -> ScanReport:
+                 workers: int | None = None, keep_coco: bool = True, decode: bool = True,
+                 masks: bool = False) -> ScanReport:
     """Check an image folder + COCO instances JSON; return what is usable and what was wrong.
 
     Args:
@@ -291,6 +332,8 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
         decode: decode every image (about 1-3 ms each per thread). False reads headers only:
             much faster on COCO-sized sets, but a truncated or corrupt file is then found only
             when `__getitem__` reaches it (a DatasetError naming the file, mid-epoch).
+        masks: keep each box's instance segmentation (polygons or RLE) for mask targets; an
+            annotation whose segmentation is missing or malformed is dropped with a count.
 
     Raises:
         DatasetError: a missing folder or file, malformed JSON, a category id >= num_classes,
@@ -308,14 +351,14 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
             report.add("category_malformed", repr(cat)[:80])
     if not data["images"]:
         raise DatasetError(f"{ann_file}: the dataset is empty (no images listed)")
-    report.num_classes = _resolve_num_classes(data, ann_file, num_classes)
+    report.num_classes = resolve_num_classes(data, ann_file, num_classes)
     report.class_names = [names.get(i, "N/A") for i in range(report.num_classes)]
-    entries = _check_images(report, data)
+    entries = check_images(report, data)
     by_image = _check_annotations(report, data, entries, set(names))
     if report.fatal_kinds():
         raise DatasetError(f"{ann_file}: cannot train on this dataset:\n"
                            + report.summary(report.fatal_kinds()))
-    for image_id, result in _probe_all(images_dir, entries, workers, decode).items():
+    for image_id, result in probe_all(images_dir, entries, workers, decode).items():
         name = entries[image_id]["file_name"]
         if isinstance(result, str):
             report.add("image_missing" if result == "missing" else "image_unreadable",
@@ -323,7 +366,7 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
             for ann in by_image.pop(image_id, []):
                 report.add("annotation_of_skipped_image", f"annotation {ann.get('id')!r} in {name}")
         else:
-            _add_record(report, entries[image_id], result, by_image.get(image_id, []))
+            by_image[image_id] = _add_record(report, entries[image_id], result, by_image.get(image_id, []), masks)
     if not report.image_ids:
         raise DatasetError(f"{ann_file}: no usable image in {images_dir}:\n{report.summary()}")
     if keep_coco:

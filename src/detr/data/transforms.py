@@ -134,12 +134,15 @@ class NormalizeBoxes(v2.Transform):
             boxes = F.convert_bounding_box_format(target["boxes"], new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32)
             target["boxes"] = boxes.as_subclass(Tensor).to(torch.float32) / scale  # [N, 4] cxcywh in [0, 1]
+        if "masks" in target:  # v2 resized, cropped and flipped them with the image (nearest neighbour)
+            target["masks"] = target["masks"].as_subclass(Tensor).bool()  # [N, H, W]
         target["size"] = torch.tensor([h, w])
         return image, target
 
 
 def _sanitized_fields(inputs: Any) -> tuple[Tensor, ...]:
-    """Per-box target fields that SanitizeBoundingBoxes must filter along with the boxes."""
+    """Per-box target fields that SanitizeBoundingBoxes must filter along with the boxes (it filters
+    `tv_tensors.Mask` instance masks [N, H, W] by itself)."""
     target = inputs[1]
     return tuple(target[k] for k in ("labels", "area", "iscrowd") if k in target)
 

@@ -1,1 +1,2 @@
-"""Evaluation: COCO bbox AP with pycocotools, of a model on a loader or of a saved checkpoint."""
+"""Evaluation: COCO bbox and mask AP with pycocotools, of a model on a loader or of a saved checkpoint;
+panoptic quality (PQ / SQ / RQ) of COCO panoptic predictions."""

@@ -1,4 +1,4 @@
-"""COCO bbox evaluation with pycocotools, and detections in the COCO results format.
+"""COCO bbox and mask (segm) evaluation with pycocotools, and detections in the COCO results format.
 
 Detections are lists of dicts `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`
 in original-image pixels; the category id is the model's label (DETR predicts category ids).
@@ -53,13 +53,27 @@ def gather_detections(detections: list[dict[str, Any]], image_ids: Iterable[int]
 
 def coco_bbox_eval(coco_gt: Any, detections: list[dict[str, Any]], image_ids: Sequence[int]) -> tuple[list[float], str]:
     """Run COCOeval (bbox) on `image_ids`; returns the 12 summary numbers and the printed summary."""
+    return _coco_eval(coco_gt, detections, image_ids, "bbox")
+
+
+def coco_mask_eval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]) -> tuple[list[float], str]:
+    """Mask AP: COCOeval (segm) on `image_ids`; returns the 12 summary numbers and the printed summary.
+
+    `coco_gt` is a pycocotools COCO whose annotations have segmentations (polygons or RLE);
+    `results` are `{"image_id", "category_id", "segmentation": RLE, "score"}` (`coco_mask_results`).
+    """
+    return _coco_eval(coco_gt, results, image_ids, "segm")
+
+
+def _coco_eval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int],
+               iou_type: str) -> tuple[list[float], str]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        coco_dt = coco_gt.loadRes(detections) if detections else COCO()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        coco_dt = coco_gt.loadRes(results) if results else COCO()
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         coco_eval.params.imgIds = list(image_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
