@@ -7,6 +7,7 @@ The public API:
     results = detr.postprocess(model(images), target_sizes)
     detector = detr.Detector.from_pretrained("detr_r50")
     state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
+    state, model_config = detr.convert_paddle_state_dict(detr.read_pdparams("detr.pdparams"))  # PaddleDetection
 """
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
@@ -18,6 +19,7 @@ from .loss.postprocess import postprocess
 from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
 from .models.detr import DETR, convert_official_state_dict
+from .models.paddle import convert_paddle_state_dict, read_pdparams
 from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
@@ -37,8 +39,10 @@ __all__ = [
     "config_from_checkpoint",
     "convert_hf_state_dict",
     "convert_official_state_dict",
+    "convert_paddle_state_dict",
     "create_criterion",
     "create_model",
     "list_models",
     "postprocess",
+    "read_pdparams",
 ]
