@@ -12,7 +12,8 @@ biases, running statistics) away from its identity-like initial value, and write
   slices listed under `UnpackBigParamInfor@@`, which paddle only writes for parameters over 1 GiB), pickle
   protocol 3, and `sliced.npz`: what `paddle.load(..., return_numpy=True)` reads back from it;
 - `reference.npz`: the input image, the eval-mode head outputs (batch 1, no mask: what PaddleDetection's eval
-  passes) and `DETRBBoxPostProcess`'s rows [label, score, x1, y1, x2, y2].
+  passes), `DETRBBoxPostProcess`'s rows [label, score, x1, y1, x2, y2], and the head outputs for a batch of
+  two (the second image smaller, zero-padded) run as PaddleDetection's eval runs it: without a mask.
 
 It imports nothing from `detr`, and torch never shares its process.
 """
@@ -127,8 +128,14 @@ def main() -> None:
         body = model.backbone(inputs)
         boxes, logits, _ = model.detr_head(model.transformer(body, None), body)  # [1, 100, 4], [1, 100, 81]
         rows, _ = model.post_process((boxes, logits, None), inputs["im_shape"], inputs["scale_factor"])
+        # batch 2: a smaller image padded with zeros at the bottom / right (PadMaskBatch); eval passes no mask
+        batch = np.zeros((2, 3, h, w), dtype="float32")
+        batch[0], batch[1, :, : h * 3 // 4, : w * 3 // 4] = image[0], random_image(rng, h * 3 // 4, w * 3 // 4)[0]
+        body = model.backbone({"image": paddle.to_tensor(batch)})
+        batch_boxes, batch_logits, _ = model.detr_head(model.transformer(body, None), body)
     np.savez(args.out / "reference.npz", image=image[0], logits=logits.numpy(), boxes=boxes.numpy(),
-             post=rows.numpy(), original_size=np.array([h / scale[0, 0], w / scale[0, 1]]))
+             post=rows.numpy(), original_size=np.array([h / scale[0, 0], w / scale[0, 1]]),
+             batch=batch, batch_logits=batch_logits.numpy(), batch_boxes=batch_boxes.numpy())
     write_sliced(args.out, rng)
 
 

@@ -71,6 +71,8 @@ def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
+    if isinstance(data, str):  # a Python 2 pickle's bytes, decoded as latin1
+        data = data.encode("latin1")
     if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or not isinstance(data, bytes):
         raise _Refused(f"a numpy scalar of dtype {dtype!r}")
     return _SCALAR(dtype, data)
