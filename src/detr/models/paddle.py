@@ -14,8 +14,11 @@ other Python object (`os.system`, a class...) is refused before that object is l
 `convert_paddle_state_dict` maps PaddleDetection's names (`configs/detr/detr_r50_1x_coco.yml`) onto ours. The
 architecture is the official one: ResNet variant "b" (stride on the 3x3 convolution, torchvision's), frozen
 BatchNorm with eps 1e-5, the same sine positions, post-norm transformer, the last decoder layer's normed output
-feeding the heads, and at inference no padding mask (PaddleDetection's eval runs batch 1, where ours has none
-either). Paddle stores Linear weights as [in, out]: they are transposed, chosen by name, never by shape.
+feeding the heads. PaddleDetection's eval passes no padding mask: at batch 1 (its configs) nothing is padded,
+as in ours; at batch > 1 its padded images attend to the padding, which our model does when given a padded
+[B, 3, H, W] tensor without a mask. ResNet variant "a" (stride on the 1x1 convolution) has the same shapes as
+"b" and cannot be told from the weights; ResNet-vd, deformable convolutions and mask heads are refused by name.
+Paddle stores Linear weights as [in, out]: they are transposed, chosen by name, never by shape.
 
 Classes: PaddleDetection's COCO head has 80 contiguous classes + background (the last logit; its postprocess
 takes the softmax over all 81 and drops the last). By default they become a 91-class head indexed by COCO
