@@ -132,7 +132,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         head = f.read(2)
         if len(head) < 2 or head[0] != 0x80 or head[1] not in (2, 3, 4):
-            kind = "a zip archive (a PyTorch checkpoint?)" if head == b"PK" else "not a pickle of protocol 2-4"
+            kind = "a zip archive (a PyTorch checkpoint or .npz?)" if head == b"PK" else "not a pickle of protocol 2-4"
             raise CheckpointError(f"{path}: not a paddle.save .pdparams file: {kind if head else 'empty file'}")
         f.seek(0)
         try:
@@ -175,15 +175,29 @@ def _state_dict(obj: Any) -> dict[str, np.ndarray]:
 # PaddleDetection name -> ours, first match wins (keys of a `DETR(ResNet, DETRTransformer, DETRHead)` layer).
 _BN = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
 _BRANCH = {"branch2a": "1", "branch2b": "2", "branch2c": "3"}
+
+
+def _bn(param: str) -> str:
+    if param not in _BN:
+        raise ValueError(f"paddle state dict: unknown BatchNorm entry {param!r} (expected one of {sorted(_BN)})")
+    return _BN[param]
+
+
+def _block(m: re.Match) -> str:
+    """res{stage}{block}.{branch}.{conv|norm}.{param} -> torchvision's layer{stage-1}.{index}.{module}.{param}."""
+    stage, letter, number, branch, kind, param = m.groups()
+    index = int(number) if number else ord(letter) - ord("a")  # a, b, c...; ResNet-101/152 stage 4: a, b1, b2...
+    if branch == "short":
+        module = f"downsample.{0 if kind == 'conv' else 1}"
+    else:
+        module = f"{'conv' if kind == 'conv' else 'bn'}{_BRANCH[branch]}"
+    return f"backbone.0.body.layer{int(stage) - 1}.{index}.{module}.{param if kind == 'conv' else _bn(param)}"
+
+
 _RENAME: list[tuple[str, Any]] = [
     (r"^backbone\.conv1\.conv1\.conv\.weight$", lambda m: "backbone.0.body.conv1.weight"),
-    (r"^backbone\.conv1\.conv1\.norm\.(\w+)$", lambda m: f"backbone.0.body.bn1.{_BN[m[1]]}"),
-    # res{stage}{block}: blocks a, b, c...; stage 4 of ResNet-101/152 names them a, b1, b2, ...
-    (r"^backbone\.res(\d)\.res\d([a-z])(\d*)\.(branch2[abc]|short)\.(conv|norm)\.(\w+)$", lambda m: (
-        f"backbone.0.body.layer{int(m[1]) - 1}.{int(m[3]) if m[3] else ord(m[2]) - ord('a')}."
-        + (f"downsample.{0 if m[5] == 'conv' else 1}" if m[4] == "short"
-           else f"{'conv' if m[5] == 'conv' else 'bn'}{_BRANCH[m[4]]}")
-        + f".{m[6] if m[5] == 'conv' else _BN[m[6]]}")),
+    (r"^backbone\.conv1\.conv1\.norm\.(\w+)$", lambda m: f"backbone.0.body.bn1.{_bn(m[1])}"),
+    (r"^backbone\.res(\d)\.res\d([a-z])(\d*)\.(branch2[abc]|short)\.(conv|norm)\.(\w+)$", _block),
     (r"^transformer\.(en|de)coder\.layers\.(\d+)\.cross_attn\.(.+)$",
      lambda m: f"transformer.{m[1]}coder.layers.{m[2]}.multihead_attn.{m[3]}"),
     (r"^transformer\.((en|de)coder\.(layers\.\d+\.)?.+)$", lambda m: f"transformer.{m[1]}"),
