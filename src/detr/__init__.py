@@ -8,6 +8,7 @@ The public API:
     detector = detr.Detector.from_pretrained("detr_r50")
     state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
     results = detr.panoptic_quality(gt_json, gt_folder, pred_json, pred_folder)  # PQ / SQ / RQ as panopticapi
+    state, model_config = detr.convert_paddle_state_dict(detr.read_pdparams("detr.pdparams"))  # PaddleDetection
 """
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
@@ -20,6 +21,7 @@ from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
 from .models.detr import DETR, convert_official_state_dict
 from .models.huggingface import convert_hf_state_dict
+from .models.paddle import convert_paddle_state_dict, read_pdparams
 from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
@@ -39,9 +41,11 @@ __all__ = [
     "config_from_checkpoint",
     "convert_hf_state_dict",
     "convert_official_state_dict",
+    "convert_paddle_state_dict",
     "create_criterion",
     "create_model",
     "list_models",
     "panoptic_quality",
     "postprocess",
+    "read_pdparams",
 ]

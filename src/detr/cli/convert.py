@@ -32,7 +32,18 @@ def _to_hf(args: argparse.Namespace) -> int:
 
 
 def _from_paddle(args: argparse.Namespace) -> int:
-    raise NotImplementedError("detr convert --from paddle")  # issue #12
+    """PaddleDetection `.pdparams` (read without paddle, running nothing) -> our checkpoint with its config."""
+    from ..checkpoint import output_file, save_checkpoint
+    from ..models.paddle import load_pdparams
+
+    if args.output is None:
+        raise ValueError("--from paddle needs --output OUT.pth (or .safetensors): the checkpoint to write")
+    output = output_file(args.output)
+    state, config = load_pdparams(args.path)
+    save_checkpoint(output, {"model": state, "config": config.to_dict()})
+    print(f"wrote {output}: {config.model.backbone} DETR, {config.model.num_classes} classes"
+          + (" (COCO category ids)" if config.model.num_classes == 91 else ""))
+    return 0
 
 
 def main(argv: list[str]) -> int:
