@@ -58,6 +58,9 @@ class ModelConfig:
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing; focal: a sigmoid
     # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k.
     class_loss: str = "softmax"
+    # Segmentation (official --masks): the mask head on top of the detector (models/segmentation.py), which adds
+    # "pred_masks" [B, Q, H/4, W/4]; its parameters are `bbox_attention.*`, `mask_head.*` and the detector's `detr.*`.
+    masks: bool = False
 
 
 @dataclass
@@ -75,6 +78,9 @@ class LossConfig:
     # The sigmoid heads' focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # With masks: weights of the sigmoid focal loss (loss_mask) and the dice loss (loss_dice) of the matched masks.
+    mask_loss_coef: float = 1.0
+    dice_loss_coef: float = 1.0
 
 
 FAMILIES = ("detr", "conditional_detr")
