@@ -15,7 +15,7 @@ import detr
 from . import official
 from .test_alignment import float64_gate, to_float64
 
-SMALL = {"hidden_dim": 128, "nheads": 8, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 128,
+SMALL = {"hidden_dim": 256, "nheads": 8, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256,
          "num_queries": 10, "num_classes": 20}
 
 
@@ -63,3 +63,55 @@ def test_pred_masks_match_official_in_eval(ref):
     assert (a["pred_masks"] - b["pred_masks"]).abs().max() <= 1e-4
     assert (a["pred_logits"] - b["pred_logits"]).abs().max() <= 1e-4
     assert (a["pred_boxes"] - b["pred_boxes"]).abs().max() <= 1e-5
+
+
+def official_gradients(ref, model: torch.nn.Module, images, targets) -> dict[str, torch.Tensor]:
+    """The official model's gradients of its weighted loss, masks included, in the model's dtype, as float64."""
+    crit = official.build_criterion(ref, num_classes=SMALL["num_classes"], dec_layers=SMALL["dec_layers"], masks=True)
+    losses = crit.to(next(model.parameters()).dtype)(model.train()(images), targets)
+    sum(losses[k] * w for k, w in crit.weight_dict.items()).backward()
+    return {k: p.grad.double() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_training_step_matches_official(ref, record_property):
+    """dropout 0: every loss term (loss_mask and loss_dice included) within 1e-5 relative, and every parameter's
+    gradient (the mask head's and the detector's) within the detection tests' float64 gate."""
+    theirs, ours = make_pair(ref, dropout=0.0)
+    theirs64 = copy.deepcopy(theirs).double()
+    images = two_images()
+    targets = random_targets(images)
+    crit_theirs = official.build_criterion(ref, num_classes=20, dec_layers=2, masks=True)
+    crit_ours = detr.create_criterion(num_classes=20, dec_layers=2, masks=True)
+    out_a, out_b = theirs.train()(images), ours.train()(images)
+    assert (out_a["pred_masks"] - out_b["pred_masks"]).abs().max() <= 1e-4
+
+    la, lb = crit_theirs(out_a, targets), crit_ours(out_b, targets)
+    assert set(la) == set(lb) and {"loss_mask", "loss_dice"} <= set(lb)
+    worst_loss = max(((lb[k] - la[k]).abs() / la[k].abs().clamp(min=1e-12)).item() for k in la)
+    for k in la:
+        assert torch.allclose(lb[k], la[k], rtol=1e-5, atol=1e-6), (k, la[k], lb[k])
+    assert crit_ours.weight_dict == {k: float(v) for k, v in crit_theirs.weight_dict.items()}
+
+    sum(la[k] * w for k, w in crit_theirs.weight_dict.items()).backward()
+    crit_ours.total_loss(lb).backward()
+    grads32 = {k: p.grad for k, p in theirs.named_parameters() if p.grad is not None}
+    grads64 = official_gradients(ref, theirs64, to_float64(images), [to_float64(t) for t in targets])
+    grads = {k: p.grad for k, p in ours.named_parameters() if p.grad is not None}
+    assert set(grads) == set(grads32) == set(grads64)
+    head = [k for k in grads if k.startswith(("mask_head.", "bbox_attention."))]
+    assert len(head) == 32
+    failures, worst, worst_head = [], (0.0, ""), (0.0, "")
+    for k, g in grads.items():
+        ratio, message = float64_gate(g, grads32[k], grads64[k])
+        worst = max(worst, (ratio, k))
+        if k in head:
+            worst_head = max(worst_head, (ratio, k))
+        if ratio > 1:
+            failures.append(f"{k}: {message}")
+    summary = (f"segmentation: worst loss term {worst_loss:.1e} relative; float64 gate worst {worst[0]:.3f}x "
+               f"({worst[1]}), mask head worst {worst_head[0]:.3f}x ({worst_head[1]})")
+    record_property("gradients", summary)
+    print(summary)
+    assert not failures, f"{len(failures)} of {len(grads)} gradients fail the float64 gate:\n" + "\n".join(failures)
