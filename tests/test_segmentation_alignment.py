@@ -115,3 +115,115 @@ def test_training_step_matches_official(ref, record_property):
     record_property("gradients", summary)
     print(summary)
     assert not failures, f"{len(failures)} of {len(grads)} gradients fail the float64 gate:\n" + "\n".join(failures)
+
+
+def official_id2rgb(ids: np.ndarray) -> np.ndarray:
+    """panopticapi's id2rgb, which the official postprocessing imports (panopticapi is not on the registry)."""
+    rgb = np.zeros((*ids.shape, 3), dtype=np.uint8)
+    ids = ids.copy()
+    for i in range(3):
+        rgb[..., i] = ids % 256
+        ids //= 256
+    return rgb
+
+
+def official_rgb2id(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def panoptic_outputs(seed: int, batch: int = 2, queries: int = 24, size=(24, 30)) -> dict[str, torch.Tensor]:
+    """Outputs of a 250-class segmentation model with many confident queries: things (ids <= 90) and stuff,
+    repeated stuff classes (merged) and masks that win only a few pixels (dropped)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, queries, 251, generator=g)
+    classes = torch.tensor([1, 5, 17, 44, 92, 92, 118, 184, 184, 184, 200, 3])
+    picked = classes[torch.randint(0, len(classes), (batch, queries), generator=g)]
+    confident = torch.rand(batch, queries, generator=g) < 0.7
+    logits[confident, picked[confident]] += 12.0 * torch.rand(int(confident.sum()), generator=g)  # some under 0.85
+    masks = torch.nn.functional.interpolate(torch.randn(batch, queries, 6, 8, generator=g) * 4, size=size,
+                                            mode="bilinear")
+    masks[:, ::5] -= 6  # these queries win a handful of pixels at most
+    return {"pred_logits": logits, "pred_boxes": torch.rand(batch, queries, 4, generator=g) * 0.5 + 0.2,
+            "pred_masks": masks}
+
+
+@pytest.mark.reference
+def test_panoptic_postprocess_matches_official(ref, monkeypatch):
+    """Identical segment-id maps, classes and areas on the same outputs; the cases merge stuff and drop segments."""
+    monkeypatch.setattr(ref.segmentation, "id2rgb", official_id2rgb, raising=False)
+    monkeypatch.setattr(ref.segmentation, "rgb2id", official_rgb2id, raising=False)
+    theirs = ref.segmentation.PostProcessPanoptic({i: i <= 90 for i in range(251)}, threshold=0.85)
+    processed, targets = [(90, 120), (96, 70)], [(180, 240), (150, 109)]
+    merged = dropped = 0
+    for seed in range(6):
+        outputs = panoptic_outputs(seed)
+        a = theirs(outputs, processed, targets)
+        b = detr.postprocess_panoptic(outputs, processed, targets)
+        for x, y in zip(a, b):
+            ids_a = official_rgb2id(np.asarray(PIL_open(x["png_string"])))
+            ids_b = official_rgb2id(np.asarray(PIL_open(y["png_string"])))
+            assert np.array_equal(ids_a, ids_b) and np.array_equal(ids_b, y["segment_ids"].numpy())
+            assert ids_b.shape == (targets[0] if x is a[0] else targets[1])
+            assert [(s["id"], s["category_id"], s["area"], s["isthing"]) for s in x["segments_info"]] == \
+                [(s["id"], s["category_id"], s["area"], s["isthing"]) for s in y["segments_info"]]
+            for s in y["segments_info"]:  # the COCO panoptic fields that the official output lacks
+                ys, xs = np.nonzero(ids_b == s["id"])
+                assert s["iscrowd"] == 0 and s["bbox"] == [xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1]
+        for i in range(len(outputs["pred_logits"])):
+            scores, labels = outputs["pred_logits"][i].softmax(-1).max(-1)
+            kept = labels[(scores > 0.85) & (labels != 250)].tolist()
+            merged += len(kept) - len(set(c for c in kept if c > 90)) - sum(c <= 90 for c in kept)
+            dropped += len(kept) - len(b[i]["segments_info"])
+    assert merged > 0 and dropped > merged  # both paths ran
+
+
+@pytest.mark.reference
+def test_panoptic_postprocess_without_segments(ref, monkeypatch):
+    monkeypatch.setattr(ref.segmentation, "id2rgb", official_id2rgb, raising=False)
+    monkeypatch.setattr(ref.segmentation, "rgb2id", official_rgb2id, raising=False)
+    # its util.misc.interpolate (F.interpolate that accepts empty input) reads torchvision "0.29" as 0.2 and takes a
+    # pre-0.7 path that fails on empty input: what it stands for, written out
+    def interpolate(x, size, mode="nearest", align_corners=None):
+        if x.numel() == 0:
+            return x.new_empty((*x.shape[:-2], *size))
+        return torch.nn.functional.interpolate(x, size, mode=mode, align_corners=align_corners)
+
+    monkeypatch.setattr(ref.segmentation, "interpolate", interpolate)
+    outputs = panoptic_outputs(0)
+    outputs["pred_logits"][..., -1] += 100  # every query says "no object"
+    a = ref.segmentation.PostProcessPanoptic({i: i <= 90 for i in range(251)})(outputs, [(40, 50), (30, 60)])
+    b = detr.postprocess_panoptic(outputs, [(40, 50), (30, 60)])
+    for x, y in zip(a, b):
+        assert x["segments_info"] == y["segments_info"] == []
+        assert not np.asarray(PIL_open(y["png_string"])).any() and not y["segment_ids"].any()
+    assert [y["segment_ids"].shape for y in b] == [(40, 50), (30, 60)]
+
+
+@pytest.mark.reference
+def test_segmentation_postprocess_matches_official(ref):
+    """The model's own outputs and sharper synthetic ones: identical masks at the original sizes."""
+    theirs, ours = make_pair(ref)
+    images = two_images()
+    with torch.no_grad():
+        model_outputs = ours.eval()(images)
+    synthetic = {**model_outputs, "pred_masks": panoptic_outputs(3, queries=10, size=(30, 32))["pred_masks"]}
+    processed = torch.tensor([img.shape[-2:] for img in images])
+    original = torch.tensor([[480, 640], [600, 440]])
+    for outputs in (model_outputs, synthetic):
+        a = ref.segmentation.PostProcessSegm()(ref.detr.PostProcess()(outputs, original), outputs, original,
+                                               processed)
+        b = detr.postprocess_segmentation(outputs, original, processed)
+        for x, y in zip(a, b):
+            assert torch.equal(x["labels"], y["labels"])
+            assert y["masks"].dtype == torch.bool and y["masks"].shape == x["masks"][:, 0].shape
+            assert torch.equal(x["masks"][:, 0].bool(), y["masks"])
+            assert 0 < y["masks"].float().mean() < 1
+
+
+def PIL_open(png: bytes):
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).convert("RGB")
