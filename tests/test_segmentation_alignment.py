@@ -227,3 +227,27 @@ def PIL_open(png: bytes):
     from PIL import Image
 
     return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+@pytest.mark.reference
+def test_official_segmentation_file_loads_strictly(ref, tmp_path):
+    """An official DETRsegm file (as its training loop saves it) is recognised by its keys (`detr.*`, `mask_head.*`)
+    and gives the official pred_masks; the panoptic names are published with the official release files."""
+    from detr.models.loading import load_pretrained
+    from detr.registry import PUBLISHED
+
+    theirs, _ = make_pair(ref)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in theirs.state_dict().items()}}, path)
+    ours, cfg = load_pretrained(path, dilation=False)
+    assert cfg.model.masks and cfg.model.num_classes == 20 and isinstance(ours, detr.DETRsegm)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    with torch.no_grad():
+        a, b = theirs.eval()(two_images()), ours(two_images())
+    assert (a["pred_masks"] - b["pred_masks"]).abs().max() <= 1e-4
+    files = {name: PUBLISHED[name].file_name for name in ("detr_r50_panoptic", "detr_r50_dc5_panoptic",
+                                                         "detr_r101_panoptic")}
+    assert files == {"detr_r50_panoptic": "detr-r50-panoptic-00ce5173.pth",
+                     "detr_r50_dc5_panoptic": "detr-r50-dc5-panoptic-da08f1b1.pth",
+                     "detr_r101_panoptic": "detr-r101-panoptic-40021d53.pth"}
+    assert all(PUBLISHED[name].num_classes == 250 for name in files)
