@@ -126,6 +126,9 @@ class TrainConfig:
     output_dir: str = ""
     resume: str = ""
     weights: str = ""
+    # Official --frozen_weights: a trained detector's weights (with --masks) that are loaded and frozen, so that only
+    # the mask head trains (the official recipe: detection first, then the mask head).
+    frozen_weights: str = ""
     # Where a fresh run's backbone starts when no --weights are given: "imagenet" (torchvision's
     # ImageNet ResNet, as the paper; downloaded once), "none" (random) or a ResNet state-dict file.
     backbone_weights: str = "imagenet"
@@ -297,7 +300,12 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     check_amp(t.amp, resolve_device(t.device, "--device"), "--amp")
     if t.output_dir:
         check_output_folder(t.output_dir, "--output_dir")
-    for flag, path in (("--resume", t.resume), ("--weights", t.weights)):
+    if t.frozen_weights and not m.masks:
+        raise ValueError("--frozen_weights trains the mask head on a frozen detector: it needs --masks")
+    if t.frozen_weights and t.weights:
+        raise ValueError("give either --frozen_weights (a detector, frozen) or --weights (a model to fine-tune), "
+                         "not both")
+    for flag, path in (("--resume", t.resume), ("--weights", t.weights), ("--frozen_weights", t.frozen_weights)):
         if path and not Path(path).is_file():
             raise ValueError(f"{flag} {path}: file not found")
     _validate_data_paths(cfg)

@@ -114,15 +114,15 @@ class DETRsegm(nn.Module):
     Args:
         detr: the detector; built with `masks` (its backbone returns the maps the head reads).
         nheads: heads of the attention maps (the detector's).
-        freeze_detr: freeze every detector parameter (official `--frozen_weights`: only the mask head trains).
+        freeze_detr: freeze the detector (`freeze_detector`).
     """
 
     def __init__(self, detr: Detector, nheads: int, freeze_detr: bool = False):
         super().__init__()
         self.detr = detr
-        self.freeze_detr = freeze_detr
+        self.freeze_detr = False
         if freeze_detr:
-            detr.requires_grad_(False)
+            self.freeze_detector()
         hidden_dim, trunk = detr.transformer.d_model, detr.backbone[0]
         if not hasattr(trunk, "fpn_layers"):
             raise ValueError(f"backbone {type(trunk).__name__} gives no stride 16, 8, 4 maps for the mask head")
@@ -132,7 +132,8 @@ class DETRsegm(nn.Module):
 
     def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None,
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
-        out, inputs = self.detr.forward_with_inputs(images, mask, targets)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detr):  # nothing to record
+            out, inputs = self.detr.forward_with_inputs(images, mask, targets)
         missing = [name for name in self.fpn_layers if name not in inputs.layers]
         if missing:
             raise RuntimeError(f"the backbone returned no {missing}: build the detector with masks=True")
@@ -140,6 +141,13 @@ class DETRsegm(nn.Module):
         fpns = [inputs.layers[name] for name in self.fpn_layers]
         out["pred_masks"] = self.mask_head(inputs.src, attention, fpns)  # [B, Q, H/4, W/4]
         return out
+
+    def freeze_detector(self) -> None:
+        """Freeze every detector parameter (official `--frozen_weights`: only the mask head trains); the detector
+        then runs without recording gradients, and a frozen BatchNorm (the tiny trunk's) keeps its statistics."""
+        self.freeze_detr = True
+        self.detr.requires_grad_(False)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> DETRsegm:
         """As nn.Module's; a frozen detector also keeps the running statistics of its BatchNorms (the tiny trunk's)."""
