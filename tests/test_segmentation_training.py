@@ -53,7 +53,7 @@ def masked_data(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("demo"))
+    return tiny_data(tmp_path_factory.mktemp("demo"), num_train=4, num_val=2)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ def detector(data, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_frozen_detector_is_unchanged_and_resume_is_exact(data, detector, masked_data, tmp_path):
     frozen = ["--frozen_weights", str(detector)]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -92,6 +93,7 @@ def test_frozen_detector_is_unchanged_and_resume_is_exact(data, detector, masked
     assert max_weight_diff(resumed["model"], done["model"]) <= 1e-6
 
 
+@pytest.mark.slow
 def test_joint_training_trains_the_detector_too(data, masked_data, tmp_path):
     train(config(data, tmp_path, [*SEGM, "--epochs", "1"]), progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
