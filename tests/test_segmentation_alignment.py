@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import detr
 
@@ -132,6 +134,10 @@ def official_rgb2id(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
+def open_png(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
 def panoptic_outputs(seed: int, batch: int = 2, queries: int = 24, size=(24, 30)) -> dict[str, torch.Tensor]:
     """Outputs of a 250-class segmentation model with many confident queries: things (ids <= 90) and stuff,
     repeated stuff classes (merged) and masks that win only a few pixels (dropped)."""
@@ -161,8 +167,8 @@ def test_panoptic_postprocess_matches_official(ref, monkeypatch):
         a = theirs(outputs, processed, targets)
         b = detr.postprocess_panoptic(outputs, processed, targets)
         for x, y in zip(a, b):
-            ids_a = official_rgb2id(np.asarray(PIL_open(x["png_string"])))
-            ids_b = official_rgb2id(np.asarray(PIL_open(y["png_string"])))
+            ids_a = official_rgb2id(np.asarray(open_png(x["png_string"])))
+            ids_b = official_rgb2id(np.asarray(open_png(y["png_string"])))
             assert np.array_equal(ids_a, ids_b) and np.array_equal(ids_b, y["segment_ids"].numpy())
             assert ids_b.shape == (targets[0] if x is a[0] else targets[1])
             assert [(s["id"], s["category_id"], s["area"], s["isthing"]) for s in x["segments_info"]] == \
@@ -196,7 +202,7 @@ def test_panoptic_postprocess_without_segments(ref, monkeypatch):
     b = detr.postprocess_panoptic(outputs, [(40, 50), (30, 60)])
     for x, y in zip(a, b):
         assert x["segments_info"] == y["segments_info"] == []
-        assert not np.asarray(PIL_open(y["png_string"])).any() and not y["segment_ids"].any()
+        assert not np.asarray(open_png(y["png_string"])).any() and not y["segment_ids"].any()
     assert [y["segment_ids"].shape for y in b] == [(40, 50), (30, 60)]
 
 
@@ -221,20 +227,11 @@ def test_segmentation_postprocess_matches_official(ref):
             assert 0 < y["masks"].float().mean() < 1
 
 
-def PIL_open(png: bytes):
-    import io
-
-    from PIL import Image
-
-    return Image.open(io.BytesIO(png)).convert("RGB")
-
-
 @pytest.mark.reference
 def test_official_segmentation_file_loads_strictly(ref, tmp_path):
     """An official DETRsegm file (as its training loop saves it) is recognised by its keys (`detr.*`, `mask_head.*`)
-    and gives the official pred_masks; the panoptic names are published with the official release files."""
+    and gives the official pred_masks."""
     from detr.models.loading import load_pretrained
-    from detr.registry import PUBLISHED
 
     theirs, _ = make_pair(ref)
     path = tmp_path / "checkpoint.pth"
@@ -245,9 +242,3 @@ def test_official_segmentation_file_loads_strictly(ref, tmp_path):
     with torch.no_grad():
         a, b = theirs.eval()(two_images()), ours(two_images())
     assert (a["pred_masks"] - b["pred_masks"]).abs().max() <= 1e-4
-    files = {name: PUBLISHED[name].file_name for name in ("detr_r50_panoptic", "detr_r50_dc5_panoptic",
-                                                         "detr_r101_panoptic")}
-    assert files == {"detr_r50_panoptic": "detr-r50-panoptic-00ce5173.pth",
-                     "detr_r50_dc5_panoptic": "detr-r50-dc5-panoptic-da08f1b1.pth",
-                     "detr_r101_panoptic": "detr-r101-panoptic-40021d53.pth"}
-    assert all(PUBLISHED[name].num_classes == 250 for name in files)
