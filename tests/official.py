@@ -143,26 +143,33 @@ def build_model(ref: types.SimpleNamespace, *, num_classes: int = 91, backbone: 
                 dilation: bool = False, position_embedding: str = "sine", hidden_dim: int = 256, nheads: int = 8,
                 enc_layers: int = 6, dec_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
                 num_queries: int = 100, pre_norm: bool = False, aux_loss: bool = True,
-                lr_backbone: float = 1e-5) -> torch.nn.Module:
-    """The official model, built from its own classes with the given flags."""
+                lr_backbone: float = 1e-5, masks: bool = False, freeze_detr: bool = False) -> torch.nn.Module:
+    """The official model, built from its own classes with the given flags (`masks`: DETRsegm, as its build())."""
     args = types.SimpleNamespace(hidden_dim=hidden_dim, position_embedding=position_embedding,
-                                 lr_backbone=lr_backbone, masks=False, backbone=backbone, dilation=dilation,
+                                 lr_backbone=lr_backbone, masks=masks, backbone=backbone, dilation=dilation,
                                  dropout=dropout, nheads=nheads, dim_feedforward=dim_feedforward,
                                  enc_layers=enc_layers, dec_layers=dec_layers, pre_norm=pre_norm)
-    return ref.detr.DETR(ref.backbone.build_backbone(args), ref.transformer.build_transformer(args),
-                         num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss)
+    model = ref.detr.DETR(ref.backbone.build_backbone(args), ref.transformer.build_transformer(args),
+                          num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss)
+    return ref.segmentation.DETRsegm(model, freeze_detr=freeze_detr) if masks else model
 
 
 def build_criterion(ref: types.SimpleNamespace, *, num_classes: int = 91, dec_layers: int = 6,
                     aux_loss: bool = True, set_cost_class: float = 1, set_cost_bbox: float = 5,
                     set_cost_giou: float = 2, bbox_loss_coef: float = 5, giou_loss_coef: float = 2,
-                    eos_coef: float = 0.1) -> torch.nn.Module:
-    """The official SetCriterion with its HungarianMatcher and weight dict."""
+                    eos_coef: float = 0.1, masks: bool = False, mask_loss_coef: float = 1,
+                    dice_loss_coef: float = 1) -> torch.nn.Module:
+    """The official SetCriterion with its HungarianMatcher and weight dict (`masks`: with loss_mask and loss_dice,
+    whose auxiliary-layer weights its build() lists though it never computes them; left out here)."""
     matcher = ref.matcher.HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou)
     weight_dict = {"loss_ce": 1, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
     if aux_loss:
         for i in range(dec_layers - 1):
             weight_dict.update({f"loss_ce_{i}": 1, f"loss_bbox_{i}": bbox_loss_coef,
                                 f"loss_giou_{i}": giou_loss_coef})
+    losses = ["labels", "boxes", "cardinality"]
+    if masks:
+        weight_dict.update({"loss_mask": mask_loss_coef, "loss_dice": dice_loss_coef})
+        losses.append("masks")
     return ref.detr.SetCriterion(num_classes, matcher=matcher, weight_dict=weight_dict, eos_coef=eos_coef,
-                                 losses=["labels", "boxes", "cardinality"])
+                                 losses=losses)

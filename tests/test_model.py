@@ -13,10 +13,12 @@ TINY = dict(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward
 
 @pytest.mark.parametrize("name", detr.list_models())
 def test_every_named_model_builds_and_runs(name):
-    model = detr.create_model(name, num_classes=7, **TINY).eval()
+    panoptic = name.endswith("_panoptic")  # the mask head's GroupNorm(8) needs hidden_dim / 16 and nheads of 8
+    model = detr.create_model(name, num_classes=7, **{**TINY, **({"hidden_dim": 128, "nheads": 8} if panoptic else {})})
+    model.eval()
     backbone = model.backbone[0].body
     # DC5 dilates the last stage instead of striding it: stride 16 instead of 32.
-    assert (backbone.layer4[0].conv2.stride == (1, 1)) == name.endswith("_dc5")
+    assert (backbone.layer4[0].conv2.stride == (1, 1)) == ("_dc5" in name)
     assert len(backbone.layer3) == (23 if "r101" in name else 6)
     with torch.no_grad():
         out = model([torch.randn(3, 64, 96), torch.randn(3, 80, 64)])
@@ -25,6 +27,8 @@ def test_every_named_model_builds_and_runs(name):
     assert out["pred_boxes"].shape == (2, 5, 4)
     assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
     assert len(out["aux_outputs"]) == 1
+    if panoptic:  # a quarter of the padded batch (80 x 96)
+        assert out["pred_masks"].shape == (2, 5, 20, 24)
 
 
 def test_only_layer2_to_4_train_and_lr_backbone_zero_freezes_all():

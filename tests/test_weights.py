@@ -22,7 +22,8 @@ from .helpers_predict import one_thread, save_official, tiny_model  # noqa: F401
 
 # The hash prefixes published in the official hubconf file names, written out independently.
 HASHES = {"detr_r50": "e632da11", "detr_r50_dc5": "f0fb7ef5", "detr_r101": "2c7b67e5",
-             "detr_r101_dc5": "a2e86def"}
+          "detr_r101_dc5": "a2e86def", "detr_r50_panoptic": "00ce5173", "detr_r50_dc5_panoptic": "da08f1b1",
+          "detr_r101_panoptic": "40021d53"}
 
 
 class FakeResponse(io.BytesIO):
@@ -73,7 +74,8 @@ def test_published_names_and_hash_prefixes():
         assert published.url.startswith("https://dl.fbaipublicfiles.com/detr/")
         assert published.hash_prefix == HASHES[name]
         assert published.url.endswith(f"-{HASHES[name]}.pth")
-        assert published.architecture == name and published.num_classes == len(published.class_names) == 91
+        classes = 250 if name.endswith("_panoptic") else 91  # COCO panoptic's category ids reach 200
+        assert published.architecture == name and published.num_classes == len(published.class_names) == classes
         assert (published.val_scale, published.max_size) == (800, 1333)  # the official evaluation size
 
 

@@ -5,6 +5,7 @@ The public API:
     model = detr.create_model("detr_r50", num_classes=91)   # or "conditional_detr_r50" (Conditional DETR)
     criterion = detr.create_criterion(num_classes=91)
     results = detr.postprocess(model(images), target_sizes)
+    panoptic = detr.postprocess_panoptic(segm_model(images), processed_sizes)   # "detr_r50_panoptic", masks=True
     detector = detr.Detector.from_pretrained("detr_r50")
     state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
     results = detr.panoptic_quality(gt_json, gt_folder, pred_json, pred_folder)  # PQ / SQ / RQ as panopticapi
@@ -17,11 +18,13 @@ from .inference.detector import Detections, Detector
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
 from .loss.postprocess import postprocess
+from .loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
 from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
 from .models.detr import DETR, convert_official_state_dict
 from .models.huggingface import convert_hf_state_dict
 from .models.paddle import convert_paddle_state_dict, read_pdparams
+from .models.segmentation import DETRsegm
 from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
@@ -30,6 +33,7 @@ __all__ = [
     "DETR",
     "ConditionalDETR",
     "Config",
+    "DETRsegm",
     "DataConfig",
     "Detections",
     "Detector",
@@ -48,4 +52,6 @@ __all__ = [
     "panoptic_quality",
     "postprocess",
     "read_pdparams",
+    "postprocess_panoptic",
+    "postprocess_segmentation",
 ]

@@ -58,6 +58,9 @@ class ModelConfig:
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing; focal: a sigmoid
     # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k.
     class_loss: str = "softmax"
+    # Segmentation (official --masks): the mask head on top of the detector (models/segmentation.py), which adds
+    # "pred_masks" [B, Q, H/4, W/4]; its parameters are `bbox_attention.*`, `mask_head.*` and the detector's `detr.*`.
+    masks: bool = False
 
 
 @dataclass
@@ -75,6 +78,9 @@ class LossConfig:
     # The sigmoid heads' focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # With masks: weights of the sigmoid focal loss (loss_mask) and the dice loss (loss_dice) of the matched masks.
+    mask_loss_coef: float = 1.0
+    dice_loss_coef: float = 1.0
 
 
 FAMILIES = ("detr", "conditional_detr")
@@ -123,6 +129,9 @@ class TrainConfig:
     output_dir: str = ""
     resume: str = ""
     weights: str = ""
+    # Official --frozen_weights: a trained detector's weights (with --masks) that are loaded and frozen, so that only
+    # the mask head trains (the official recipe: detection first, then the mask head).
+    frozen_weights: str = ""
     # Where a fresh run's backbone starts when no --weights are given: "imagenet" (torchvision's
     # ImageNet ResNet, as the paper; downloaded once), "none" (random) or a ResNet state-dict file.
     backbone_weights: str = "imagenet"
@@ -294,7 +303,12 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     check_amp(t.amp, resolve_device(t.device, "--device"), "--amp")
     if t.output_dir:
         check_output_folder(t.output_dir, "--output_dir")
-    for flag, path in (("--resume", t.resume), ("--weights", t.weights)):
+    if t.frozen_weights and not m.masks:
+        raise ValueError("--frozen_weights trains the mask head on a frozen detector: it needs --masks")
+    if t.frozen_weights and t.weights:
+        raise ValueError("give either --frozen_weights (a detector, frozen) or --weights (a model to fine-tune), "
+                         "not both")
+    for flag, path in (("--resume", t.resume), ("--weights", t.weights), ("--frozen_weights", t.frozen_weights)):
         if path and not Path(path).is_file():
             raise ValueError(f"{flag} {path}: file not found")
     _validate_data_paths(cfg)

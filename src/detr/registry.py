@@ -39,6 +39,28 @@ COCO_CLASSES: list[str] = [
 ]
 
 
+# COCO panoptic's stuff categories by id (the things keep their COCO detection ids, 1-90): the official
+# panoptic models have 250 class outputs indexed by category id.
+COCO_PANOPTIC_STUFF: dict[int, str] = {
+    92: "banner", 93: "blanket", 95: "bridge", 100: "cardboard", 107: "counter", 109: "curtain", 112: "door-stuff",
+    118: "floor-wood", 119: "flower", 122: "fruit", 125: "gravel", 128: "house", 130: "light", 133: "mirror-stuff",
+    138: "net", 141: "pillow", 144: "platform", 145: "playingfield", 147: "railroad", 148: "river", 149: "road",
+    151: "roof", 154: "sand", 155: "sea", 156: "shelf", 159: "snow", 161: "stairs", 166: "tent", 168: "towel",
+    171: "wall-brick", 175: "wall-stone", 176: "wall-tile", 177: "wall-wood", 178: "water-other",
+    180: "window-blind", 181: "window-other", 184: "tree-merged", 185: "fence-merged", 186: "ceiling-merged",
+    187: "sky-other-merged", 188: "cabinet-merged", 189: "table-merged", 190: "floor-other-merged",
+    191: "pavement-merged", 192: "mountain-merged", 193: "grass-merged", 194: "dirt-merged", 195: "paper-merged",
+    196: "food-other-merged", 197: "building-other-merged", 198: "rock-merged", 199: "wall-other-merged",
+    200: "rug-merged",
+}
+COCO_PANOPTIC_CLASSES: list[str] = [*COCO_CLASSES, *(COCO_PANOPTIC_STUFF.get(i, "N/A") for i in range(91, 250))]
+
+
+def coco_panoptic_is_thing(category_id: int) -> bool:
+    """Whether a COCO panoptic category is a thing (ids 1-90, as the official code's is_thing_map)."""
+    return category_id <= 90
+
+
 # Conditional DETR's paper defaults that differ from DETR's ModelConfig defaults (its class cost and class
 # loss weight of 2 follow from class_loss "focal": config.CLASS_LOSS_DEFAULTS).
 _CONDITIONAL = {"family": "conditional_detr", "num_queries": 300, "class_loss": "focal"}
@@ -53,6 +75,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "conditional_detr_r50_dc5": {**_CONDITIONAL, "backbone": "resnet50", "dilation": True},
     "conditional_detr_r101": {**_CONDITIONAL, "backbone": "resnet101", "dilation": False},
     "conditional_detr_r101_dc5": {**_CONDITIONAL, "backbone": "resnet101", "dilation": True},
+    # the official panoptic models: DETR with the mask head (models/segmentation.py), 250 classes (COCO panoptic)
+    "detr_r50_panoptic": {"backbone": "resnet50", "dilation": False, "masks": True, "num_classes": 250},
+    "detr_r50_dc5_panoptic": {"backbone": "resnet50", "dilation": True, "masks": True, "num_classes": 250},
+    "detr_r101_panoptic": {"backbone": "resnet101", "dilation": False, "masks": True, "num_classes": 250},
 }
 
 
@@ -82,17 +108,24 @@ PUBLISHED: dict[str, Published] = {
     "detr_r50_dc5": Published("detr_r50_dc5", _BASE + "detr-r50-dc5-f0fb7ef5.pth"),
     "detr_r101": Published("detr_r101", _BASE + "detr-r101-2c7b67e5.pth"),
     "detr_r101_dc5": Published("detr_r101_dc5", _BASE + "detr-r101-dc5-a2e86def.pth"),
+    **{name: Published(name, _BASE + file, tuple(COCO_PANOPTIC_CLASSES), num_classes=250) for name, file in (
+        ("detr_r50_panoptic", "detr-r50-panoptic-00ce5173.pth"),
+        ("detr_r50_dc5_panoptic", "detr-r50-dc5-panoptic-da08f1b1.pth"),
+        ("detr_r101_panoptic", "detr-r101-panoptic-40021d53.pth"))},
 }
 
 
-def model_config(name: str, num_classes: int = 91, **overrides: Any) -> ModelConfig:
-    """The ModelConfig of architecture `name` with overrides (official flag names)."""
+def model_config(name: str, num_classes: int | None = None, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of architecture `name` with overrides (official flag names); `num_classes` None: the
+    model's default (250 for the panoptic models, else 91)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
     if "lr_backbone" in overrides:  # official flag: a zero backbone learning rate freezes it
         overrides["train_backbone"] = overrides.pop("lr_backbone") > 0
-    return dataclass_from_dict(ModelConfig, {**MODELS[name], **overrides, "num_classes": num_classes},
-                               where="create_model")
+    values = {**MODELS[name], **overrides}
+    if num_classes is not None:
+        values["num_classes"] = num_classes
+    return dataclass_from_dict(ModelConfig, values, where="create_model")
 
 
 def published_from_file_name(path: str | Path) -> Published | None:
@@ -169,7 +202,7 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
 
 def family_of(state: Mapping[str, Tensor]) -> str | None:
     """The model family whose keys an official-layout state dict holds, or None when it holds neither's."""
-    found = [family for family, keys in FAMILY_KEYS.items() if keys[0] in state]
+    found = [family for family, keys in FAMILY_KEYS.items() if keys[0] in state or f"detr.{keys[0]}" in state]
     return found[0] if len(found) == 1 else None
 
 
@@ -192,7 +225,10 @@ _TINY_KEY = "backbone.0.body.stem.0.weight"
 
 
 def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
-    """ModelConfig fields that an official-layout state dict's shapes tell."""
+    """ModelConfig fields that an official-layout state dict's shapes tell (a segmentation model's: its `detr.*`)."""
+    masks = "mask_head.lay1.weight" in state
+    if masks:
+        state = {k[len("detr."):]: v for k, v in state.items() if k.startswith("detr.")}
     required = ("class_embed.weight", "query_embed.weight", "transformer.encoder.layers.0.linear1.weight",
                 _TINY_KEY if _TINY_KEY in state else _RESNET_KEY)
     missing = [k for k in required if k not in state]
@@ -213,6 +249,7 @@ def _shape_options(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
         backbone="tiny" if _TINY_KEY in state else _infer_resnet(state),
         **({"class_loss": "focal"} if sigmoid else {}),
+        **({"masks": True} if masks else {}),
     )
 
 

@@ -53,6 +53,9 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("bbox_loss_coef", float, "L1 box loss weight"),
     ("giou_loss_coef", float, "GIoU loss weight"),
     ("eos_coef", float, "weight of the no-object class"),
+    ("mask_loss_coef", float, "with --masks: weight of the sigmoid focal loss of the masks (loss_mask)"),
+    ("dice_loss_coef", float, "with --masks: weight of the dice loss of the masks (loss_dice)"),
+    ("frozen_weights", str, "with --masks: a trained detector, loaded and frozen; only the mask head trains"),
     ("coco_path", str, "COCO 2017 folder (train2017/, val2017/, annotations/)"),
     ("train_images", str, "custom data: training image folder"),
     ("train_annotations", str, "custom data: training COCO instances JSON"),
@@ -76,14 +79,14 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]
 SWITCHES = [("dilation", "DC5: dilate the last backbone stage"), ("pre_norm", "pre-norm transformer layers"),
+            ("masks", "segmentation: the mask head on the detector (pred_masks; loss_mask, loss_dice)"),
             ("no_aux_loss", "no auxiliary decoder losses"), ("eval", "only evaluate --resume/--weights"),
             ("no_random_crop", "no random-crop augmentation")]
 # Official flags that do not apply here: accepted so old command lines run, and reported.
 IGNORED = {"dataset_file": "coco", "world_size": None, "dist_url": None, "start_epoch": None,
-           "remove_difficult": None, "coco_panoptic_path": None, "frozen_weights": None, "masks": None,
-           "mask_loss_coef": None, "dice_loss_coef": None}
+           "remove_difficult": None, "coco_panoptic_path": None}
 PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
-              "resume", "weights"}
+              "resume", "weights", "frozen_weights"}
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -104,7 +107,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}", action="store_true", help=text)
     for name in IGNORED:
         parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS,
-                            **({"action": "store_true"} if name in ("masks", "remove_difficult") else {}))
+                            **({"action": "store_true"} if name == "remove_difficult" else {}))
     return parser
 
 
@@ -132,8 +135,6 @@ def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = N
 
 
 def _check_ignored(args: argparse.Namespace) -> None:
-    if args.masks or args.frozen_weights:
-        raise ValueError("--masks/--frozen_weights: panoptic segmentation is not supported (detection only)")
     if args.dataset_file not in (None, "coco"):
         raise ValueError(f"--dataset_file {args.dataset_file}: only coco is supported; for other data use "
                          "--train_images/--train_annotations/--val_images/--val_annotations")

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..config import CLASS_LOSS_DEFAULTS, LossConfig, dataclass_from_dict
 from ..distributed import mean_across_processes
 from .box_ops import box_iou_pairs, cxcywh_to_xyxy, elementwise_giou
+from .masks import mask_losses
 from .matcher import HungarianMatcher
 from .varifocal import sigmoid_focal_loss, varifocal_loss
 
@@ -26,14 +27,18 @@ SIGMOID_HEADS = ("varifocal", "focal")
 
 
 def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
-                      class_loss: str = "softmax", denoising: bool = False, cls_loss_coef: float = 1.0) -> dict[str, float]:
-    """Weights of every loss term that enters the total, auxiliary layers and denoising included."""
+                      class_loss: str = "softmax", denoising: bool = False, cls_loss_coef: float = 1.0,
+                      masks: tuple[float, float] | None = None) -> dict[str, float]:
+    """Weights of every loss term that enters the total, auxiliary layers and denoising included; `masks`: the
+    weights of loss_mask and loss_dice (last decoder layer only, as the official code computes them)."""
     base = {CLASS_LOSSES[class_loss]: cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
     if denoising:
         base.update({f"{k}_dn": v for k, v in base.items()})
     weights = dict(base)
     for i in range(num_aux_layers):
         weights.update({k + aux_suffix(i): v for k, v in base.items()})
+    if masks is not None:
+        weights.update({"loss_mask": masks[0], "loss_dice": masks[1]})
     return weights
 
 
@@ -44,7 +49,8 @@ class SetCriterion(nn.Module):
     varifocal sigmoid head), `loss_bbox`,
     `loss_giou` (weighted by `weight_dict` into the total), the logging-only `class_error` and
     `cardinality_error`, and for each auxiliary decoder layer i the three losses and the
-    cardinality error suffixed `_i`. Box and varifocal losses are averaged over the number of
+    cardinality error suffixed `_i`. With "pred_masks" in the outputs (the segmentation model), also `loss_mask`
+    and `loss_dice` of the last layer's matched masks (`loss.masks`). Box and varifocal losses are averaged over the number of
     target boxes across all processes, the focal loss as the official Conditional DETR: its mean over
     queries, summed, divided by the number of target boxes and multiplied by the number of queries.
     """
@@ -65,7 +71,7 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The loss dict; with Group DETR's "groups", each group is matched on its own and every term is
-        the mean over the groups."""
+        the mean over the groups that have it (only the first group has masks)."""
         _check_targets(targets, len(outputs["pred_logits"]), self.num_classes)
         logits = outputs["pred_logits"]
         num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=logits.device)
@@ -73,7 +79,7 @@ class SetCriterion(nn.Module):
         groups = [self._group_losses(g, targets, num_boxes) for g in [outputs, *outputs.get("groups", [])]]
         if len(groups) == 1:
             return groups[0]
-        return {k: torch.stack([g[k] for g in groups]).mean() for k in groups[0]}
+        return {k: torch.stack([g[k] for g in groups if k in g]).mean() for k in groups[0]}
 
     def _group_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
                       num_boxes: float) -> dict[str, Tensor]:
@@ -125,6 +131,8 @@ class SetCriterion(nn.Module):
         losses["cardinality_error"] = _cardinality_error(logits, targets, self.class_loss in SIGMOID_HEADS)
         if log:
             losses["class_error"] = _class_error(logits[batch_idx, query_idx], matched_labels)
+        if "pred_masks" in outputs:
+            losses.update(mask_losses(outputs["pred_masks"], targets, indices, num_boxes))
         return losses
 
 
@@ -164,7 +172,7 @@ def _check_targets(targets: list[dict[str, Tensor]], batch_size: int, num_classe
 
 
 def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool = True, class_loss: str = "softmax",
-                     denoising: bool = False, **overrides: Any) -> SetCriterion:
+                     denoising: bool = False, masks: bool = False, **overrides: Any) -> SetCriterion:
     """Create the set criterion with the paper's matcher costs and loss weights.
 
     Args:
@@ -172,8 +180,9 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
         dec_layers, aux_loss, class_loss: as the model's; they decide which losses are weighted, and
             the sigmoid heads ("varifocal", "focal") use the focal class cost in the matcher.
         denoising: the model has denoising queries (dn_number > 0): their `_dn` losses are weighted too.
+        masks: the model has the mask head: `loss_mask` and `loss_dice` are weighted too.
         **overrides: set_cost_class, set_cost_bbox, set_cost_giou, cls_loss_coef, bbox_loss_coef, giou_loss_coef,
-            eos_coef, focal_alpha, focal_gamma. set_cost_class and cls_loss_coef default to the class head's
+            eos_coef, focal_alpha, focal_gamma, mask_loss_coef, dice_loss_coef. set_cost_class and cls_loss_coef default to the class head's
             published value (`config.CLASS_LOSS_DEFAULTS`: 2 for "focal", as Conditional DETR; else 1).
 
     Example:
@@ -190,5 +199,6 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
     matcher = HungarianMatcher(cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,
                                cfg.focal_gamma)
     weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0,
-                                class_loss, denoising, cls_loss_coef)
+                                class_loss, denoising, cls_loss_coef,
+                                (cfg.mask_loss_coef, cfg.dice_loss_coef) if masks else None)
     return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma)

@@ -61,10 +61,16 @@ def sigmoid_focal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: T
     """
     target = torch.zeros_like(logits)  # [B, Q, C] one-hot at (matched query, its class)
     target[matched[0], matched[1], labels] = 1.0
+    return focal_terms(logits, target, alpha, gamma).mean(1).sum() / num_boxes * logits.shape[1]
+
+
+def focal_terms(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """The sigmoid focal loss (RetinaNet) of every element, in the official order of operations; alpha < 0: no
+    alpha weighting. logits and target (0 / 1) of any one shape."""
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
-    return loss.mean(1).sum() / num_boxes * logits.shape[1]
+    return loss

@@ -1,4 +1,5 @@
-"""ResNet backbone with frozen BatchNorm, returning the last stage and the downsampled padding mask.
+"""ResNet backbone with frozen BatchNorm, returning the last stage and the downsampled padding mask
+(and, built with `return_interm_layers`, layer1-3 for the segmentation head's FPN).
 
 Speed-ups, all invisible in the state dict:
 - in eval mode, without gradients, the frozen BatchNorms are folded into the convolutions
@@ -54,12 +55,16 @@ class Backbone(nn.Module):
         train_backbone: if False every weight is frozen; if True only layer2-4 train
             (the stem and layer1 stay frozen, as in the paper).
         dilation: DC5 variant: the last stage is dilated instead of strided (stride 16).
+        return_interm_layers: `features` also returns layer1-3 (the segmentation head's FPN inputs,
+            as the official code does with masks on); detection leaves it off and keeps only layer4.
 
     Attributes:
         channels_last_training: run the convolutions in channels-last format in training too.
+        fpn_layers, fpn_channels: the names in `features` and channels of the stride 16, 8, 4 maps.
     """
 
-    def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False):
+    def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False,
+                 return_interm_layers: bool = False):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
@@ -69,17 +74,27 @@ class Backbone(nn.Module):
             if not train_backbone or not pname.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
         self.name = name
-        self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
-        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        layers = {"layer4": "0"}  # "0": the last map, the key the detector (and the warm-up) reads
+        if return_interm_layers:
+            layers = {"layer1": "layer1", "layer2": "layer2", "layer3": "layer3", **layers}
+        self.body = IntermediateLayerGetter(resnet, return_layers=layers)
+        basic = name in ("resnet18", "resnet34")
+        self.num_channels = 512 if basic else 2048
+        self.fpn_layers = ("layer3", "layer2", "layer1")
+        self.fpn_channels = (256, 128, 64) if basic else (1024, 512, 256)
         self.channels_last_training = False
         self._folded: tuple[tuple[tuple[int, int], ...], nn.Module] | None = None  # (weights' versions, trunk)
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W], mask [B, H, W] -> features [B, C, h, w] (channels-last), mask [B, h, w]."""
+        feats = self.features(images)["0"]
+        return feats, downsample_mask(mask, feats.shape[-2:])
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """images [B, 3, H, W] -> {"0": the last map [B, C, h, w]} (and "layer1".."layer3" when built for them)."""
         if self.channels_last_training or not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
-        feats = self._trunk()(images)["0"]
-        return feats, downsample_mask(mask, feats.shape[-2:])
+        return self._trunk()(images)
 
     def train(self, mode: bool = True) -> Backbone:
         self._folded = None
@@ -135,8 +150,12 @@ class Joiner(nn.Sequential):
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
 
-    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        """-> features [B, C, h, w], mask [B, h, w], position encoding [B, D, h, w] in the features' dtype."""
-        feats, mask = self[0](images, mask)
+    def forward(self, images: Tensor,  # type: ignore[override]
+                mask: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """-> features [B, C, h, w], mask [B, h, w], position encoding [B, D, h, w] in the features' dtype,
+        and every map the trunk returns by name (`Backbone.features`: "0" is the features)."""
+        layers = self[0].features(images)
+        feats = layers["0"]
+        mask = downsample_mask(mask, feats.shape[-2:])
         pos = self[1](mask).to(feats.dtype)
-        return feats, mask, pos
+        return feats, mask, pos, layers

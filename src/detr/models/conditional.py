@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .attention import ProjectedAttention
 from .backbone import Joiner
-from .detr import MLP, build_backbone, layer_outputs, object_queries, prepare_batch
+from .detr import MLP, HeadInputs, build_backbone, layer_outputs, object_queries, prepare_batch
 from .dropout import Dropout
 from .position import build_position_embedding, interleave_sin_cos, sine_frequencies
 from .transformer import Encoder, EncoderLayer, _ffn, flatten_features, fold_groups
@@ -188,11 +188,17 @@ class ConditionalDETR(nn.Module):
 
     def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None,
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
+        return self.forward_with_inputs(images, mask, targets)[0]
+
+    def forward_with_inputs(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None,
+                            targets: list[dict[str, Tensor]] | None = None) -> tuple[dict[str, Any], HeadInputs]:
+        """`forward`'s outputs and the tensors a head on top of it reads (`HeadInputs`, as DETR's)."""
         batch, mask = prepare_batch(images, mask)
-        feats, mask, pos = self.backbone(batch, mask)
+        feats, mask, pos, layers = self.backbone(batch, mask)
         groups = self.num_groups if self.training else 1
         queries = object_queries(self, groups)  # [K*Q, E]
-        hs, reference, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups)  # [L, B, K*Q, E]
+        src = self.input_proj(feats)  # [B, E, h, w]
+        hs, reference, memory = self.transformer(src, mask, queries, pos, groups)  # [L, B, K*Q, E]
         offsets = self.bbox_embed(hs)  # [L, B, K*Q, 4] in inverse-sigmoid space
         centres = offsets[..., :2] + inverse_sigmoid(reference)  # [L, B, K*Q, 2]
         boxes = torch.cat([centres, offsets[..., 2:]], dim=-1).sigmoid()
@@ -200,7 +206,7 @@ class ConditionalDETR(nn.Module):
         outs = [layer_outputs(lg, bx, self.aux_loss) for lg, bx in zip(logits.chunk(groups, 2), boxes.chunk(groups, 2))]
         if groups > 1:
             outs[0]["groups"] = outs[1:]
-        return outs[0]
+        return outs[0], HeadInputs(layers, src, mask, memory, hs[-1, :, : self.num_queries])
 
 
 def build_conditional(cfg: ModelConfig) -> ConditionalDETR:
@@ -210,7 +216,7 @@ def build_conditional(cfg: ModelConfig) -> ConditionalDETR:
     if cfg.dn_number > 0:
         raise ValueError(f"dn_number {cfg.dn_number}: denoising queries are not supported by Conditional DETR "
                          "here (its queries need box anchors); use dn_number 0")
-    backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
+    backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation, cfg.masks),
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = ConditionalTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers,
                                          cfg.dim_feedforward, cfg.dropout, cfg.attention_dropout,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,16 @@ class MLP(nn.Module):
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
         return self.layers[-1](x)
+
+
+class HeadInputs(NamedTuple):
+    """What a head on top of a detector reads besides its outputs (the mask head, models/segmentation.py)."""
+
+    layers: dict[str, Tensor]  # the backbone's maps by name ("0": the last one, [B, C, h, w])
+    src: Tensor  # the projected last map [B, E, h, w]
+    mask: Tensor  # its padding mask [B, h, w]
+    memory: Tensor  # the encoder's output [B, h*w, E]
+    hs: Tensor  # the last decoder layer's output for the first group's object queries [B, Q, E]
 
 
 class DETR(nn.Module):
@@ -80,14 +90,20 @@ class DETR(nn.Module):
     def forward(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None,
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
         """`targets` (as the criterion takes them) feed the denoising queries in training; else unused."""
+        return self.forward_with_inputs(images, mask, targets)[0]
+
+    def forward_with_inputs(self, images: Sequence[Tensor] | Tensor, mask: Tensor | None = None,
+                            targets: list[dict[str, Tensor]] | None = None) -> tuple[dict[str, Any], HeadInputs]:
+        """`forward`'s outputs and the tensors a head on top of DETR reads (`HeadInputs`)."""
         batch, mask = prepare_batch(images, mask)
-        feats, mask, pos = self.backbone(batch, mask)
+        feats, mask, pos, layers = self.backbone(batch, mask)
         groups = self.num_groups if self.training else 1
         queries = object_queries(self, groups)  # [K*Q, E]
         noised = extra = None
         if self.training and self.denoising is not None and targets is not None:
             noised, extra = self.denoising(targets, self.num_queries)
-        hs, _ = self.transformer(self.input_proj(feats), mask, queries, pos, groups, extra)  # [L, B, K*(Q+D), E]
+        src = self.input_proj(feats)  # [B, E, h, w]
+        hs, memory = self.transformer(src, mask, queries, pos, groups, extra)  # [L, B, K*(Q+D), E]
         logits = self.class_embed(hs)  # [L, B, K*(Q+D), C+1]
         boxes = self.bbox_embed(hs).sigmoid()  # [L, B, K*(Q+D), 4]
         outs = []
@@ -98,8 +114,7 @@ class DETR(nn.Module):
                 outs[-1]["dn"] = {**layer_outputs(lg[:, :, q:], bx[:, :, q:], self.aux_loss), "targets": noised}
         if groups > 1:
             outs[0]["groups"] = outs[1:]
-        return outs[0]
-
+        return outs[0], HeadInputs(layers, src, mask, memory, hs[-1, :, : self.num_queries])
 
 
 def object_queries(model: nn.Module, groups: int) -> Tensor:
@@ -161,12 +176,12 @@ def _check_image(img: Tensor, where: str) -> None:
 
 
 def build_detr(cfg: ModelConfig) -> DETR:
-    """Build a DETR from a ModelConfig (`family="detr"`)."""
+    """Build a DETR from a ModelConfig (`family="detr"`; with `masks`, its backbone also returns layer1-3)."""
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
     if cfg.num_queries < 1:
         raise ValueError(f"num_queries must be >= 1, got {cfg.num_queries}")
-    backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation),
+    backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation, cfg.masks),
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
@@ -177,13 +192,15 @@ def build_detr(cfg: ModelConfig) -> DETR:
                 cfg.class_loss, denoising)
 
 
-def build_backbone(name: str, train_backbone: bool = True, dilation: bool = False) -> Backbone | TinyBackbone:
-    """A torchvision ResNet trunk (`RESNETS`) or the tiny from-scratch trunk ("tiny")."""
+def build_backbone(name: str, train_backbone: bool = True, dilation: bool = False,
+                   return_interm_layers: bool = False) -> Backbone | TinyBackbone:
+    """A torchvision ResNet trunk (`RESNETS`) or the tiny from-scratch trunk ("tiny"); `return_interm_layers`:
+    its `features` also return the maps the mask head's FPN reads."""
     if name == "tiny":
-        return TinyBackbone(train_backbone, dilation)
+        return TinyBackbone(train_backbone, dilation, return_interm_layers)
     if name not in RESNETS:
         raise ValueError(f"backbone must be one of {[*RESNETS, 'tiny']}, got {name!r}")
-    return Backbone(name, train_backbone, dilation)
+    return Backbone(name, train_backbone, dilation, return_interm_layers)
 
 
 def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

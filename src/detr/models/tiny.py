@@ -14,7 +14,9 @@ No pretrained weights exist for it, so two things differ from the ResNet trunks:
   With `train_backbone=False` the weights are frozen and so are the BatchNorm statistics (the
   BatchNorms stay in eval mode).
 
-Its `body` returns {"0": last feature map}, like the ResNet trunks' (the backbone warm-up relies on it).
+Its `body` returns {"0": last feature map}, like the ResNet trunks' (the backbone warm-up relies on it), and
+with `return_interm_layers` also "layer1" and "layer2" (the segmentation head's FPN reads "0", "layer2",
+"layer1": strides 16, 8, 4).
 """
 
 from __future__ import annotations
@@ -58,22 +60,31 @@ class TinyBackbone(nn.Module):
         num_channels: 256.
     """
 
-    def __init__(self, train_backbone: bool = True, dilation: bool = False):
+    def __init__(self, train_backbone: bool = True, dilation: bool = False, return_interm_layers: bool = False):
         super().__init__()
         if dilation:
             raise ValueError("dilation (DC5) does not apply to the tiny backbone (it has stride 16 already); "
                              "drop --dilation or use a ResNet --backbone")
         trunk = tiny_trunk()
         self.name = "tiny"
-        self.body = IntermediateLayerGetter(trunk, return_layers={f"layer{len(TINY_CHANNELS) - 1}": "0"})
+        layers = {f"layer{len(TINY_CHANNELS) - 1}": "0"}
+        if return_interm_layers:
+            layers = {"layer1": "layer1", "layer2": "layer2", **layers}
+        self.body = IntermediateLayerGetter(trunk, return_layers=layers)
         self.num_channels = TINY_CHANNELS[-1]
+        self.fpn_layers = ("0", "layer2", "layer1")  # the last map is already at stride 16
+        self.fpn_channels = tuple(reversed(TINY_CHANNELS[1:]))
         self.train_backbone = train_backbone
         self.body.requires_grad_(train_backbone)
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W], mask [B, H, W] -> features [B, 256, h, w], mask [B, h, w] (h = ceil(H / 16))."""
-        feats = self.body(images)["0"]
+        feats = self.features(images)["0"]
         return feats, downsample_mask(mask, feats.shape[-2:])
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """images [B, 3, H, W] -> {"0": the last map} (and "layer1", "layer2" when built for them)."""
+        return self.body(images)
 
     def train(self, mode: bool = True) -> TinyBackbone:
         super().train(mode)

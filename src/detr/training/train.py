@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import load_checkpoint, load_model_weights, output_folder
+from ..checkpoint import CheckpointError, load_checkpoint, load_model_weights, output_folder
 from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.evaluate import evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
 from ..models.build import TRAINING_ONLY, Model, build_model
 from ..models.loading import load_backbone_weights
+from ..models.segmentation import DETRsegm
 from ..registry import check_family, family_of
 from ..runtime import resolve_device
 from .engine import train_one_epoch
@@ -76,8 +77,9 @@ def seed_everything(seed: int, epoch: int, rank: int, generator: torch.Generator
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[str, Any]]:
-    """Two AdamW groups, as the paper: the backbone at `lr_backbone`, everything else at `lr`."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    """Two AdamW groups, as the paper: the backbone at `lr_backbone` (a segmentation model's `detr.backbone`
+    too), everything else at `lr`."""
+    named = [(n.removeprefix("detr."), p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": lr},
               {"params": [p for n, p in named if n.startswith("backbone.")], "lr": lr_backbone}]
     return [g for g in groups if g["params"]]
@@ -107,10 +109,27 @@ def load_finetune_weights(model: Model, path: str) -> None:
     load_model_weights(model, state, source=f"--weights {path}", skip_prefixes=tuple(skip))
 
 
+def load_frozen_detector(model: DETRsegm, path: str) -> None:
+    """Load --frozen_weights (a detector of this architecture, ours or official) into the segmentation model's
+    detector (the official recipe: `model.detr.load_state_dict`); Group DETR's and denoising's training-only
+    weights of a detection run are left out."""
+    state = load_checkpoint(path)["model"]
+    if any(k.startswith(("mask_head.", "detr.")) for k in state):
+        raise CheckpointError(f"--frozen_weights {path}: holds a segmentation model; give the detector it was "
+                              "trained from, or use --weights to fine-tune this one")
+    own = model.detr.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
+    load_model_weights(model.detr, state, source=f"--frozen_weights {path}")
+
+
 def initialise_weights(model: Model, cfg: Config, data: RunData, device: torch.device) -> None:
-    """A fresh run's starting point: --weights; else --backbone_weights, then the optional
-    backbone warm-up (every process does the same; DDP then copies rank 0's weights anyway)."""
+    """A fresh run's starting point: --frozen_weights (the detector) or --weights; else --backbone_weights,
+    then the optional backbone warm-up (every process does the same; DDP then copies rank 0's weights anyway)."""
     t = cfg.train
+    if t.frozen_weights:
+        assert isinstance(model, DETRsegm)  # validate_config: --frozen_weights needs --masks
+        load_frozen_detector(model, t.frozen_weights)
+        return
     if t.weights:
         load_finetune_weights(model, t.weights)
         return
@@ -159,13 +178,16 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
             stale.unlink(missing_ok=True)
     torch.manual_seed(t.seed)  # the same initial model on every process
     model = build_model(cfg.model).to(device)
+    if t.frozen_weights:  # before the optimizer is made: it only gets the mask head (as the official code)
+        assert isinstance(model, DETRsegm)
+        model.freeze_detector()
     optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.lr_backbone), lr=t.lr, weight_decay=t.weight_decay)
     data = build_datasets(cfg)
     generator = torch.Generator()
     run = Run(
         model=model, ddp_model=model, optimizer=optimizer,
         criterion=create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss, cfg.model.class_loss,
-                                   cfg.model.dn_number > 0,
+                                   cfg.model.dn_number > 0, cfg.model.masks,
                                    **vars(cfg.loss)).to(device),
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, t.lr_drop),
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
