@@ -11,13 +11,13 @@ The public API:
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from .inference.detector import Detections, Detector
-from .models.huggingface import convert_hf_state_dict
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
 from .loss.postprocess import postprocess
 from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
 from .models.detr import DETR, convert_official_state_dict
+from .models.huggingface import convert_hf_state_dict
 from .registry import config_from_checkpoint
 
 __version__ = "0.1.0"
