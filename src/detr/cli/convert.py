@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from ..inference.detector import default_class_names
-from ..models.huggingface import hf_config, save_hf_folder
+from ..models.hf_folder import save_hf_folder
+from ..models.huggingface import hf_config
 from ..models.loading import load_pretrained
 from ..registry import MODELS
 from . import parse_and_run, show_progress

@@ -19,7 +19,7 @@ from ..hub import WeightsError, cached_download, hf_download, is_hf_repo_id
 from ..registry import MODELS, PUBLISHED, config_from_checkpoint
 from .backbone import Backbone
 from .build import Model, build_model, inference_parts
-from .huggingface import HF_WEIGHT_FILES, is_hf_folder, read_hf_folder
+from .hf_folder import HF_WEIGHT_FILES, is_hf_folder, read_hf_folder
 
 log = logging.getLogger(__name__)
 
