@@ -101,7 +101,7 @@ def hf_download(repo_id: str) -> Path:
                  f"with network access and put them in {local} (or pass the folder holding them)")
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+        from huggingface_hub.utils import EntryNotFoundError
     except ImportError:
         raise WeightsError(f"{repo_id}: reading a HuggingFace hub id needs huggingface_hub (pip install "
                            f"'detr-aligned[hf]'); or {help_text}") from None
@@ -110,9 +110,7 @@ def hf_download(repo_id: str) -> Path:
         for name, alternative in (("model.safetensors", "pytorch_model.bin"), ("preprocessor_config.json", None)):
             try:
                 hf_hub_download(repo_id, name)
-            except EntryNotFoundError as e:  # the repository has no such file (Local...: offline, not cached)
-                if isinstance(e, LocalEntryNotFoundError):
-                    raise
+            except EntryNotFoundError:  # not in the repository (or offline and not in the cache)
                 if alternative is not None:
                     hf_hub_download(repo_id, alternative)
     except Exception as e:  # huggingface_hub raises many types: offline, unknown repository, gated, HTTP
