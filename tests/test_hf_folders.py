@@ -345,6 +345,10 @@ def test_another_model_type_and_missing_files_are_refused_naming_the_file(tmp_pa
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "yolos"}))
     with pytest.raises(CheckpointError, match=re.escape(str(folder / "config.json")) + ": model_type 'yolos' is not"):
         Detector.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "backbone_config": None, "use_timm_backbone": True,
+                                                    "backbone": "efficientnet_b0"}))
+    with pytest.raises(CheckpointError, match=re.escape(str(folder / "config.json")) + ": backbone 'efficientnet_b0'"):
+        Detector.from_pretrained(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=re.escape(str(folder / "config.json")) + ": not a readable JSON file"):
         Detector.from_pretrained(folder)

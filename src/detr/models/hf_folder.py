@@ -21,6 +21,7 @@ from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, output_
 from ..config import Config, DataConfig, ModelConfig
 from .huggingface import (
     FAMILIES,
+    check_hf_backbone,
     convert_hf_state_dict,
     hf_class_names,
     hf_config,
@@ -127,6 +128,10 @@ def read_hf_folder(folder: str | Path) -> dict[str, Any]:
     if model_type not in FAMILIES:
         raise CheckpointError(f"{config_path}: model_type {model_type!r} is not a model this package reads; expected "
                               "'detr' (DetrForObjectDetection) or 'conditional_detr' (ConditionalDetrForObjectDetection)")
+    try:
+        check_hf_backbone(hf)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
     weights, state = _read_hf_weights(folder)
     try:
         state, model_cfg = convert_hf_state_dict(state, hf, source=str(weights))

@@ -131,6 +131,7 @@ def convert_hf_state_dict(hf_state_dict: Mapping[str, Tensor], hf_config: Any,
     if family is None:
         raise ValueError(f"hf_config: model_type {cfg.get('model_type')!r} is not supported; expected one of "
                          f"{sorted(FAMILIES)}")
+    check_hf_backbone(cfg)
     rules = _UNIFY + (_CONDITIONAL_VALUES if family == "conditional_detr" else []) + _RESNET
     state: dict[str, Tensor] = {}
     for key, value in hf_state_dict.items():
@@ -139,13 +140,29 @@ def convert_hf_state_dict(hf_state_dict: Mapping[str, Tensor], hf_config: Any,
         state[_rename(_rename(re.sub(r"^model\.", "", key), rules), _OFFICIAL)] = value
     cross = "multihead_attn" if family == "detr" else "cross_attn"  # the decoder's cross-attention, officially
     state = _join_qkv({k.replace(".encoder_attn.", f".{cross}."): v for k, v in state.items()})
-    told = {"nheads": cfg.get("encoder_attention_heads", ModelConfig.nheads), "dilation": bool(cfg.get("dilation")),
+    timm = cfg.get("backbone_config") if isinstance(cfg.get("backbone_config"), Mapping) else {}
+    dilation = bool(cfg.get("dilation")) or timm.get("output_stride") == 16  # 5.x: timm's DC5 as its output stride
+    told = {"nheads": cfg.get("encoder_attention_heads", ModelConfig.nheads), "dilation": dilation,
             "dropout": cfg.get("dropout", ModelConfig.dropout)}
     if "attention_dropout" in cfg and cfg["attention_dropout"] != told["dropout"]:
         told["attention_dropout"] = cfg["attention_dropout"]
     source = source or f"transformers {cfg['model_type']} weights"
     model_cfg = config_from_checkpoint({"model": state}, source, **told).model
     return state, model_cfg
+
+
+def check_hf_backbone(hf_config: Mapping[str, Any]) -> None:
+    """A ValueError when config.json names a backbone other than a ResNet this package builds: transformers' own
+    ResNet, or timm's `resnet18/34/50/101` (a pretrained tag such as `resnet50.a1_in1k` names the same network)."""
+    config = hf_config.get("backbone_config")
+    kind = config.get("model_type") if isinstance(config, Mapping) else None
+    if kind == "timm_backbone":  # 5.x spells use_timm_backbone this way
+        name = config.get("backbone")
+    else:
+        name = hf_config.get("backbone") if config is None and hf_config.get("use_timm_backbone", True) else None
+    if kind not in (None, "resnet", "timm_backbone") or (name and str(name).split(".")[0] not in _HF_RESNETS):
+        raise ValueError(f"backbone {name or kind!r} is not one this package builds; expected transformers' ResNet "
+                         f"or timm's {', '.join(_HF_RESNETS)}")
 
 
 def hf_class_names(hf_config: Mapping[str, Any], num_classes: int) -> list[str] | None:
