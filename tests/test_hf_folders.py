@@ -52,9 +52,9 @@ from .hf_conditional import padded, two_images
 
 # COCO-like: category ids with a gap named "N/A", indexed by class id as the class head's rows.
 NAMES = ["N/A", "cat", "dog", "N/A", "bird", "fish", "cow", "hen", "owl", "bee", "ant", "elk"]
-SMALL = dict(use_pretrained_backbone=False, num_queries=10, d_model=32, encoder_layers=2, decoder_layers=2,
+SMALL = dict(use_pretrained_backbone=False, num_queries=8, d_model=32, encoder_layers=2, decoder_layers=2,
              encoder_ffn_dim=48, decoder_ffn_dim=48, encoder_attention_heads=4, decoder_attention_heads=4,
-             dropout=0.0, auxiliary_loss=False, id2label=dict(enumerate(NAMES)))
+             dropout=0.0, auxiliary_loss=False, init_std=0.2, id2label=dict(enumerate(NAMES)))
 KINDS = {"detr": (DetrConfig, DetrForObjectDetection, DetrImageProcessor),
          "conditional_detr": (ConditionalDetrConfig, ConditionalDetrForObjectDetection, ConditionalDetrImageProcessor)}
 TRUNK = "model.backbone.conv_encoder.model."
@@ -120,7 +120,8 @@ def _to_timm_layout(folder: Path) -> None:
 
 def _check_detector(detector: Detector, theirs: torch.nn.Module, kind: str) -> None:
     """Same logits and boxes as transformers on the Detector's preprocessed tensor, and the detections of
-    transformers' post_process_object_detection (threshold 0: every query for DETR, the top 100 for Conditional)."""
+    transformers' post_process_object_detection (threshold 0: every query for DETR, every query x class pair
+    for Conditional DETR, as 8 x 12 < its top 100)."""
     image = torch.randint(0, 256, (3, 50, 70), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     x = detector.preprocess(image)  # [3, 64, 90]: the size preprocessor_config.json gives
     with torch.no_grad():
@@ -130,11 +131,14 @@ def _check_detector(detector: Detector, theirs: torch.nn.Module, kind: str) -> N
     assert (got["pred_boxes"] - ref.pred_boxes).abs().max() <= 1e-5
     expected = KINDS[kind][2]().post_process_object_detection(ref, threshold=0.0, target_sizes=[(50, 70)])[0]
     found = detector(image, threshold=0.0)
-    order = found.queries if kind == "detr" else torch.arange(len(found))  # DETR: query order; else best first
-    assert len(found) == len(expected["scores"]) and torch.equal(found.labels, expected["labels"][order])
-    assert torch.allclose(found.scores, expected["scores"][order], atol=1e-4)
-    assert torch.allclose(found.boxes, expected["boxes"][order], atol=1e-5 * 70)  # 1e-5 of the image, in pixels
-    assert found.names == [NAMES[i] for i in found.labels]
+    assert len(found) == len(expected["scores"]) == ref.logits.shape[1] * (1 if kind == "detr" else len(NAMES))
+    # matched by box, not by rank: random weights give near-equal scores, whose order float rounding decides
+    unused = set(range(len(found)))
+    for score, label, box in zip(expected["scores"], expected["labels"], expected["boxes"]):
+        i = min((i for i in unused if found.labels[i] == label), key=lambda i: float((found.boxes[i] - box).abs().max()))
+        assert (found.boxes[i] - box).abs().max() <= 1e-5 * 70  # 1e-5 of the image, in pixels
+        assert abs(found.scores[i] - score) <= 1e-4 and found.names[i] == NAMES[label]
+        unused.remove(i)
 
 
 @pytest.mark.parametrize("layout", ["hf_resnet", "timm"])
@@ -207,8 +211,6 @@ def test_dc5_round_trip_through_timm(tmp_path):
     config = DetrConfig(use_timm_backbone=True, backbone="resnet50", dilation=True, **SMALL)
     theirs = DetrForObjectDetection(config).eval()
     _randomise(theirs)
-    with torch.no_grad():  # O(1) transformer inputs from a random ResNet-50 (see tests/hf_conditional.py)
-        theirs.model.input_projection.weight.mul_(0.01)
     theirs.save_pretrained(tmp_path / "theirs")
     assert f"{TRUNK}layer4.2.conv3.weight" in load_file(tmp_path / "theirs" / "model.safetensors")
     ours, cfg = load_pretrained(tmp_path / "theirs")
@@ -261,7 +263,7 @@ def test_a_hub_id_is_fetched_with_huggingface_hub(hub_repo):
     repo, calls = hub_repo
     net, cfg = load_pretrained("someone/detr-tiny")
     assert calls == [("someone/detr-tiny", n) for n in ("config.json", "model.safetensors", "preprocessor_config.json")]
-    assert cfg.data.class_names == NAMES and net.num_queries == 10
+    assert cfg.data.class_names == NAMES and net.num_queries == 8
     torch.save(load_file(repo / "model.safetensors"), repo / "pytorch_model.bin")  # an old repository: no safetensors
     (repo / "model.safetensors").unlink()
     calls.clear()
@@ -371,7 +373,7 @@ def test_eval_train_and_predict_take_a_folder(tmp_path):
 
     data = tiny_data(tmp_path / "data", num_train=2, num_val=2)
     folder = tmp_path / "hf"  # TINY_MODEL's shapes, the demo data's 4 classes + "N/A"
-    _hf_model("detr", num_queries=8, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
+    _hf_model("detr", encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
               encoder_attention_heads=2, decoder_attention_heads=2,
               id2label=dict(enumerate(["N/A", "circle", "square", "triangle", "cross"]))).save_pretrained(folder)
     assert cli.main(["eval", "--weights", str(folder), *data_flags(data), "--scales", "64", "--max_size", "96",
