@@ -308,10 +308,18 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     if t.frozen_weights and t.weights:
         raise ValueError("give either --frozen_weights (a detector, frozen) or --weights (a model to fine-tune), "
                          "not both")
-    for flag, path in (("--resume", t.resume), ("--weights", t.weights), ("--frozen_weights", t.frozen_weights)):
+    for flag, path in (("--resume", t.resume), ("--frozen_weights", t.frozen_weights)):
         if path and not Path(path).is_file():
             raise ValueError(f"{flag} {path}: file not found")
+    if t.weights and _is_file_name(t.weights) and not Path(t.weights).exists():  # names and hub ids: when loaded
+        raise ValueError(f"--weights {t.weights}: file not found")
     _validate_data_paths(cfg)
+
+
+def _is_file_name(text: str) -> bool:
+    """Whether --weights `text` can only be a local path: a file suffix, or an absolute or explicitly relative path
+    (a published name such as detr_r50 or a hub id such as facebook/detr-resnet-50 has neither)."""
+    return Path(text).suffix in (".pth", ".pt", ".safetensors", ".bin") or text.startswith(("/", "./", "../", "~"))
 
 
 def _validate_data_paths(cfg: Config) -> None:

@@ -2,12 +2,14 @@
 
 Files land in `$DETR_CACHE`, else torch.hub's checkpoints folder (shared with torch.hub),
 with a progress bar. Without network access, the error says which address to fetch and
-where to put the file.
+where to put the file. HuggingFace hub ids (`facebook/detr-resnet-50`) are fetched by
+`huggingface_hub` (an optional package), into its own cache.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.error import URLError
 
@@ -64,3 +66,59 @@ def download(url: str, dst: Path, progress: bool = True) -> None:
     except (URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsError(f"could not download the weights ({reason}); {help_text}") from None
+
+
+# A HuggingFace hub id: owner/name (no file suffix: a missing local file is not taken for one).
+_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".pdparams", ".json")
+
+
+def is_hf_repo_id(name: str) -> bool:
+    """Whether `name` reads as a HuggingFace hub id such as facebook/detr-resnet-50."""
+    return bool(_HF_REPO_ID.match(name)) and not name.endswith(_FILE_SUFFIXES)
+
+
+def hf_local_folder(repo_id: str) -> Path:
+    """Where the files of hub id `repo_id` may be put by hand: `cache_dir()`/huggingface/<owner>--<name>."""
+    return cache_dir() / "huggingface" / repo_id.replace("/", "--")
+
+
+def hf_download(repo_id: str) -> Path:
+    """A local folder with `repo_id`'s config.json, weights and (if any) preprocessor_config.json.
+
+    The folder `hf_local_folder(repo_id)` is used when it holds a config.json (no network needed); else
+    `huggingface_hub` downloads into its own cache (model.safetensors, or pytorch_model.bin where the repository
+    has no safetensors file).
+
+    Raises:
+        WeightsError: huggingface_hub is not installed, or the download failed (offline, no such repository);
+            the message names the files to fetch and the folder to put them in.
+    """
+    local = hf_local_folder(repo_id)
+    if (local / "config.json").is_file():
+        return local
+    help_text = (f"download config.json and model.safetensors from https://huggingface.co/{repo_id} on a machine "
+                 f"with network access and put them in {local} (or pass the folder holding them)")
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+    except ImportError:
+        raise WeightsError(f"{repo_id}: reading a HuggingFace hub id needs huggingface_hub (pip install "
+                           f"'detr-aligned[hf]'); or {help_text}") from None
+    try:
+        folder = Path(hf_hub_download(repo_id, "config.json")).parent  # all files of a revision land together
+        for name, alternative in (("model.safetensors", "pytorch_model.bin"), ("preprocessor_config.json", None)):
+            try:
+                hf_hub_download(repo_id, name)
+            except EntryNotFoundError:  # not in the repository (or offline and not in the cache)
+                if alternative is not None:
+                    hf_hub_download(repo_id, alternative)
+    except Exception as e:  # huggingface_hub raises many types: offline, unknown repository, gated, HTTP
+        raise WeightsError(f"{repo_id}: could not fetch it from the HuggingFace hub ({type(e).__name__}: "
+                           f"{_first_line(e)}); {help_text}") from None
+    return folder
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else ""

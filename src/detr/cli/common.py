@@ -23,7 +23,8 @@ def threshold_type(text: str) -> float:
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="detr_r50",
-                        help=f"checkpoint file (ours or official) or a published name: {', '.join(PUBLISHED)} "
+                        help=f"checkpoint file (ours or official), a transformers folder or HuggingFace hub id "
+                             f"(facebook/detr-resnet-50), or a published name: {', '.join(PUBLISHED)} "
                              "(downloaded once; default detr_r50)")
     parser.add_argument("--model", choices=list(MODELS), default=None,
                         help="for an official weights file: the architecture it is (gives DC5 dilation, which its "

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import parse_and_run
+from ..inference.detector import default_class_names
+from ..models.hf_folder import save_hf_folder
+from ..models.huggingface import hf_config
+from ..models.loading import load_pretrained
+from ..registry import MODELS
+from . import parse_and_run, show_progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="--to: the folder to write; --from: the file to read")
     parser.add_argument("--weights", default=None, help="--to: the checkpoint to convert (ours, official or a name)")
     parser.add_argument("--output", default=None, help="--from: the checkpoint to write (.pth or .safetensors)")
+    parser.add_argument("--model", choices=list(MODELS), default=None,
+                        help="--to: for an official weights file, the architecture it is (gives DC5 dilation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +35,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _to_hf(args: argparse.Namespace) -> int:
-    raise NotImplementedError("detr convert --to hf")  # issue #12
+    """Our checkpoint (or an official file, a published name) -> a folder that transformers' from_pretrained loads."""
+    if not args.weights:
+        raise ValueError("--to hf needs --weights FILE: the checkpoint to convert")
+    net, cfg = load_pretrained(args.weights, model=args.model, progress=show_progress())
+    names = cfg.data.class_names or default_class_names(cfg.model.num_classes)
+    size = cfg.data.val_scale or (max(cfg.data.scales) if cfg.data.scales else 800)
+    out = save_hf_folder(args.path, net.state_dict(), cfg.model, names, size, cfg.data.max_size, argument="PATH")
+    print(f"wrote {out}/config.json, model.safetensors, preprocessor_config.json "
+          f"(transformers {hf_config(cfg.model)['architectures'][0]})")
+    return 0
 
 
 def _from_paddle(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..evaluation.evaluate import evaluate_checkpoint
+from ..hub import is_hf_repo_id
 from . import show_progress
 from .flags import build_parser, config_from_args, given_flags
 
@@ -19,7 +20,8 @@ def main(argv: list[str]) -> int:
                                        "its shapes; model flags given here win); data flags override its data paths.")
     args = parser.parse_args(argv)
     path = args.weights or args.resume or ""
-    cfg = config_from_args(args, {"output_dir": str(Path(path).parent) if path else ""})
+    hub_id = is_hf_repo_id(path) and not Path(path).exists()  # outputs next to the file, else here
+    cfg = config_from_args(args, {"output_dir": ("." if hub_id else str(Path(path).parent)) if path else ""})
     return evaluate(cfg, args, path, "--weights")
 
 

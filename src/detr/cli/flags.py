@@ -65,7 +65,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("device", str, "cuda or cpu (default: cuda when available)"),
     ("seed", int, "random seed"),
     ("resume", str, "training checkpoint to continue exactly"),
-    ("weights", str, "model weights to start from (ours or official; another class count re-initialises the head)"),
+    ("weights", str, "model weights to start from (ours, official, a transformers folder or hub id; another "
+                     "class count re-initialises the head)"),
     ("backbone_weights", str, "where a fresh backbone starts: imagenet, none (random) or a torchvision ResNet "
                               "state-dict file"),
     ("backbone_warmup", int, "steps of dense warm-up of the backbone on the training data (for runs without "

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed
-from ..checkpoint import load_checkpoint, load_model_weights, output_folder, write_json
+from ..checkpoint import load_model_weights, output_folder, write_json
 from ..config import Config, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
@@ -21,6 +21,7 @@ from ..loss.criterion import create_criterion
 from ..loss.postprocess import postprocess
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
 from ..models.build import build_model
+from ..models.loading import load_weights
 from ..registry import config_from_checkpoint
 from ..runtime import autocast, resolve_device
 from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
@@ -87,7 +88,8 @@ def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: 
 
 def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progress: bool = True,
                         **overrides: Any) -> dict[str, Any]:
-    """Evaluate the model in `path` on cfg's validation data (or the data the checkpoint was trained on).
+    """Evaluate the model in `path` (a checkpoint file, a transformers folder, a published name or a hub id:
+    `detr.models.loading.resolve_weights`) on cfg's validation data (or the data the checkpoint was trained on).
 
     The architecture comes from the checkpoint (`detr.registry.config_from_checkpoint`, with
     `model` and the ModelConfig `overrides` for what an official file cannot tell); cfg's model
@@ -95,8 +97,8 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     COCOeval numbers, "AP", ...).
     """
     validate_config(cfg, training=False)
-    ckpt = load_checkpoint(path)  # refuses anything that is not plain tensors and containers
-    saved = config_from_checkpoint(ckpt, path, model=model, **overrides)
+    ckpt, source = load_weights(path, progress)  # refuses anything that is not plain tensors and containers
+    saved = config_from_checkpoint(ckpt, source, model=model, **overrides)
     data_cfg = cfg.data
     ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
     if not (data_cfg.coco_path or data_cfg.val_annotations) and ours:
@@ -110,7 +112,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
             raise ValueError("no validation data: give --val_images and --val_annotations (or --coco_path)")
         data = build_datasets(cfg, with_train=False)
         net = build_model(cfg.model).to(device)
-        load_model_weights(net, ckpt["model"], source=path)
+        load_model_weights(net, ckpt["model"], source=source)
         criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
                                      cfg.model.class_loss, cfg.model.dn_number > 0,
                                      **vars(cfg.loss)).to(device)

@@ -106,17 +106,20 @@ class Detector:
                         threshold: float = 0.7, model: str | None = None, progress: bool = True,
                         size: int | None = None, max_size: int | None = None, amp: str = "none",
                         **overrides: Any) -> Detector:
-        """Load a published model by name, one of our checkpoints, or an official weights file.
+        """Load a published model by name, one of our checkpoints, an official weights file, or a transformers
+        DETR / Conditional DETR folder or hub id.
 
         Args:
-            name_or_path: "detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", or a file path.
+            name_or_path: "detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", a file path, a transformers
+                folder (config.json + model.safetensors or pytorch_model.bin), or a HuggingFace hub id such as
+                "facebook/detr-resnet-50" (fetched with huggingface_hub).
             device: where to run the model.
             threshold: minimum score of a returned detection, in [0, 1].
             model: for an official file, the architecture it was trained as (gives
                 dilation, which its shapes cannot tell), e.g. "detr_r50_dc5".
             progress: show a progress bar when downloading.
             size, max_size: resize of the input images; default: the checkpoint's validation
-                size (800, 1333 for the published models).
+                size (800, 1333 for the published models; a transformers folder's preprocessor_config.json).
             amp: "none", "bf16" or "fp16" (GPU): see the class docstring.
             **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads.
 

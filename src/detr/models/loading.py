@@ -1,7 +1,9 @@
-"""Where model weights come from: a local file or a published name, into a built model.
+"""Where model weights come from: a local file, a transformers folder, a published name or a HuggingFace hub id,
+into a built model.
 
-Published models are downloaded once (`detr.hub`); what a file holds is decided by
-`detr.registry.config_from_checkpoint`, the one routine that does so.
+Published models are downloaded once (`detr.hub`); transformers folders are converted to official names
+(`models/huggingface.py`); what a checkpoint holds is decided by `detr.registry.config_from_checkpoint`,
+the one routine that does so.
 """
 
 from __future__ import annotations
@@ -13,42 +15,67 @@ from typing import Any
 
 from ..checkpoint import load_checkpoint, load_model_weights
 from ..config import Config
-from ..hub import WeightsError, cached_download
+from ..hub import WeightsError, cached_download, hf_download, is_hf_repo_id
 from ..registry import MODELS, PUBLISHED, config_from_checkpoint
 from .backbone import Backbone
 from .build import Model, build_model, inference_parts
+from .hf_folder import HF_WEIGHT_FILES, is_hf_folder, read_hf_folder
 
 log = logging.getLogger(__name__)
 
 
 def resolve_weights(name_or_path: str | os.PathLike, progress: bool = True) -> Path:
-    """The local file for `name_or_path`, downloading a published model on first use.
+    """The local file or transformers folder for `name_or_path`, downloading a published model on first use.
 
     Args:
-        name_or_path: a path to a checkpoint file, or a name in `detr.registry.PUBLISHED`.
+        name_or_path: a path to a checkpoint file or a transformers folder (config.json + model.safetensors
+            or pytorch_model.bin), a name in `detr.registry.PUBLISHED`, or a HuggingFace hub id
+            (`facebook/detr-resnet-50`: fetched with huggingface_hub when it is installed).
         progress: show a progress bar while downloading.
 
     Returns:
-        The path of an existing file.
+        The path of an existing file or folder.
 
     Raises:
-        WeightsError: the path does not exist and is not a known name, or the download
+        WeightsError: the path does not exist and is not a known name or hub id, or the download
             failed (offline, or the file's hash does not match).
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        raise WeightsError(f"{path}: is a folder; expected a checkpoint file (.pth or .safetensors)")
+        if is_hf_folder(path):
+            return path
+        raise WeightsError(f"{path}: is a folder without a config.json; expected a checkpoint file (.pth or "
+                           f".safetensors) or a transformers folder (config.json with {' or '.join(HF_WEIGHT_FILES)})")
     name = str(name_or_path)
     if name in MODELS and name not in PUBLISHED:
         raise WeightsError(f"{name}: no published weights can be downloaded by this name (the official release "
                            "files carry no hash to check them by); download them yourself and pass the file, or "
                            "train one with detr train --model " + name)
+    if is_hf_repo_id(name):
+        try:
+            return hf_download(name)
+        except WeightsError as e:
+            raise WeightsError(f"{e} ({name} is no local file or folder either)") from None
     if name not in PUBLISHED:
-        raise WeightsError(f"{name}: no such file, and not a published model name "
-                           f"(known names: {', '.join(PUBLISHED)})")
+        raise WeightsError(f"{name}: no such file or folder, not a HuggingFace hub id (owner/name), and not a "
+                           f"published model name (known names: {', '.join(PUBLISHED)})")
     return cached_download(PUBLISHED[name].url, progress=progress)
+
+
+def load_weights(name_or_path: str | os.PathLike, progress: bool = True) -> tuple[dict[str, Any], str]:
+    """The checkpoint dict (`detr.checkpoint.load_checkpoint`'s) of anything `resolve_weights` accepts, and the
+    path it came from (for messages, and for `config_from_checkpoint` to recognise a published file by name).
+
+    A transformers folder is converted to official names, with its Config (`read_hf_folder`).
+
+    Raises:
+        WeightsError: as `resolve_weights`.
+        CheckpointError: the file or folder is not readable DETR weights (the message names the file).
+    """
+    path = resolve_weights(name_or_path, progress=progress)
+    return (read_hf_folder(path) if path.is_dir() else load_checkpoint(path)), str(path)
 
 
 def imagenet_backbone_url(backbone: str) -> str:
@@ -88,10 +115,12 @@ def load_backbone_weights(backbone: Backbone, source: str | os.PathLike, progres
 
 def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, progress: bool = True,
                     **overrides: Any) -> tuple[Model, Config]:
-    """Build a DETR in eval mode from a published name, one of our checkpoints or an official file.
+    """Build a DETR in eval mode from a published name, one of our checkpoints, an official file, or a
+    transformers folder or hub id.
 
     Args:
-        name_or_path: checkpoint path (.pth / .safetensors) or a name in `detr.registry.PUBLISHED`.
+        name_or_path: what `resolve_weights` accepts: a checkpoint path (.pth / .safetensors), a transformers
+            folder, a name in `detr.registry.PUBLISHED` or a HuggingFace hub id.
         model: an architecture name (e.g. "detr_r50_dc5"), for what an official file's shapes do not say.
         progress: progress bar when downloading.
         **overrides: ModelConfig fields, e.g. `dilation=True` or `nheads=8` for an official file.
@@ -104,10 +133,9 @@ def load_pretrained(name_or_path: str | os.PathLike, model: str | None = None, p
         WeightsError: the weights cannot be found or downloaded.
         CheckpointError: the file is not a usable DETR checkpoint, or does not fit the model.
     """
-    path = resolve_weights(name_or_path, progress=progress)
-    ckpt = load_checkpoint(path)
-    cfg = config_from_checkpoint(ckpt, str(path), model=model, **overrides)
+    ckpt, source = load_weights(name_or_path, progress=progress)
+    cfg = config_from_checkpoint(ckpt, source, model=model, **overrides)
     cfg.model, state = inference_parts(cfg.model, ckpt["model"])
     net = build_model(cfg.model)
-    load_model_weights(net, state, source=str(path))
+    load_model_weights(net, state, source=source)
     return net.eval(), cfg

@@ -30,7 +30,7 @@ from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.evaluate import evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
 from ..models.build import TRAINING_ONLY, Model, build_model
-from ..models.loading import load_backbone_weights
+from ..models.loading import load_backbone_weights, load_weights
 from ..models.segmentation import DETRsegm
 from ..registry import check_family, family_of
 from ..runtime import resolve_device
@@ -86,9 +86,10 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[s
 
 
 def load_finetune_weights(model: Model, path: str) -> None:
-    """Load --weights (ours or official). A different class count or query count re-initialises that head;
-    Group DETR's extra query groups start as copies of the checkpoint's queries unless it has its own."""
-    state = load_checkpoint(path)["model"]
+    """Load --weights (ours, official, a transformers folder, a published name or a hub id). A different class
+    count or query count re-initialises that head; Group DETR's extra query groups start as copies of the
+    checkpoint's queries unless it has its own."""
+    state = load_weights(path)[0]["model"]
     own = model.state_dict()
     check_family(state, family_of(own) or "detr", f"--weights {path}")  # before any key-by-key complaint
     state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
@@ -155,7 +156,7 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     """
     validate_config(cfg)
     if cfg.train.weights:  # a file of the other model family is refused before any data is read
-        check_family(load_checkpoint(cfg.train.weights)["model"], cfg.model.family, f"--weights {cfg.train.weights}")
+        check_family(load_weights(cfg.train.weights)[0]["model"], cfg.model.family, f"--weights {cfg.train.weights}")
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
