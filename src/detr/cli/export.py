@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     model = detector_from_args(args).model.cpu()
     path = onnx_export.export_onnx(model, args.output, postprocess=args.postprocess, top_k=args.top_k)
     inputs = [onnx_export.INPUT] + [onnx_export.SIZES] * args.postprocess
-    outputs = onnx_export.DETECTIONS if args.postprocess else onnx_export.OUTPUTS
+    outputs = onnx_export.DETECTIONS if args.postprocess else onnx_export.output_names(model)
     k = f" [B, {onnx_export.detections_per_image(model, args.top_k)}]" if args.postprocess else ""
     print(f"detr export: wrote {path} (inputs {', '.join(inputs)}; outputs {', '.join(outputs)}{k})")
     if args.verify:
