@@ -4,7 +4,9 @@ postprocessing run directly on the model's outputs or against formulas written h
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -95,7 +97,7 @@ def test_panoptic_equals_official_postprocessing_with_ids_from_one(model, detect
     assert np.array_equal(pan.segment_ids, ref["segment_ids"].numpy() + 1)
     for ours, theirs in zip(pan.segments_info, ref["segments_info"], strict=True):
         assert ours == {**theirs, "id": theirs["id"] + 1, "name": NAMES[theirs["category_id"]]}
-    png = np.asarray(Image.open(__import__("io").BytesIO(pan.png())).convert("RGB")).astype(np.int64)
+    png = np.asarray(Image.open(io.BytesIO(pan.png())).convert("RGB")).astype(np.int64)
     ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]  # COCO panoptic: R + 256 G + 256^2 B
     assert np.array_equal(ids, pan.segment_ids)
     for s in pan.segments_info:
@@ -145,7 +147,9 @@ def test_segmentation_picture_is_masks_then_boxes_and_labels():
 def decode_rle(segmentation: dict) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
-    return mask_utils.decode({**segmentation, "counts": segmentation["counts"].encode("ascii")}).astype(bool)
+    with warnings.catch_warnings():  # pycocotools trips numpy 2's __array__(copy=) deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode({**segmentation, "counts": segmentation["counts"].encode("ascii")}).astype(bool)
 
 
 def test_predict_masks_writes_pictures_rle_and_panoptic(weights, tmp_path):

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="detr.onnx", help="file to write (default detr.onnx)")
     parser.add_argument("--postprocess", action="store_true",
                         help="build postprocessing in: inputs pixel_values, orig_target_sizes [B, 2] (height, "
-                             "width); outputs boxes (xyxy pixels), scores, labels, best first")
+                             "width); outputs boxes (xyxy pixels), scores, labels, best first (not for segmentation models: "
+                             "their plain graph adds pred_masks)")
     parser.add_argument("--top_k", type=int, default=None,
                         help="detections per image with --postprocess (default: every query for the softmax head, "
                              "100 for sigmoid heads)")
