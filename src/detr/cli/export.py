@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="detr.onnx", help="file to write (default detr.onnx)")
     parser.add_argument("--postprocess", action="store_true",
                         help="build postprocessing in: inputs pixel_values, orig_target_sizes [B, 2] (height, "
-                             "width); outputs boxes (xyxy pixels), scores, labels, best first")
+                             "width); outputs boxes (xyxy pixels), scores, labels, best first (not for segmentation models: "
+                             "their plain graph adds pred_masks)")
     parser.add_argument("--top_k", type=int, default=None,
                         help="detections per image with --postprocess (default: every query for the softmax head, "
                              "100 for sigmoid heads)")
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     model = detector_from_args(args).model.cpu()
     path = onnx_export.export_onnx(model, args.output, postprocess=args.postprocess, top_k=args.top_k)
     inputs = [onnx_export.INPUT] + [onnx_export.SIZES] * args.postprocess
-    outputs = onnx_export.DETECTIONS if args.postprocess else onnx_export.OUTPUTS
+    outputs = onnx_export.DETECTIONS if args.postprocess else onnx_export.output_names(model)
     k = f" [B, {onnx_export.detections_per_image(model, args.top_k)}]" if args.postprocess else ""
     print(f"detr export: wrote {path} (inputs {', '.join(inputs)}; outputs {', '.join(outputs)}{k})")
     if args.verify:

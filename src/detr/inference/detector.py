@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,19 @@ from torch import Tensor
 
 from ..data.coco import coco_results
 from ..data.images import load_image, to_rgb
+from ..data.masks import coco_mask_results
 from ..data.transforms import preprocess
 from ..loss.postprocess import postprocess
+from ..loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
 from ..models.build import Model
 from ..models.loading import load_pretrained
-from ..registry import COCO_CLASSES
+from ..models.segmentation import DETRsegm
+from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thing
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
+from .panoptic import Panoptic, from_official
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
+Sizes = list[tuple[int, int]]  # (height, width) per image
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Detections:
         names: the class name of each box.
         image_size: (height, width) of the original image.
         queries: [N] the decoder query that found each box (for attention maps).
+        masks: [N, H, W] bool at the original image size, for a model with the mask head; else None.
     """
 
     boxes: Tensor
@@ -44,6 +50,7 @@ class Detections:
     names: list[str]
     image_size: tuple[int, int]
     queries: Tensor
+    masks: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -52,11 +59,18 @@ class Detections:
         """COCO results entries: {"image_id", "category_id", "bbox": [x, y, w, h], "score"}."""
         return coco_results(image_id, self.boxes, self.scores, self.labels)
 
+    def to_coco_masks(self, image_id: int) -> list[dict[str, Any]]:
+        """COCO segmentation results entries: {"image_id", "category_id", "segmentation" (compressed RLE), "score"}."""
+        if self.masks is None:
+            raise ValueError("to_coco_masks: these detections have no masks (the model has no mask head)")
+        return coco_mask_results(image_id, self.masks, self.scores, self.labels)
+
     def to_supervision(self) -> Any:
         """These detections as a `supervision.Detections` (needs the `supervision` extra).
 
-        xyxy float32 [N, 4] pixels, confidence float32 [N], class_id int64 [N] and the names in
-        data["class_name"] (a numpy str array), as supervision's own converters fill them.
+        xyxy float32 [N, 4] pixels, confidence float32 [N], class_id int64 [N], mask bool [N, H, W] (masks
+        models only) and the names in data["class_name"] (a numpy str array), as supervision's own converters
+        fill them.
         """
         try:
             import supervision as sv
@@ -66,6 +80,7 @@ class Detections:
             xyxy=self.boxes.detach().cpu().float().numpy().reshape(-1, 4),  # reshape: [0, 4] when empty
             confidence=self.scores.detach().cpu().float().numpy(),
             class_id=self.labels.detach().cpu().numpy().astype(np.int64),
+            mask=None if self.masks is None else self.masks.detach().cpu().numpy().astype(bool),
             data={"class_name": np.array(self.names, dtype=str)},
         )
 
@@ -90,6 +105,9 @@ class Detector:
         >>> [(n, round(s, 2)) for n, s in zip(found.names, found.scores.tolist())]
         [('car', 0.99), ('person', 0.98)]
         >>> many = detector(["a.jpg", "b.png"])                        # a list in, a list out
+        >>> segm = Detector.from_pretrained("detr_r50_panoptic")       # a model with the mask head:
+        >>> segm("street.jpg").masks.shape                             # [N, H, W] bool instance masks
+        >>> segm.panoptic("street.jpg").segments_info                  # COCO panoptic segments, named
     """
 
     def __init__(self, model: Model, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
@@ -163,18 +181,71 @@ class Detector:
             results += self.detect(chunk, thr)
         return results[0] if single else results
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the model has the mask head: `Detections.masks` and `panoptic` need it."""
+        return isinstance(self.model, DETRsegm)
+
+    def panoptic(self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.85,
+                 is_thing: Callable[[int], bool] = coco_panoptic_is_thing) -> Panoptic | list[Panoptic]:
+        """The panoptic segmentation of one image or a list of images (a model with the mask head only).
+
+        Args:
+            images: as `__call__` (run one at a time).
+            threshold: least class score of a kept segment (official: 0.85).
+            is_thing: whether a class id is a thing (default: COCO panoptic's, ids 1-90); stuff of one class
+                is merged into one segment.
+
+        Returns:
+            One `Panoptic` (ids from 1, 0 = VOID) for a single image; a list for a list.
+        """
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, Tensor) and images.dim() == 4)
+        found = [self.segment([to_image_tensor(x)], panoptic_threshold=threshold, is_thing=is_thing)[0][1]
+                 for x in ([images] if single else list(images))]
+        return found[0] if single else found
+
+    def segment(self, images: Sequence[Tensor], threshold: float | None = None, panoptic_threshold: float = 0.85,
+                is_thing: Callable[[int], bool] = coco_panoptic_is_thing) -> list[tuple[Detections, Panoptic]]:
+        """Detections with masks and the panoptic segmentation of images converted by `to_image_tensor`, from
+        one forward pass; arguments as `__call__` and `panoptic`."""
+        if not self.has_masks:
+            raise ValueError(f"panoptic segmentation needs a model with the mask head; this {type(self.model).__name__}"
+                             " has none (load a segmentation model, e.g. detr_r50_panoptic)")
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        outputs, sizes, processed = self._forward(images)
+        with torch.inference_mode():
+            pans = postprocess_panoptic(outputs, processed, sizes, is_thing=is_thing, threshold=panoptic_threshold,
+                                        class_loss=self.model.class_loss)
+        return list(zip(self._detections(outputs, sizes, processed, thr),
+                        [from_official(p, self.label_name) for p in pans]))
+
     def preprocess(self, image: Tensor) -> Tensor:
         """[3, H, W] uint8 or float 0-1 image -> normalised resized [3, H', W'] on the device."""
         return preprocess(image, size=self.size, max_size=self.max_size).to(self.device)
 
     def detect(self, images: Sequence[Tensor], threshold: float) -> list[Detections]:
-        """Detections for images already converted by `to_image_tensor`."""
+        """Detections for images already converted by `to_image_tensor` (with masks for a masks model)."""
+        return self._detections(*self._forward(images), threshold)
+
+    def _forward(self, images: Sequence[Tensor]) -> tuple[dict[str, Tensor], Sizes, Sizes]:
+        """The model's float outputs, the original and the processed (resized, unpadded) (height, width)s."""
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        inputs = [self.preprocess(img) for img in images]
         with torch.inference_mode():
             with autocast(self.device, self.amp):
-                outputs = self.model([self.preprocess(img) for img in images])
-            outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-            results = postprocess(outputs, torch.tensor(sizes, device=self.device), self.model.class_loss)
+                outputs = self.model(inputs)
+            outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes", "pred_masks")}
+        return outputs, sizes, [(int(x.shape[1]), int(x.shape[2])) for x in inputs]
+
+    def _detections(self, outputs: dict[str, Tensor], sizes: Sizes, processed: Sizes,
+                    threshold: float) -> list[Detections]:
+        targets = torch.tensor(sizes, device=self.device)
+        with torch.inference_mode():
+            if "pred_masks" in outputs:  # masks made for the detections kept only (memory)
+                results = postprocess_segmentation(outputs, targets, processed, self.model.class_loss,
+                                                   min_score=threshold)
+            else:
+                results = postprocess(outputs, targets, self.model.class_loss)
         return [self._select(r, size, threshold) for r, size in zip(results, sizes)]
 
     def _select(self, result: dict[str, Tensor], size: tuple[int, int], threshold: float) -> Detections:
@@ -182,7 +253,8 @@ class Detector:
         keep = keep[result["scores"][keep].argsort(descending=True, stable=True)]
         scores, labels, boxes, queries = (result[k][keep].cpu() for k in ("scores", "labels", "boxes", "queries"))
         names = [self.label_name(int(i)) for i in labels]
-        return Detections(boxes, scores, labels, names, size, queries)
+        masks = result["masks"][keep].cpu() if "masks" in result else None  # [N, H, W] bool
+        return Detections(boxes, scores, labels, names, size, queries, masks)
 
     def label_name(self, label: int) -> str:
         """The class name of a label id (the id itself when the names do not cover it)."""
@@ -190,9 +262,11 @@ class Detector:
 
 
 def default_class_names(num_classes: int) -> list[str]:
-    """COCO's names for 91 classes (official weights), else the ids as text."""
+    """COCO's names for 91 classes (official weights), COCO panoptic's for 250, else the ids as text."""
     if num_classes == 91:
         return list(COCO_CLASSES)
+    if num_classes == 250:
+        return list(COCO_PANOPTIC_CLASSES)
     return [str(i) for i in range(num_classes)]
 
 

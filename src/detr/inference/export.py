@@ -13,6 +13,9 @@ Plain graph (HF optimum's names for DETR):
            heads (class_loss "focal"/"varifocal", Conditional DETR's default: independent sigmoid
            per class, no "no object" column). C is num_classes (91 for COCO: category ids).
     output "pred_boxes" float32 [B, Q, 4]: (cx, cy, w, h) relative to the input image, in [0, 1].
+    output "pred_masks" float32 [B, Q, ceil(H/4), ceil(W/4)], segmentation models only (DETRsegm): each
+           query's mask logits at a quarter of the input (`detr.postprocess_segmentation` turns them into
+           masks at the original size: upsample bilinearly, sigmoid > 0.5).
 
 Postprocessing graph (`postprocess=True`, a graph a runtime can use as is, as RT-DETR exports it):
     inputs "pixel_values" as above, and "orig_target_sizes" int64 [B, 2] as (height, width) of each
@@ -22,6 +25,9 @@ Postprocessing graph (`postprocess=True`, a graph a runtime can use as is, as RT
     K: softmax head: every query (K = Q, the official PostProcess keeps one detection per query: its
        best real class), sorted by score; sigmoid heads: the top 100 (query, class) pairs over Q x C,
        as Conditional DETR's postprocessing and `detr.postprocess` keep. `top_k` sets K for both.
+
+The postprocessing graph of a segmentation model is refused: it would need a per-image resize to each
+original size inside the graph; export the plain graph and postprocess its pred_masks outside.
 
 Needs the `export` extra (onnx; onnxruntime to run or verify).
 """
@@ -40,23 +46,31 @@ from ..checkpoint import output_file
 from ..loss.postprocess import SIGMOID_HEADS, select_detections
 from ..models.attention import HeadAttention
 from ..models.build import Model
+from ..models.segmentation import DETRsegm
 
 OPSET = 17
 INPUT, SIZES = "pixel_values", "orig_target_sizes"
 OUTPUTS = ("logits", "pred_boxes")  # the plain graph
+MASKS = "pred_masks"  # and its third output for a segmentation model
 DETECTIONS = ("boxes", "scores", "labels")  # the postprocessing graph
 
 
+def output_names(model: Model) -> tuple[str, ...]:
+    """The plain graph's outputs: logits, pred_boxes (and pred_masks for a segmentation model)."""
+    return (*OUTPUTS, MASKS) if isinstance(model, DETRsegm) else OUTPUTS
+
+
 class _ExportWrapper(nn.Module):
-    """DETR as a function of one image batch with two tensor outputs."""
+    """DETR as a function of one image batch with tensor outputs (logits, boxes[, masks])."""
 
     def __init__(self, model: Model):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, ...]:
         out = self.model(pixel_values)
-        return out["pred_logits"], out["pred_boxes"]
+        masks = (out["pred_masks"],) if "pred_masks" in out else ()  # [B, Q, H/4, W/4]
+        return out["pred_logits"], out["pred_boxes"], *masks
 
 
 class _PostprocessWrapper(nn.Module):
@@ -113,6 +127,10 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
         raise ValueError("top_k applies to the postprocessing graph only: pass postprocess=True (--postprocess)")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if postprocess and isinstance(model, DETRsegm):
+        raise ValueError("postprocess=True (--postprocess) is not available for a segmentation model (the graph "
+                         "would resize each mask to its original size); export without it: the plain graph outputs "
+                         "logits, pred_boxes and pred_masks, for detr.postprocess_segmentation")
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail early with a clear message)
     except ImportError:
@@ -127,8 +145,10 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
         example += (torch.tensor([[height, width]]),)
         inputs, outputs = [INPUT, SIZES], list(DETECTIONS)
     else:
-        inputs, outputs = [INPUT], list(OUTPUTS)
+        inputs, outputs = [INPUT], list(output_names(model))
     axes.update({name: batch for name in inputs[1:] + outputs})
+    if MASKS in outputs:
+        axes[MASKS] = {0: "batch", 2: "mask_height", 3: "mask_width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the TorchScript exporter
         torch.onnx.export(net, example, str(output), dynamo=False, opset_version=opset,
@@ -171,7 +191,7 @@ def verify_onnx(model: Model, path: str | os.PathLike,
                 sizes: tuple[tuple[int, int], ...] = ((320, 416), (384, 288)), tolerance: float = 1e-4) -> float:
     """Compare an exported graph (either kind) with PyTorch on random batches of two at each size.
 
-    Plain graph: logits and pred_boxes. Postprocessing graph: scores, and boxes as a fraction of the
+    Plain graph: logits, pred_boxes and pred_masks (segmentation models). Postprocessing graph: scores, and boxes as a fraction of the
     image size (pixels scale the float error with the image); labels must be equal wherever a score is
     not within `tolerance` of its neighbours (a tie may swap two detections in either runtime).
 
@@ -193,6 +213,10 @@ def verify_onnx(model: Model, path: str | os.PathLike,
         logits, boxes = out["pred_logits"].float().cpu(), out["pred_boxes"].float().cpu()
         if OUTPUTS[0] in got:
             worst = max(worst, _max_diff(got["logits"], logits), _max_diff(got["pred_boxes"], boxes))
+            if MASKS in out or MASKS in got:
+                if MASKS not in out or MASKS not in got:
+                    raise ValueError(f"{path}: pred_masks in only one of the graph and the model; export this model")
+                worst = max(worst, _max_diff(got[MASKS], out[MASKS].float().cpu()))
         else:
             expected = select_detections(logits, boxes, orig, model.class_loss, got["scores"].shape[1])
             diff, wrong = _compare_detections(got, *expected[:3], orig, tolerance)

@@ -64,6 +64,28 @@ def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
 
 
 LABEL_PAD = 2  # pixels between a label's text and its edge
+MASK_ALPHA = 0.5  # weight of the class colour where a mask covers the image
+
+
+def draw_masks(image: Image.Image, detections: Detections, alpha: float = MASK_ALPHA) -> Image.Image:
+    """A copy of `image` (RGB) with each detection's mask filled translucently in its class colour.
+
+    A covered pixel becomes round((1 - alpha) * pixel + alpha * colour); masks are laid on from the worst
+    detection to the best, so where masks overlap the best one is blended last (on top).
+    """
+    if detections.masks is None:
+        raise ValueError("draw_masks: these detections have no masks (the model has no mask head)")
+    out = np.asarray(image.convert("RGB"), dtype=np.float64).copy()  # [H, W, 3]
+    masks = detections.masks.cpu().numpy().astype(bool)  # [N, H, W]
+    for mask, label in reversed(list(zip(masks, detections.labels.tolist()))):
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(colour(int(label)), dtype=np.float64)
+        out[mask] = out[mask].round()  # each layer rounds to 8 bits, as drawing on a picture would
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def draw_segmentation(image: Image.Image, detections: Detections, alpha: float = MASK_ALPHA) -> Image.Image:
+    """`draw_detections` (boxes and labels, placed by `label_boxes`) over `draw_masks`' translucent masks."""
+    return draw_detections(draw_masks(image, detections, alpha), detections)
 
 
 def _texts(detections: Detections) -> list[str]:

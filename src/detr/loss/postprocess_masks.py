@@ -26,7 +26,7 @@ Sizes = Tensor | Sequence[Sequence[int]]
 @torch.no_grad()
 def postprocess_segmentation(outputs: dict[str, Any], target_sizes: Sizes, processed_sizes: Sizes | None = None,
                              class_loss: str = "softmax", threshold: float = 0.5,
-                             top_k: int = 100) -> list[dict[str, Tensor]]:
+                             top_k: int = 100, min_score: float = 0.0) -> list[dict[str, Tensor]]:
     """`detr.postprocess`'s detections of every image with a binary mask each, at the original image size.
 
     The mask logits [H/4, W/4] of the padded batch are upsampled (bilinear) to the largest processed size,
@@ -40,6 +40,8 @@ def postprocess_segmentation(outputs: dict[str, Any], target_sizes: Sizes, proce
             target sizes (the images were given at their original sizes).
         class_loss, top_k: as `detr.postprocess`.
         threshold: mask probability above which a pixel belongs to the mask.
+        min_score: detections scoring below it are dropped before their masks are made (a mask per query at
+            the original size can take gigabytes for large photos; 0 keeps them all, as the official code).
 
     Returns:
         One dict per image: `detr.postprocess`'s "scores", "labels", "boxes", "queries" [N] and "masks" [N, H, W]
@@ -50,6 +52,12 @@ def postprocess_segmentation(outputs: dict[str, Any], target_sizes: Sizes, proce
     processed = targets if processed_sizes is None else torch.as_tensor(processed_sizes).tolist()
     max_h, max_w = (max(s[i] for s in processed) for i in (0, 1))
     for result, logits, (ph, pw), (th, tw) in zip(results, outputs["pred_masks"], processed, targets):
+        if min_score > 0:
+            kept = result["scores"] >= min_score
+            result.update({k: v[kept] for k, v in result.items()})
+        if len(result["queries"]) == 0:  # (interpolate refuses 0 channels)
+            result["masks"] = torch.zeros((0, th, tw), dtype=torch.bool, device=logits.device)
+            continue
         logits = logits[result["queries"]]  # [N, h, w], the detections' masks only
         masks = F.interpolate(logits[None], size=(max_h, max_w), mode="bilinear", align_corners=False)[0]
         masks = (masks.sigmoid() > threshold)[:, :ph, :pw]  # [N, ph, pw]

@@ -48,14 +48,15 @@ class MHAttentionMap(nn.Module):
 
     def forward(self, q: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
         """q [B, Q, E], memory [B, S, E] and mask [B, h, w] (True on padding, S = h*w) -> [B, Q, heads, h, w]."""
-        b, nq, _ = q.shape
+        nq = q.shape[1]
         h, w = mask.shape[-2:]
         c = self.hidden_dim // self.num_heads
-        qh = self.q_linear(q).view(b, nq, self.num_heads, c)  # [B, Q, n, c]
-        kh = self.k_linear(memory).view(b, h * w, self.num_heads, c)  # [B, S, n, c]
+        # -1 for the batch: an exported (traced) graph keeps it dynamic
+        qh = self.q_linear(q).unflatten(-1, (self.num_heads, c))  # [B, Q, n, c]
+        kh = self.k_linear(memory).unflatten(-1, (self.num_heads, c))  # [B, S, n, c]
         weights = torch.einsum("bqnc,bsnc->bqns", qh * self.normalize_fact, kh)  # [B, Q, n, S]
         weights = weights.masked_fill(mask.flatten(1)[:, None, None, :], float("-inf"))
-        return weights.flatten(2).softmax(-1).view(b, nq, self.num_heads, h, w)
+        return weights.flatten(2).softmax(-1).view(-1, nq, self.num_heads, h, w)
 
 
 class MaskHeadSmallConv(nn.Module):
@@ -88,19 +89,18 @@ class MaskHeadSmallConv(nn.Module):
 
     def forward(self, src: Tensor, attention: Tensor, fpns: Sequence[Tensor]) -> Tensor:
         """src [B, E, h, w], attention [B, Q, n, h, w], fpns: the stride 16, 8, 4 maps -> mask logits [B, Q, H4, W4]."""
-        b, q = attention.shape[:2]
-        e = src.shape[1]
+        q, e = attention.shape[1], src.shape[1]  # (batch sizes as -1 below: dynamic in an exported graph)
         weight = self.lay1.weight  # over cat(src repeated per query, attention): its src part runs once per image
         x = F.conv2d(attention.flatten(0, 1), weight[:, e:], padding=1)  # [B*Q, dim, h, w]
-        x = (x.unflatten(0, (b, q)) + F.conv2d(src, weight[:, :e], self.lay1.bias, padding=1)[:, None]).flatten(0, 1)
+        x = (x.unflatten(0, (-1, q)) + F.conv2d(src, weight[:, :e], self.lay1.bias, padding=1)[:, None]).flatten(0, 1)
         x = F.relu(self.gn1(x))
         x = F.relu(self.gn2(self.lay2(x)))
         for i, fpn in enumerate(fpns, start=1):
             fpn = getattr(self, f"adapter{i}")(fpn)  # [B, C, H, W], broadcast over the queries
             x = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")  # [B*Q, C, H, W]
-            x = (fpn[:, None] + x.unflatten(0, (b, q))).flatten(0, 1)
+            x = (fpn[:, None] + x.unflatten(0, (-1, q))).flatten(0, 1)
             x = F.relu(getattr(self, f"gn{i + 2}")(getattr(self, f"lay{i + 2}")(x)))
-        return self.out_lay(x).view(b, q, *x.shape[-2:])
+        return self.out_lay(x).view(-1, q, *x.shape[-2:])
 
 
 class DETRsegm(nn.Module):
