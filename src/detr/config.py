@@ -101,6 +101,10 @@ class DataConfig:
     # COCO panoptic (official flag): annotations/panoptic_{train,val}2017.json and the PNG folders
     # panoptic_{train,val}2017 (data.coco_panoptic_paths); the images stay in coco_path.
     coco_panoptic_path: str | None = None
+    # Custom panoptic data: the PNG folders of --train_annotations / --val_annotations when those are
+    # COCO panoptic JSONs (the images stay in --train_images / --val_images).
+    train_panoptic: str | None = None
+    val_panoptic: str | None = None
     # Names of the classes indexed by label id (from the annotation file or the checkpoint).
     class_names: list[str] | None = None
     # Image sizes: training resizes the short side to one of `scales` (None: the paper's
@@ -322,6 +326,15 @@ def _validate_data_paths(cfg: Config) -> None:
         raise ValueError("give either --coco_path or --train_images/--train_annotations/..., not both")
     if d.coco_path and not Path(d.coco_path).is_dir():
         raise ValueError(f"--coco_path {d.coco_path}: folder not found")
+    if d.coco_panoptic_path and not d.coco_path:
+        raise ValueError("--coco_panoptic_path holds the panoptic annotations; the images come from --coco_path: "
+                         "give it as well")
+    for flag, folder, ann in (("--train_panoptic", d.train_panoptic, d.train_annotations),
+                              ("--val_panoptic", d.val_panoptic, d.val_annotations)):
+        if folder and not ann:
+            raise ValueError(f"{flag} needs --{flag[2:].split('_')[0]}_annotations (its COCO panoptic JSON) as well")
+        if folder and not Path(folder).is_dir():
+            raise ValueError(f"{flag} {folder}: folder not found")
     for pair in (("--train_images", "--train_annotations"), ("--val_images", "--val_annotations")):
         given = [flag for flag in pair if custom[flag]]
         if len(given) == 1:
