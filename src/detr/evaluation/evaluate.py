@@ -18,13 +18,13 @@ from ..checkpoint import load_checkpoint, load_model_weights, output_folder, wri
 from ..config import Config, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
+from ..data.panoptic import PanopticReport
 from ..loss.criterion import create_criterion
 from ..loss.postprocess import postprocess
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
 from ..models.build import build_model
 from ..registry import config_from_checkpoint
 from ..runtime import autocast, resolve_device
-from ..data.panoptic import PanopticReport
 from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
 from .segm_eval import MaskEvaluator
 
