@@ -173,3 +173,24 @@ def test_mask_losses_are_in_the_test_loss(pan, trained):
     assert stats["loss"] - stats["loss_mask"] - stats["loss_dice"] == pytest.approx(
         sum(stats[k] * w for k, w in weights.items() if k in stats and "mask" not in k and "dice" not in k), rel=1e-6)
     assert torch.isfinite(torch.tensor(stats["PQ"]))
+
+
+@pytest.mark.slow
+def test_panoptic_demo_end_to_end_on_a_tiny_set(tmp_path):
+    from detr.cli.demo_panoptic import run_panoptic_demo
+
+    summary = run_panoptic_demo({"epochs": 1, "lr_drop": 1, "backbone_warmup": 2, "batch_size": 2,
+                                 "output_dir": str(tmp_path)}, {"num_train": 4, "num_val": 2, "image_size": 64},
+                                num_pictures=2)
+    test = summary["last_test"]
+    assert {"PQ_all", "PQ_th", "PQ_st", "mask_AP"} <= set(test)
+    line = json.loads((tmp_path / "log.txt").read_text().splitlines()[-1])
+    assert line["test_PQ_all"] == pytest.approx(test["PQ_all"])
+    # the same numbers from the written predictions and the demo's own ground truth, computed directly
+    direct = panoptic_quality(tmp_path / "data" / "panoptic_val.json", tmp_path / "data" / "panoptic_val",
+                              tmp_path / "panoptic_val.json", tmp_path / "panoptic_eval", workers=1)
+    assert direct["All"] == pytest.approx(test["PQ_all"])
+    from PIL import Image
+
+    with Image.open(summary["picture"]) as im:
+        assert im.width > 2 * 64 * 3  # two enlarged pictures side by side

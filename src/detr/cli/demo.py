@@ -1,5 +1,6 @@
 """`detr demo`: the built-in main job. Make the demo dataset, train a small preset model on
-it (minutes on 2 CPU cores), evaluate it (COCO bbox AP) and draw its predictions."""
+it (minutes on 2 CPU cores), evaluate it (COCO bbox AP) and draw its predictions. `detr demo --masks`:
+the same for panoptic segmentation (demo_panoptic.py)."""
 
 from __future__ import annotations
 
