@@ -206,7 +206,7 @@ DEMO_DATA: dict[str, int] = {"num_train": 5000, "num_val": 200, "image_size": 12
 # `detr demo --masks`: the same model with the mask head (hidden_dim 128 and nheads 8 suit its GroupNorm), trained
 # jointly from scratch on the panoptic demo data (data/demo.py, panoptic=True), evaluated with PQ after each epoch.
 PANOPTIC_DEMO: dict[str, Any] = {"masks": True, "output_dir": "runs/demo_panoptic"}
-PANOPTIC_DEMO_DATA: dict[str, int] = {"num_train": 2000, "num_val": 100, "image_size": 128}
+PANOPTIC_DEMO_DATA: dict[str, int] = {"num_train": 1500, "num_val": 100, "image_size": 128}
 
 
 def starts_from_scratch(values: dict[str, Any]) -> bool:

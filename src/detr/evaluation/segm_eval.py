@@ -32,6 +32,9 @@ from .panoptic import panoptic_quality, pq_table
 
 log = logging.getLogger(__name__)
 
+# Least class score of a query kept in the panoptic output: the official 0.85 for the softmax head; the sigmoid
+# heads' scores run lower (each class is scored on its own, with no "no object" column to take the mass).
+PANOPTIC_THRESHOLDS = {"softmax": 0.85, "focal": 0.85, "varifocal": 0.85}
 PanopticPrediction = tuple[dict[str, Any], bytes]  # (annotation {image_id, file_name, segments_info}, PNG bytes)
 
 
@@ -56,10 +59,13 @@ class MaskEvaluator:
         class_loss: the model's class head (how its scores are read).
         panoptic: the validation set's panoptic report (ground truth for PQ), or None: mask AP only.
         out_dir: where the panoptic predictions (PNGs + JSON) are kept; None: a temporary folder.
+        threshold: least class score of a query kept in the panoptic output (default: PANOPTIC_THRESHOLDS).
     """
 
-    def __init__(self, class_loss: str, panoptic: PanopticReport | None = None, out_dir: Path | None = None):
+    def __init__(self, class_loss: str, panoptic: PanopticReport | None = None, out_dir: Path | None = None,
+                 threshold: float | None = None):
         self.class_loss = class_loss
+        self.threshold = PANOPTIC_THRESHOLDS[class_loss] if threshold is None else threshold
         self.panoptic = panoptic
         self.out_dir = out_dir
         self.mask_results: list[dict[str, Any]] = []
@@ -80,7 +86,7 @@ class MaskEvaluator:
         if self.panoptic is None:
             return
         results = postprocess_panoptic(outputs, processed, orig_sizes, lambda c: self._thing.get(c, False),
-                                       class_loss=self.class_loss)
+                                       threshold=self.threshold, class_loss=self.class_loss)
         for res, image_id in zip(results, ids):
             ids_map, segments = shift_segments(res["segment_ids"].numpy(), res["segments_info"], self.categories)
             self.dropped += len(res["segments_info"]) - len(segments)
