@@ -194,3 +194,30 @@ def test_panoptic_demo_end_to_end_on_a_tiny_set(tmp_path):
 
     with Image.open(summary["picture"]) as im:
         assert im.width > 2 * 64 * 3  # two enlarged pictures side by side
+
+
+def test_perfect_outputs_score_pq_and_mask_ap_one(pan):
+    """The evaluation path end to end (postprocess, renumbering, PNGs, PQ, RLE, COCOeval) on outputs that
+    reproduce the ground truth exactly: PQ and mask AP must be 1, whatever the ids."""
+    from detr.data import build_panoptic_dataset
+    from detr.data.panoptic import CocoPanoptic
+    from detr.evaluation.segm_eval import MaskEvaluator
+
+    ds = build_panoptic_dataset(pan["val_images"], pan["val_panoptic_annotations"], pan["val_panoptic"], train=False)
+    raw = CocoPanoptic(ds.report, transforms=lambda image, target: (image, target))  # masks at the image size
+    ev = MaskEvaluator("softmax", ds.report)
+    for i in range(len(raw)):
+        _, t = raw[i]
+        masks, labels = t["masks"], t["labels"]  # [N, H, W], [N]
+        n, (h, w) = len(labels), masks.shape[-2:]
+        logits = torch.full((1, n + 2, ds.num_classes + 1), -10.0)
+        logits[0, torch.arange(n), labels] = 10.0
+        logits[0, n:, -1] = 10.0  # two spare queries: "no object"
+        pred_masks = torch.full((1, n + 2, h, w), -10.0)
+        pred_masks[0, :n][masks] = 10.0
+        boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(1, n + 2, 1)
+        t["size"] = t["orig_size"]
+        ev.update({"pred_logits": logits, "pred_boxes": boxes, "pred_masks": pred_masks}, [t], t["orig_size"][None])
+    stats = ev.summarize(ds.coco, ds.ids)
+    assert stats["PQ_all"]["pq"] == pytest.approx(1.0) and stats["PQ_st"]["n"] > 0 and stats["PQ_th"]["n"] > 0
+    assert stats["mask_AP"] == pytest.approx(1.0)
