@@ -32,8 +32,8 @@ from .panoptic import panoptic_quality, pq_table
 
 log = logging.getLogger(__name__)
 
-# Least class score of a query kept in the panoptic output: the official 0.85 for the softmax head; the sigmoid
-# heads' scores run lower (each class is scored on its own, with no "no object" column to take the mass).
+# Least class score of a query kept in the panoptic output: the official 0.85 for the softmax head. The sigmoid
+# heads keep it too until a value of their own is measured (their scores may run lower: no "no object" column).
 PANOPTIC_THRESHOLDS = {"softmax": 0.85, "focal": 0.85, "varifocal": 0.85}
 PanopticPrediction = tuple[dict[str, Any], bytes]  # (annotation {image_id, file_name, segments_info}, PNG bytes)
 
