@@ -5,55 +5,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 import detr.training.train as train_module
 from detr.checkpoint import load_checkpoint
-from detr.data.loaders import RunData
-from detr.loss.box_ops import cxcywh_to_xyxy
+from detr.data import make_demo_dataset
 from detr.models.build import build_model
 from detr.training.train import train
 
-from .train_helpers import config, max_weight_diff, tiny_data
+from .train_helpers import config, max_weight_diff
 
 # the mask head's GroupNorm(8) needs hidden_dim / 16 and hidden_dim + nheads to be multiples of 8
 SEGM = ["--hidden_dim", "128", "--nheads", "8", "--masks"]
 
 
-class BoxMasks(Dataset):
-    """A detection dataset whose targets also carry masks: each box filled, at the image's size (a stand-in for
-    the mask annotations, so that this test needs nothing from the data loaders)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        image, target = self.dataset[index]
-        h, w = image.shape[-2:]
-        boxes = cxcywh_to_xyxy(target["boxes"]) * torch.tensor([w, h, w, h])
-        ys, xs = torch.arange(h)[:, None] + 0.5, torch.arange(w)[None, :] + 0.5
-        target["masks"] = torch.stack([(xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1) for x0, y0, x1, y1 in boxes]
-                                      ) if len(boxes) else torch.zeros((0, h, w), dtype=torch.bool)
-        return image, target
-
-
-@pytest.fixture()
-def masked_data(monkeypatch):
-    build = train_module.build_datasets
-
-    def with_masks(cfg, *args, **kwargs):
-        d = build(cfg, *args, **kwargs)
-        return RunData(BoxMasks(d.train), BoxMasks(d.val) if d.val is not None else None, d.coco_gt)
-
-    monkeypatch.setattr(train_module, "build_datasets", with_masks)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("demo"), num_train=4, num_val=2)
+    """The panoptic demo's COCO instances: things with RLE masks, which `--masks` loads as "masks" targets."""
+    paths = make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=4, num_val=2, image_size=64, seed=1,
+                              panoptic=True)
+    return {k: str(v) for k, v in paths.items()}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +38,7 @@ def detector(data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_frozen_detector_is_unchanged_and_resume_is_exact(data, detector, masked_data, tmp_path):
+def test_frozen_detector_is_unchanged_and_resume_is_exact(data, detector, tmp_path):
     frozen = ["--frozen_weights", str(detector)]
     straight, split = tmp_path / "straight", tmp_path / "split"
     summary = train(config(data, straight, [*SEGM, *frozen, "--epochs", "2"]), progress=False)
@@ -94,7 +64,7 @@ def test_frozen_detector_is_unchanged_and_resume_is_exact(data, detector, masked
 
 
 @pytest.mark.slow
-def test_joint_training_trains_the_detector_too(data, masked_data, tmp_path):
+def test_joint_training_trains_the_detector_too(data, tmp_path):
     train(config(data, tmp_path, [*SEGM, "--epochs", "1"]), progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
     log = (tmp_path / "log.txt").read_text()

@@ -101,6 +101,10 @@ class DataConfig:
     # COCO panoptic (official flag): annotations/panoptic_{train,val}2017.json and the PNG folders
     # panoptic_{train,val}2017 (data.coco_panoptic_paths); the images stay in coco_path.
     coco_panoptic_path: str | None = None
+    # Custom panoptic data: the PNG folders of --train_annotations / --val_annotations when those are
+    # COCO panoptic JSONs (the images stay in --train_images / --val_images).
+    train_panoptic: str | None = None
+    val_panoptic: str | None = None
     # Names of the classes indexed by label id (from the annotation file or the checkpoint).
     class_names: list[str] | None = None
     # Image sizes: training resizes the short side to one of `scales` (None: the paper's
@@ -199,6 +203,10 @@ DEMO_PRESET: dict[str, Any] = {
 }
 # The demo's dataset (data/demo.py): enough images that the model does not overfit within the demo.
 DEMO_DATA: dict[str, int] = {"num_train": 5000, "num_val": 200, "image_size": 128}
+# `detr demo --masks`: the same model with the mask head (hidden_dim 128 and nheads 8 suit its GroupNorm), trained
+# jointly from scratch on the panoptic demo data (data/demo.py, panoptic=True), evaluated with PQ after each epoch.
+PANOPTIC_DEMO: dict[str, Any] = {"masks": True, "output_dir": "runs/demo_panoptic"}
+PANOPTIC_DEMO_DATA: dict[str, int] = {"num_train": 1500, "num_val": 100, "image_size": 128}
 
 
 def starts_from_scratch(values: dict[str, Any]) -> bool:
@@ -330,6 +338,15 @@ def _validate_data_paths(cfg: Config) -> None:
         raise ValueError("give either --coco_path or --train_images/--train_annotations/..., not both")
     if d.coco_path and not Path(d.coco_path).is_dir():
         raise ValueError(f"--coco_path {d.coco_path}: folder not found")
+    if d.coco_panoptic_path and not d.coco_path:
+        raise ValueError("--coco_panoptic_path holds the panoptic annotations; the images come from --coco_path: "
+                         "give it as well")
+    for flag, folder, ann in (("--train_panoptic", d.train_panoptic, d.train_annotations),
+                              ("--val_panoptic", d.val_panoptic, d.val_annotations)):
+        if folder and not ann:
+            raise ValueError(f"{flag} needs --{flag[2:].split('_')[0]}_annotations (its COCO panoptic JSON) as well")
+        if folder and not Path(folder).is_dir():
+            raise ValueError(f"{flag} {folder}: folder not found")
     for pair in (("--train_images", "--train_annotations"), ("--val_images", "--val_annotations")):
         given = [flag for flag in pair if custom[flag]]
         if len(given) == 1:

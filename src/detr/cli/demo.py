@@ -1,5 +1,6 @@
 """`detr demo`: the built-in main job. Make the demo dataset, train a small preset model on
-it (minutes on 2 CPU cores), evaluate it (COCO bbox AP) and draw its predictions."""
+it (minutes on 2 CPU cores), evaluate it (COCO bbox AP) and draw its predictions. `detr demo --masks`:
+the same for panoptic segmentation (demo_panoptic.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from typing import Any
 from PIL import Image
 
 from ..checkpoint import load_checkpoint
-from ..config import DEMO_DATA, DEMO_PRESET, config_from_flags
+from ..config import DEMO_DATA, DEMO_PRESET, PANOPTIC_DEMO, PANOPTIC_DEMO_DATA, config_from_flags
 from ..data import make_demo_dataset
 from ..data.images import load_image
 from ..inference.detector import Detector
 from ..inference.visualize import draw_detections
 from ..training.train import train
 from . import show_progress
+from .demo_panoptic import run_panoptic_demo
+
+
+def argv_flags(argv: list[str]) -> list[str]:
+    """The option names given in `argv` ("--num_train 5" and "--num_train=5" -> "num_train")."""
+    return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
 
 
 def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | Path, threshold: float = 0.5) -> Path:
@@ -71,10 +78,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num_train", type=int, default=DEMO_DATA["num_train"], help="training images to make")
     parser.add_argument("--num_val", type=int, default=DEMO_DATA["num_val"], help="validation images to make")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--masks", action="store_true",
+                        help="the panoptic demo: shapes (things) on textured regions (stuff), the mask head trained "
+                             "with the detector, PQ and mask AP, the segmentation drawn (default sizes: "
+                             f"{PANOPTIC_DEMO_DATA['num_train']} train, {PANOPTIC_DEMO_DATA['num_val']} val images; "
+                             f"output {PANOPTIC_DEMO['output_dir']})")
     args = vars(parser.parse_args(argv))
+    masks = args.pop("masks")
     data = {k: args.pop(k) for k in ("num_train", "num_val")}
     if args["backbone_warmup"] is None:
         del args["backbone_warmup"]
     args["lr_drop"] = max(1, args["epochs"] - 1)  # the last epoch at a tenth of the rate, as the preset
-    run_demo(args, data)
+    if not masks:
+        run_demo(args, data)
+        return 0
+    given = set(argv_flags(argv))  # the panoptic demo's own sizes and folder unless given
+    data = {k: v for k, v in data.items() if k in given}
+    if "output_dir" not in given:
+        del args["output_dir"]
+    run_panoptic_demo(args, data)
     return 0

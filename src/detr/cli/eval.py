@@ -1,4 +1,5 @@
-"""`detr eval`: COCO bbox AP of a checkpoint on a validation set (all 12 numbers)."""
+"""`detr eval`: COCO bbox AP of a checkpoint on a validation set (all 12 numbers); with masks also mask AP and,
+on panoptic data, PQ / SQ / RQ."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from .flags import build_parser, config_from_args, given_flags
 
 def main(argv: list[str]) -> int:
     """`detr eval --weights FILE [data flags]`: COCO bbox AP of a checkpoint on the val set."""
-    parser = build_parser("detr eval", "Evaluate a checkpoint (COCO bbox AP, all 12 numbers). The model comes "
+    parser = build_parser("detr eval", "Evaluate a checkpoint (COCO bbox AP, all 12 numbers; a segmentation model "
+                                       "also mask AP and, on panoptic data, PQ). The model comes "
                                        "from the checkpoint (its config, its official args, its published name or "
                                        "its shapes; model flags given here win); data flags override its data paths.")
     args = parser.parse_args(argv)

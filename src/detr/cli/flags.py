@@ -57,10 +57,16 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("dice_loss_coef", float, "with --masks: weight of the dice loss of the masks (loss_dice)"),
     ("frozen_weights", str, "with --masks: a trained detector, loaded and frozen; only the mask head trains"),
     ("coco_path", str, "COCO 2017 folder (train2017/, val2017/, annotations/)"),
+    ("dataset_file", str, "coco (instances; with --masks their polygon/RLE masks) or coco_panoptic (with "
+                          "--coco_panoptic_path)"),
+    ("coco_panoptic_path", str, "with --dataset_file coco_panoptic: the folder of annotations/panoptic_{train,val}"
+                                "2017.json and the PNG folders panoptic_{train,val}2017"),
     ("train_images", str, "custom data: training image folder"),
     ("train_annotations", str, "custom data: training COCO instances JSON"),
     ("val_images", str, "custom data: validation image folder"),
     ("val_annotations", str, "custom data: validation COCO instances JSON"),
+    ("train_panoptic", str, "custom panoptic data: the PNG folder of --train_annotations, then a COCO panoptic JSON"),
+    ("val_panoptic", str, "custom panoptic data: the PNG folder of --val_annotations, then a COCO panoptic JSON"),
     ("output_dir", str, "where checkpoints, log.txt and detections go (default: runs/train)"),
     ("device", str, "cuda or cpu (default: cuda when available)"),
     ("seed", int, "random seed"),
@@ -84,10 +90,10 @@ SWITCHES = [("dilation", "DC5: dilate the last backbone stage"), ("pre_norm", "p
             ("no_aux_loss", "no auxiliary decoder losses"), ("eval", "only evaluate --resume/--weights"),
             ("no_random_crop", "no random-crop augmentation")]
 # Official flags that do not apply here: accepted so old command lines run, and reported.
-IGNORED = {"dataset_file": "coco", "world_size": None, "dist_url": None, "start_epoch": None,
-           "remove_difficult": None, "coco_panoptic_path": None}
+IGNORED = {"world_size": None, "dist_url": None, "start_epoch": None, "remove_difficult": None}
+DATASET_FILES = ("coco", "coco_panoptic")
 PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
-              "resume", "weights", "frozen_weights"}
+              "resume", "weights", "frozen_weights", "coco_panoptic_path", "train_panoptic", "val_panoptic"}
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -115,7 +121,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given on the command line, as Config field names (switches translated)."""
     _check_ignored(args)
+    _check_dataset_file(args)
     given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
+    given.pop("dataset_file", None)  # what it selects is in the paths: --coco_panoptic_path
     given.pop("eval", None)
     if given.pop("no_aux_loss", False):
         given["aux_loss"] = False
@@ -135,10 +143,22 @@ def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = N
     return config_from_flags(values)
 
 
+def _check_dataset_file(args: argparse.Namespace) -> None:
+    """The official --dataset_file: coco_panoptic goes with --coco_panoptic_path, and only it."""
+    kind = args.dataset_file
+    if kind not in (None, *DATASET_FILES):
+        raise ValueError(f"--dataset_file {kind}: must be one of {', '.join(DATASET_FILES)}; for other data use "
+                         "--train_images/--train_annotations/--val_images/--val_annotations (and --train_panoptic/"
+                         "--val_panoptic for panoptic PNG folders)")
+    if kind == "coco_panoptic" and not args.coco_panoptic_path:
+        raise ValueError("--dataset_file coco_panoptic needs --coco_panoptic_path (the folder of annotations/"
+                         "panoptic_{train,val}2017.json and panoptic_{train,val}2017/)")
+    if args.coco_panoptic_path and kind != "coco_panoptic":
+        raise ValueError(f"--coco_panoptic_path {args.coco_panoptic_path} is read with --dataset_file coco_panoptic "
+                         "(as the official command line); add it")
+
+
 def _check_ignored(args: argparse.Namespace) -> None:
-    if args.dataset_file not in (None, "coco"):
-        raise ValueError(f"--dataset_file {args.dataset_file}: only coco is supported; for other data use "
-                         "--train_images/--train_annotations/--val_images/--val_annotations")
     for name in ("world_size", "dist_url", "start_epoch", "remove_difficult"):
         if getattr(args, name):
             log.warning("--%s is ignored: torchrun sets up processes, --resume sets the epoch", name)

@@ -26,7 +26,7 @@ from .masks import encode_id_png
 DEMO_CLASSES = ("circle", "square", "triangle", "cross")  # category ids 1, 2, 3, 4
 DEMO_NUM_CLASSES = len(DEMO_CLASSES) + 1
 _FORMAT_VERSION = 1  # bump when the generator changes, so old folders are regenerated
-_PANOPTIC_VERSION = 1  # the same for the panoptic variant
+_PANOPTIC_VERSION = 2  # the same for the panoptic variant (2: unique instance annotation ids)
 _MAX_OVERLAP_IOU = 0.25
 # The panoptic variant: the shapes are things; stuff ids 5-7 follow, num_classes = len(PANOPTIC_CLASSES) + 1
 STUFF_CLASSES = ("plain", "stripes", "checks")  # category ids 5, 6, 7
@@ -251,8 +251,8 @@ def _write_panoptic_split(root: Path, split: int, name: str, count: int, image_s
         write_bytes(png_folder / f"{image_id:06d}.png", encode_id_png(ids))
         images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "width": w, "height": h})
         panoptic.append({"image_id": image_id, "file_name": f"{image_id:06d}.png", "segments_info": info})
-        instances += [_instance(image_id, len(instances) + 1, ids, s) for s in info
-                      if s["category_id"] <= len(DEMO_CLASSES)]
+        shapes = [s for s in info if s["category_id"] <= len(DEMO_CLASSES)]
+        instances += [_instance(image_id, len(instances) + k + 1, ids, s) for k, s in enumerate(shapes)]
     info_entry = {"description": f"detr synthetic shapes panoptic demo ({name})"}
     things = [{"id": i + 1, "name": n, "supercategory": "shape", "isthing": 1} for i, n in enumerate(DEMO_CLASSES)]
     stuff = [{"id": len(DEMO_CLASSES) + i + 1, "name": n, "supercategory": "texture", "isthing": 0}

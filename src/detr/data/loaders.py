@@ -14,8 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed
 from ..config import Config
 from .annotations import class_names_from_annotations, num_classes_from_annotations
-from .coco import build_dataset, coco_paths, collate_fn
+from .coco import CocoDetection, build_dataset, coco_paths, collate_fn
 from .demo import make_demo_dataset
+from .errors import DatasetError
+from .panoptic import CocoPanoptic, PanopticReport, build_panoptic_dataset, coco_panoptic_paths
 from .sampler import EpochBatchSampler
 from .transforms import make_transforms
 
@@ -26,22 +28,27 @@ DEMO_DATA_DIR = "runs/demo/data"
 
 @dataclass
 class RunData:
-    """The datasets of a run; `coco_gt` is the pycocotools COCO of the validation set."""
+    """The datasets of a run; `coco_gt` is the pycocotools COCO of the validation set, `panoptic` its panoptic
+    report (ground truth for PQ) when the validation data is panoptic."""
 
     train: Dataset | None
     val: Dataset | None
     coco_gt: Any
+    panoptic: PanopticReport | None = None
 
 
 def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
     """A copy of `cfg` with concrete data paths, num_classes and class names.
 
-    --coco_path gives the COCO 2017 layout and 91 classes; custom data gives num_classes =
-    largest category id + 1 unless set; with no data at all the demo dataset is generated
-    (by the main process only) under `demo_root`.
+    --coco_path gives the COCO 2017 layout and 91 classes (with --coco_panoptic_path: the panoptic layout
+    and 250 classes, as the official code); custom data gives num_classes = largest category id + 1 unless
+    set; with no data at all the demo dataset is generated (by the main process only) under `demo_root`.
     """
     d = cfg.data
-    if d.coco_path:
+    if d.coco_path and d.coco_panoptic_path:
+        d = dataclasses.replace(d, **{k: str(v) for k, v in coco_panoptic_paths(d.coco_path, d.coco_panoptic_path)
+                                      .items()})
+    elif d.coco_path:
         keys = ("train_images", "train_annotations", "val_images", "val_annotations")
         d = dataclasses.replace(d, **{k: str(v) for k, v in zip(keys, coco_paths(d.coco_path))})
     elif not d.train_annotations and not d.val_annotations:
@@ -51,7 +58,7 @@ def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
     needed = max(num_classes_from_annotations(a) for a in ann_files)
     num_classes = cfg.model.num_classes
     if num_classes is None:
-        num_classes = 91 if cfg.data.coco_path else needed
+        num_classes = (250 if d.coco_panoptic_path else 91) if d.coco_path else needed
     elif num_classes < needed:
         raise ValueError(f"--num_classes {num_classes} is too small: the annotations use category id "
                          f"{needed - 1}, so num_classes must be >= {needed}")
@@ -85,23 +92,43 @@ def _transforms(cfg: Config, train: bool) -> Any:
                            val_scale=d.val_scale)
 
 
+def _dataset(cfg: Config, train: bool) -> CocoDetection:
+    """One split: panoptic when it has a PNG folder, else instances (with their masks when the model has masks)."""
+    d, n, split = cfg.data, cfg.model.num_classes, "train" if train else "val"
+    images, ann, png = getattr(d, f"{split}_images"), getattr(d, f"{split}_annotations"), getattr(d, f"{split}_panoptic")
+    if png:
+        return build_panoptic_dataset(images, ann, png, train, _transforms(cfg, train), n)
+    dataset = build_dataset(images, ann, train, _transforms(cfg, train), n, masks=cfg.model.masks)
+    if cfg.model.masks and not any(len(r.target["labels"]) for r in dataset.report.records.values()):
+        flag = "--coco_path" if d.coco_path else f"--{split}_annotations"
+        raise DatasetError(f"{flag} {ann}: --masks needs instance masks, and no annotation has a usable "
+                           "'segmentation' (polygons or RLE); give panoptic data (--dataset_file coco_panoptic, or "
+                           f"--{split}_panoptic PNGs with a panoptic JSON) or drop --masks")
+    return dataset
+
+
 def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
-    """Scan and wrap the train and (if given) val datasets; labels are checked against num_classes."""
-    d, n = cfg.data, cfg.model.num_classes
+    """Scan and wrap the train and (if given) val datasets; labels are checked against num_classes.
+
+    With --masks the targets carry "masks" [N, H, W]: the PNG segments of panoptic data, else the instance
+    masks of the annotations' polygons or RLE (DatasetError when no annotation has one).
+    """
+    d = cfg.data
     train = val = coco_gt = None
     if with_train:
         if not d.train_annotations:
             raise ValueError("no training data: give --train_images and --train_annotations (or --coco_path)")
-        train = build_dataset(d.train_images, d.train_annotations, True, _transforms(cfg, True), n)
+        train = _dataset(cfg, True)
         most = max((len(r.target["labels"]) for r in train.report.records.values()), default=0)
         if most > cfg.model.num_queries and distributed.is_main_process():
             log.warning("--num_queries %d is smaller than the %d objects of the most crowded image in %s; at most "
                         "%d objects per image can be detected", cfg.model.num_queries, most, d.train_annotations,
                         cfg.model.num_queries)
     if d.val_annotations:
-        val = build_dataset(d.val_images, d.val_annotations, False, _transforms(cfg, False), n)
+        val = _dataset(cfg, False)
         coco_gt = val.coco
-    return RunData(train, val, coco_gt)
+    panoptic = val.report if isinstance(val, CocoPanoptic) else None
+    return RunData(train, val, coco_gt, panoptic)
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int,

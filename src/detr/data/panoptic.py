@@ -11,6 +11,8 @@ is found by the scan (counted in `ScanReport`'s summary), not in the middle of a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from .annotations import category_names, is_int, is_number, read_json
 from .coco import CocoDetection, Target
 from .errors import DatasetError
 from .images import ImageProbe
-from .masks import MAX_SEGMENT_ID, id_png_size, masks_to_boxes, read_id_png
+from .masks import MAX_SEGMENT_ID, coco_mask_results, id_png_size, masks_to_boxes, read_id_png
 from .scan import (
     ImageRecord,
     ScanReport,
@@ -62,8 +64,28 @@ class PanopticReport(ScanReport):
         return self.coco_dataset
 
     def coco(self) -> Any:
-        raise DatasetError(f"{self.ann_file}: a panoptic dataset has no COCO instances ground truth; evaluate "
-                           "box and mask AP with the instances JSON, panoptic quality with `panoptic_gt()`")
+        """A pycocotools COCO with one annotation per ground-truth segment (things and stuff, what the model
+        is trained to detect): its RLE mask from the PNG, the JSON's bbox, area and iscrowd (box and mask AP)."""
+        from pycocotools.coco import COCO
+
+        gt = self.panoptic_gt()
+        annotations = []
+        for ann in gt["annotations"]:
+            ids = read_id_png(self.png_dir / ann["file_name"])  # [H, W]
+            for seg in ann["segments_info"]:
+                mask = ids == seg["id"]  # [H, W]
+                ys, xs = np.nonzero(mask)
+                bbox = seg.get("bbox") or [int(xs.min()), int(ys.min()), int(xs.ptp()) + 1, int(ys.ptp()) + 1]
+                entry = coco_mask_results(ann["image_id"], mask[None], [1.0], [seg["category_id"]])[0]
+                annotations.append({"id": len(annotations) + 1, "image_id": ann["image_id"],
+                                    "category_id": seg["category_id"], "segmentation": entry["segmentation"],
+                                    "bbox": [float(v) for v in bbox], "area": float(seg.get("area", mask.sum())),
+                                    "iscrowd": int(seg.get("iscrowd", 0))})
+        coco = COCO()
+        coco.dataset = {"images": gt["images"], "annotations": annotations, "categories": gt["categories"]}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+        return coco
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Evaluation: losses and COCO bbox AP of a model on a validation loader, and of a saved checkpoint."""
+"""Evaluation: losses and COCO bbox AP of a model on a validation loader, and of a saved checkpoint; for a
+segmentation model also mask AP and, on panoptic data, panoptic quality (segm_eval.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..checkpoint import load_model_weights, output_folder, write_json
 from ..config import Config, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
+from ..data.panoptic import PanopticReport
 from ..loss.criterion import create_criterion
 from ..loss.postprocess import postprocess
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
@@ -25,23 +27,28 @@ from ..models.loading import load_weights
 from ..registry import config_from_checkpoint
 from ..runtime import autocast, resolve_device
 from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
+from .segm_eval import MaskEvaluator
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: Any, device: torch.device,
-             amp: str = "none", progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             amp: str = "none", progress: bool = True, panoptic: PanopticReport | None = None,
+             out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Losses and COCO bbox AP on `loader`, with detections gathered from every process.
 
     Returns the stats (mean losses, "coco_eval_bbox": the 12 COCOeval numbers, "AP", "AP50",
     ..., and "coco_summary": COCOeval's printed table) and the detections in COCO results format.
+    A model with masks ("pred_masks") adds `MaskEvaluator.summarize`'s mask AP and, with `panoptic` (the
+    validation set's ground truth), PQ; its panoptic predictions go to `out_dir`/panoptic_eval when given.
     """
     model.eval()
     criterion.eval()
     averages = RunningMeans()
     detections: list[dict[str, Any]] = []
     image_ids: list[int] = []
+    masks: MaskEvaluator | None = None
     bar = tqdm(loader, desc="eval", dynamic_ncols=True, disable=None if progress and distributed.is_main_process() else True)
     for images, targets in bar:
         images, targets = move_batch(images, targets, device)
@@ -55,6 +62,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
         results = postprocess(outputs, orig_sizes, getattr(criterion, "class_loss", "softmax"))  # the head's
         detections += to_coco_detections(results, ids)
         image_ids += ids
+        if "pred_masks" in outputs:
+            masks = masks or MaskEvaluator(getattr(criterion, "class_loss", "softmax"), panoptic, out_dir)
+            masks.update(outputs, targets, orig_sizes)
     bar.close()
 
     detections, image_ids = gather_detections(detections, image_ids)
@@ -65,6 +75,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
         coco_stats, summary = [], ""
     coco_stats = _broadcast(coco_stats)
     stats.update({"coco_eval_bbox": coco_stats, "coco_summary": summary, **dict(zip(STAT_NAMES, coco_stats))})
+    if masks is not None:
+        stats.update(masks.summarize(coco_gt, image_ids))
     return stats, detections
 
 
@@ -82,7 +94,8 @@ def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: 
     if out_dir is None:
         return
     save_detections(out_dir / "detections_val.json", detections)
-    summary = {k: stats[k] for k in ("coco_eval_bbox", "AP", "AP50", "AP75") if k in stats}
+    summary = {k: stats[k] for k in ("coco_eval_bbox", "AP", "AP50", "AP75", "coco_eval_masks", "mask_AP", "PQ_all",
+                                     "PQ_th", "PQ_st") if k in stats}
     write_json(out_dir / "eval.json", summary, indent=1)
 
 
@@ -114,19 +127,30 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         net = build_model(cfg.model).to(device)
         load_model_weights(net, ckpt["model"], source=source)
         criterion = create_criterion(cfg.model.num_classes, cfg.model.dec_layers, cfg.model.aux_loss,
-                                     cfg.model.class_loss, cfg.model.dn_number > 0,
+                                     cfg.model.class_loss, cfg.model.dn_number > 0, cfg.model.masks,
                                      **vars(cfg.loss)).to(device)
         loader = make_loader(data.val, cfg.train.batch_size, False, cfg.train.seed, cfg.train.num_workers)
-        stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress)
         main = distributed.is_main_process()
         out_dir = output_folder(cfg.train.output_dir, "--output_dir") if cfg.train.output_dir and main else None
+        stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress,
+                                     data.panoptic, out_dir)
         write_eval_outputs(out_dir, stats, detections)
         if distributed.is_main_process():
-            log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val),
-                     stats["coco_summary"])
+            log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val), eval_summary(stats))
             if out_dir:
                 log.info("detections (COCO results format) in %s", out_dir / "detections_val.json")
         return stats
     finally:
         if started:
             distributed.cleanup()
+
+
+def eval_summary(stats: dict[str, Any]) -> str:
+    """COCOeval's bbox table, with the mask AP and the panoptic quality table when they were measured."""
+    lines = [stats.get("coco_summary", "")]
+    if "mask_AP" in stats:
+        lines.append(f"mask AP {stats['mask_AP']:.3f}  AP50 {stats['coco_eval_masks'][1]:.3f}  "
+                     f"AP75 {stats['coco_eval_masks'][2]:.3f}")
+    if "panoptic_summary" in stats:
+        lines.append(stats["panoptic_summary"])
+    return "\n".join(lines)

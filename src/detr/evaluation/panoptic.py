@@ -97,7 +97,9 @@ def check_prediction(pred_ids: np.ndarray, pred_segments: list[dict[str, Any]], 
         DatasetError: naming `where` (the PNG) and the offending segment ids or category.
     """
     listed = {s["id"] for s in pred_segments}
-    present = set(np.unique(pred_ids).tolist()) - {VOID}
+    present = set(np.unique(pred_ids).tolist())
+    if VOID not in listed:  # as panopticapi: a listed id 0 is a segment (the official postprocess's first), else VOID
+        present.discard(VOID)
     if present - listed:
         raise DatasetError(f"{where}: segment ids {sorted(present - listed)} are in the PNG but not in its "
                            "segments_info")

@@ -27,7 +27,7 @@ from .. import distributed
 from ..checkpoint import CheckpointError, load_checkpoint, load_model_weights, output_folder
 from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
-from ..evaluation.evaluate import evaluate, write_eval_outputs
+from ..evaluation.evaluate import eval_summary, evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
 from ..models.build import TRAINING_ONLY, Model, build_model
 from ..models.loading import load_backbone_weights, load_weights
@@ -260,7 +260,7 @@ def _maybe_evaluate(cfg: Config, run: Run, epoch: int, progress: bool) -> dict[s
     if run.val_loader is None or ((epoch + 1) % t.eval_every and epoch + 1 != t.epochs):
         return None
     stats, detections = evaluate(run.ddp_model, run.criterion, run.val_loader, run.data.coco_gt, run.device,
-                                 t.amp, progress)
+                                 t.amp, progress, run.data.panoptic, run.out_dir)
     write_eval_outputs(run.out_dir, stats, detections)
     return stats
 
@@ -271,7 +271,7 @@ def _write_log(out_dir: Path | None, train_stats: dict[str, Any], test_stats: di
     if out_dir is None:
         return
     line = {f"train_{k}": v for k, v in train_stats.items()}
-    line.update({f"test_{k}": v for k, v in (test_stats or {}).items() if k != "coco_summary"})
+    line.update({f"test_{k}": v for k, v in (test_stats or {}).items() if not k.endswith("_summary")})
     line.update(epoch=epoch, n_parameters=n_parameters)
     with open(out_dir / "log.txt", "a") as f:
         f.write(json.dumps(line) + "\n")
@@ -297,7 +297,7 @@ def log_summary(summary: dict[str, Any]) -> None:
              + (f" ({summary['stopped']})" if summary["stopped"] else "")]
     test = summary["last_test"]
     if test:
-        lines += [test.get("coco_summary", ""),
+        lines += [eval_summary(test),
                   f"last val AP {test['AP']:.3f}  AP50 {test['AP50']:.3f}  AP75 {test['AP75']:.3f}"]
     if summary["best_ap"] is not None:
         lines.append(f"best val AP {summary['best_ap']:.3f} at epoch {summary['best_epoch']}")
