@@ -9,14 +9,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ..checkpoint import load_checkpoint
 from ..config import DEMO_DATA, DEMO_PRESET, PANOPTIC_DEMO, PANOPTIC_DEMO_DATA, config_from_flags
 from ..data import make_demo_dataset
 from ..data.images import load_image
 from ..inference.detector import Detector
-from ..inference.visualize import draw_detections
+from ..inference.visualize import draw_detections, side_by_side
 from ..training.train import train
 from . import show_progress
 from .demo_panoptic import run_panoptic_demo
@@ -35,14 +33,8 @@ def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | P
     drawn = [draw_detections(im.resize((im.width * scale, im.height * scale)),
                              dataclasses.replace(det, boxes=det.boxes * scale))
              for im, det in zip(pictures, detector(pictures))]
-    sheet = Image.new("RGB", (sum(im.width for im in drawn) + 8 * (len(drawn) - 1), max(im.height for im in drawn)),
-                      (255, 255, 255))
-    x = 0
-    for im in drawn:
-        sheet.paste(im, (x, 0))
-        x += im.width + 8
     output = Path(output)
-    sheet.save(output)
+    side_by_side(drawn).save(output)
     return output
 
 

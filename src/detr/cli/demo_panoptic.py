@@ -18,7 +18,7 @@ from ..data import make_demo_dataset
 from ..data.annotations import read_json
 from ..data.images import load_image
 from ..data.transforms import preprocess
-from ..inference.visualize import colour
+from ..inference.visualize import colour, side_by_side
 from ..loss.postprocess_masks import postprocess_panoptic
 from ..models.build import build_model
 from ..training.train import train
@@ -47,13 +47,7 @@ def draw_panoptic(checkpoint: str | Path, images: list[Path], categories: list[d
         drawn.append(_overlay(image.resize((image.width * scale, image.height * scale)),
                               result["segment_ids"].numpy().repeat(scale, 0).repeat(scale, 1),
                               result["segments_info"], names))
-    sheet = Image.new("RGB", (sum(im.width for im in drawn) + 8 * (len(drawn) - 1), max(im.height for im in drawn)),
-                      (255, 255, 255))
-    left = 0
-    for im in drawn:
-        sheet.paste(im, (left, 0))
-        left += im.width + 8
-    sheet.save(output)
+    side_by_side(drawn).save(output)
     return Path(output)
 
 

@@ -78,6 +78,18 @@ def _place(rng: np.random.Generator, w: int, h: int, boxes: list[list[int]]) -> 
     return None
 
 
+def _visible_colour(rng: np.random.Generator, pixels: np.ndarray, box: list[int]) -> tuple[int, int, int]:
+    """A random colour clearly visible against what lies under the square `box` (up to 20 more draws)."""
+    x, y, s, _ = box
+    under = pixels[y:y + s, x:x + s].reshape(-1, 3).mean(0)
+    colour = rng.integers(0, 256, 3)
+    for _ in range(20):
+        if np.abs(colour - under).sum() >= 180:
+            break
+        colour = rng.integers(0, 256, 3)
+    return tuple(int(c) for c in colour)  # type: ignore[return-value]
+
+
 def _make_image(rng: np.random.Generator, image_size: int) -> tuple[bytes, int, int, list[tuple[int, list[int]]]]:
     """One JPEG and its objects [(category id, [x, y, w, h])]."""
     w, h = (int(v) for v in rng.integers(image_size, image_size + image_size // 4 + 1, 2))
@@ -91,13 +103,7 @@ def _make_image(rng: np.random.Generator, image_size: int) -> tuple[bytes, int, 
             continue
         cls = int(rng.integers(1, len(DEMO_CLASSES) + 1))
         x, y, s, _ = box
-        under = pixels[y:y + s, x:x + s].reshape(-1, 3).mean(0)
-        colour = rng.integers(0, 256, 3)
-        for _ in range(20):  # keep the shape clearly visible against what lies under it
-            if np.abs(colour - under).sum() >= 180:
-                break
-            colour = rng.integers(0, 256, 3)
-        _draw(draw, cls, x, y, s, tuple(int(c) for c in colour))
+        _draw(draw, cls, x, y, s, _visible_colour(rng, pixels, box))
         objects.append((cls, box))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=92)
@@ -189,13 +195,7 @@ def _make_panoptic_image(rng: np.random.Generator, image_size: int) -> tuple[byt
             continue
         cls = int(rng.integers(1, len(DEMO_CLASSES) + 1))
         x, y, s, _ = box
-        under = pixels[y:y + s, x:x + s].reshape(-1, 3).mean(0)
-        colour = rng.integers(0, 256, 3)
-        for _ in range(20):
-            if np.abs(colour - under).sum() >= 180:
-                break
-            colour = rng.integers(0, 256, 3)
-        _draw(draw, cls, x, y, s, tuple(int(c) for c in colour))
+        _draw(draw, cls, x, y, s, _visible_colour(rng, pixels, box))
         _draw(draw_things, cls, x, y, s, len(boxes) + 1)
         boxes.append(box)
         classes.append(cls)

@@ -67,6 +67,17 @@ LABEL_PAD = 2  # pixels between a label's text and its edge
 MASK_ALPHA = 0.5  # weight of the class colour where a mask covers the image
 
 
+def side_by_side(images: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+    """`images` in one row on white, `gap` pixels apart, top-aligned."""
+    sheet = Image.new("RGB", (sum(im.width for im in images) + gap * (len(images) - 1),
+                              max(im.height for im in images)), (255, 255, 255))
+    left = 0
+    for im in images:
+        sheet.paste(im, (left, 0))
+        left += im.width + gap
+    return sheet
+
+
 def draw_masks(image: Image.Image, detections: Detections, alpha: float = MASK_ALPHA) -> Image.Image:
     """A copy of `image` (RGB) with each detection's mask filled translucently in its class colour.
 
