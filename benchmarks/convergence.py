@@ -83,6 +83,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "conditional_varifocal": {"family": "conditional_detr", "class_loss": "varifocal", "set_cost_class": 2.0},
     "conditional_fast": {"family": "conditional_detr", "class_loss": "focal",
                          **recipe_options({**SETTINGS, "recipe": "fast"})},
+    # the same with an exponential moving average of the weights (evaluated and saved; training/ema.py)
+    "conditional_fast_ema": {"family": "conditional_detr", "class_loss": "focal",
+                             **recipe_options({**SETTINGS, "recipe": "fast"}), "ema_decay": 0.9995},
 }
 DATA = {"num_train": 5000, "num_val": 200, "image_size": 128, "seed": 0}
 # --smoke: the same model on a few 64-px images.

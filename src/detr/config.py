@@ -148,6 +148,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     # A named set of options (RECIPES): "official" (the paper's) or "fast" (the fast-convergence options).
     recipe: str = "official"
+    # > 0: evaluate and save an exponential moving average of the weights with this decay (training/ema.py); 0: off.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -284,6 +286,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.num_workers >= 0, f"--num_workers must be >= 0, got {t.num_workers}"),
         (t.eval_every >= 1, f"--eval_every must be >= 1, got {t.eval_every}"),
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
+        (0 <= t.ema_decay < 1, f"--ema_decay must be in [0, 1) (0: no weight average), got {t.ema_decay}"),
         (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
          f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
         (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),

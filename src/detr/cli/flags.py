@@ -77,6 +77,8 @@ FLAGS: list[tuple[str, Any, str]] = [
                               "state-dict file"),
     ("backbone_warmup", int, "steps of dense warm-up of the backbone on the training data (for runs without "
                              "ImageNet weights)"),
+    ("ema_decay", float, "evaluate and save an exponential moving average of the weights with this decay "
+                         "(e.g. 0.9995; 0: off)"),
     ("num_workers", int, "data loading processes"),
     ("amp", str, "mixed precision: none, bf16 (CPU or GPU), fp16 (GPU)"),
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .. import distributed
@@ -66,8 +67,9 @@ def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Op
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, clip_max_norm: float = 0.1, amp: str = "none",
                     scaler: torch.amp.GradScaler | None = None, should_stop: Callable[[], bool] = lambda: False,
-                    start_step: int = 0, progress: bool = True) -> tuple[dict[str, float], int]:
-    """Train for one pass over `loader`.
+                    start_step: int = 0, progress: bool = True,
+                    ema: AveragedModel | None = None) -> tuple[dict[str, float], int]:
+    """Train for one pass over `loader` (and move `ema`, a weight average, after every step).
 
     Stops early (after finishing the current step) when `should_stop()` becomes true on any
     process. Returns the mean of every logged number (losses, "loss", "lr") and the number
@@ -91,6 +93,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         _check_finite_loss(stats, epoch, step)
 
         _backward_and_step(loss, model, optimizer, scaler, clip_max_norm, epoch, step)
+        if ema is not None:
+            ema.update_parameters(model)
         stats["lr"] = optimizer.param_groups[0]["lr"]
         averages.update(stats)
         step += 1

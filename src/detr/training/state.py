@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from .. import distributed
@@ -57,6 +58,7 @@ class Run:
     device: torch.device
     out_dir: Path | None  # None on other processes than the main one, or when nothing is saved
     n_parameters: int
+    ema: AveragedModel | None = None  # --ema_decay: the average of `model`'s weights, evaluated and saved
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -78,11 +80,16 @@ def save_training_checkpoint(run: Run, cfg: Config, progress: Progress, epoch_do
 
     "epoch" is the epoch the checkpoint was written in; "step_in_epoch" is None when that
     epoch is complete, else the number of its steps already done (a run stopped by a signal).
+    With --ema_decay, "model" is the weight average (what was evaluated, and what every reader of the file
+    loads) and "training_model" the optimizer's weights, with "ema_updates" the average's update count.
     """
     if run.out_dir is None:
         return
+    averaged = {} if run.ema is None else {"training_model": run.model.state_dict(),
+                                           "ema_updates": int(run.ema.n_averaged)}
     ckpt = {
-        "model": run.model.state_dict(),
+        "model": run.model.state_dict() if run.ema is None else run.ema.module.state_dict(),
+        **averaged,
         "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.lr_scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -102,7 +109,7 @@ def save_training_checkpoint(run: Run, cfg: Config, progress: Progress, epoch_do
 def restore_training_state(path: str, run: Run) -> Progress:
     """Load a training checkpoint into the run's objects; returns where to continue."""
     ckpt = load_checkpoint(path)
-    load_model_weights(run.model, ckpt["model"], source=f"--resume {path}")
+    _restore_weights(ckpt, run, path)
     missing = [k for k in ("optimizer", "lr_scheduler", "epoch") if k not in ckpt]
     if missing:
         raise CheckpointError(f"--resume {path}: not a training checkpoint (no {', '.join(missing)}); "
@@ -122,3 +129,20 @@ def restore_training_state(path: str, run: Run) -> Progress:
     if distributed.is_main_process():
         log.info("resumed from %s: continuing at epoch %d%s", path, epoch, f" step {step}" if step else "")
     return Progress(epoch, step or 0, ckpt.get("best_ap"), ckpt.get("best_epoch"))
+
+
+def _restore_weights(ckpt: dict[str, Any], run: Run, path: str) -> None:
+    """The optimizer's weights into `run.model` and, with --ema_decay, the weight average into `run.ema`.
+    A file without an average starts one (from the next step's weights); a run without --ema_decay drops it."""
+    training = ckpt.get("training_model")
+    load_model_weights(run.model, ckpt["model"] if training is None else training, source=f"--resume {path}")
+    if run.ema is None:
+        if training is not None and distributed.is_main_process():
+            log.info("--resume %s: its weight average is dropped (no --ema_decay given)", path)
+        return
+    if training is None:
+        if distributed.is_main_process():
+            log.info("--resume %s: holds no weight average; --ema_decay starts one from here", path)
+        return
+    load_model_weights(run.ema.module, ckpt["model"], source=f"--resume {path} (weight average)")
+    run.ema.n_averaged.fill_(int(ckpt["ema_updates"]))

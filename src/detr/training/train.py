@@ -34,6 +34,7 @@ from ..models.loading import load_backbone_weights, load_weights
 from ..models.segmentation import DETRsegm
 from ..registry import check_family, family_of
 from ..runtime import resolve_device
+from .ema import create_ema
 from .engine import train_one_epoch
 from .state import Progress, Run, restore_training_state, save_training_checkpoint
 from .warmup import warm_up_backbone
@@ -197,7 +198,8 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
                                  t.steps_per_epoch),
         val_loader=make_loader(data.val, t.batch_size, False, t.seed, t.num_workers) if data.val is not None else None,
         device=device, out_dir=out_dir,
-        n_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        n_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        ema=create_ema(model, t.ema_decay) if t.ema_decay else None)
     if t.resume:
         start = restore_training_state(t.resume, run)
     else:
@@ -230,7 +232,7 @@ def _epochs(cfg: Config, run: Run, at: Progress, progress: bool) -> dict[str, An
             steps_left = len(run.train_loader)
             train_stats, steps = train_one_epoch(
                 run.ddp_model, run.criterion, run.train_loader, run.optimizer, run.device, epoch,
-                t.clip_max_norm, t.amp, run.scaler, lambda: stop.requested, at.step, progress)
+                t.clip_max_norm, t.amp, run.scaler, lambda: stop.requested, at.step, progress, run.ema)
             if steps - at.step < steps_left:  # a signal stopped the epoch part-way
                 at.step = steps
                 save_training_checkpoint(run, cfg, at, epoch_done=False)
@@ -259,7 +261,8 @@ def _maybe_evaluate(cfg: Config, run: Run, epoch: int, progress: bool) -> dict[s
     t = cfg.train
     if run.val_loader is None or ((epoch + 1) % t.eval_every and epoch + 1 != t.epochs):
         return None
-    stats, detections = evaluate(run.ddp_model, run.criterion, run.val_loader, run.data.coco_gt, run.device,
+    model = run.ddp_model if run.ema is None else run.ema.module  # the average: what the checkpoint saves
+    stats, detections = evaluate(model, run.criterion, run.val_loader, run.data.coco_gt, run.device,
                                  t.amp, progress, run.data.panoptic, run.out_dir)
     write_eval_outputs(run.out_dir, stats, detections)
     return stats
