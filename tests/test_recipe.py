@@ -334,16 +334,20 @@ def test_recipe_fast_sets_its_options_and_refuses_a_contradiction():
     with pytest.raises(ValueError, match="--recipe must be one of official, fast, got 'quick'"):
         parse("--recipe", "quick")
     assert parse().model.num_groups == 1 and parse().model.class_loss == "softmax"  # the default is the paper's
-    # from a random backbone the recipe adds the dense warm-up and a doubled rate; not when weights are given
+    # the weight average always; from a random backbone also the dense warm-up and a doubled rate
     scratch = parse("--recipe", "fast", "--backbone", "tiny")
-    assert (scratch.train.backbone_warmup, scratch.train.lr, scratch.train.lr_backbone) == (500, 2e-4, 2e-4)
-    assert parse("--recipe", "fast", "--backbone_weights", "none").train.backbone_warmup == 500
+    assert (scratch.train.backbone_warmup, scratch.train.lr, scratch.train.lr_backbone) == (250, 2e-4, 2e-4)
+    assert scratch.train.ema_decay == 0.9995
+    assert parse("--recipe", "fast", "--backbone_weights", "none").train.backbone_warmup == 250
     imagenet = parse("--recipe", "fast")
     assert (imagenet.train.backbone_warmup, imagenet.train.lr, imagenet.train.lr_backbone) == (0, 1e-4, 1e-5)
+    assert imagenet.train.ema_decay == 0.9995 and parse().train.ema_decay == 0  # no average by default
     finetune = parse("--recipe", "fast", "--backbone", "tiny", "--weights", "w.pth")
     assert (finetune.train.backbone_warmup, finetune.train.lr, finetune.model.num_groups) == (0, 1e-4, 3)
-    tuned = parse("--recipe", "fast", "--backbone", "tiny", "--lr", "1e-3", "--backbone_warmup", "7")
+    tuned = parse("--recipe", "fast", "--backbone", "tiny", "--lr", "1e-3", "--backbone_warmup", "7",
+                  "--ema_decay", "0")
     assert (tuned.train.backbone_warmup, tuned.train.lr, tuned.train.lr_backbone) == (7, 1e-3, 2e-4)  # flags win
+    assert tuned.train.ema_decay == 0
 
 
 def test_recipe_training_resumes_exactly_and_exports_to_onnx_with_parity(tmp_path):
@@ -366,6 +370,8 @@ def test_recipe_training_resumes_exactly_and_exports_to_onnx_with_parity(tmp_pat
     a, b = load_checkpoint(straight / "checkpoint.pth"), load_checkpoint(split / "checkpoint.pth")
     assert {"group_query_embed.weight", "denoising.label_embed.weight"} <= a["model"].keys()  # kept for --resume
     assert max_weight_diff(a["model"], b["model"]) <= 1e-6
+    assert max_weight_diff(a["training_model"], b["training_model"]) <= 1e-6  # the recipe's weight average is on
+    assert a["ema_updates"] == b["ema_updates"] == 4
     model = Detector.from_pretrained(straight / "checkpoint.pth").model
     assert not any(k.startswith(("group_query_embed.", "denoising.")) for k in model.state_dict())
     path = export_onnx(model, tmp_path / "fast.onnx", height=64, width=96)
