@@ -233,6 +233,25 @@ def first_reaching(curve: list[dict[str, float]], metric: str, target: float) ->
     return next((p["iteration"] for p in curve if p[metric] >= target), None)
 
 
+def crossing(curve: list[dict[str, float]], metric: str, target: float) -> float | None:
+    """Where `metric` first reaches `target`, linearly interpolated between the two evaluations around it (the
+    first evaluation itself when it already does), or None. Puts runs evaluated at different intervals on one
+    scale."""
+    before = None
+    for p in curve:
+        if p[metric] >= target:
+            if before is None:
+                return float(p["iteration"])
+            step = (target - before[metric]) / (p[metric] - before[metric])
+            return before["iteration"] + step * (p["iteration"] - before["iteration"])
+        before = p
+    return None
+
+
+def _interpolated(found: list[float | None]) -> str:
+    return ", ".join(f"{i:.0f}" if i is not None else "-" for i in found)
+
+
 def _spread(values: list[float], digits: int = 3) -> str:
     mean = statistics.fmean(values)
     if len(values) == 1:
@@ -249,7 +268,8 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, se
     """The markdown report: settings, one row per recipe, and notes."""
     vanilla_ap = statistics.fmean(r["curve"][-1]["AP"] for r in results["vanilla"]) if "vanilla" in results else None
     rows = ["| recipe | overrides | seeds | iterations to AP50 >= 0.5 | iterations to vanilla's final AP | "
-            "final AP | final AP50 | s / iteration | CPU time (min) |", "|---|---|---|---|---|---|---|---|---|"]
+            "interpolated: AP50 >= 0.5 | interpolated: vanilla's final AP | "
+            "final AP | final AP50 | s / iteration | CPU time (min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for recipe, runs in results.items():
         curves = [r["curve"] for r in runs]
         to_vanilla = _iterations([first_reaching(c, "AP", vanilla_ap) for c in curves], args.iterations) \
@@ -257,7 +277,9 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, se
         rows.append(" | ".join(["", recipe, json.dumps(RECIPES[recipe]) if RECIPES[recipe] else "(official)",
                                 ", ".join(str(r["seed"]) for r in runs),
                                 _iterations([first_reaching(c, "AP50", AP50_TARGET) for c in curves], args.iterations),
-                                to_vanilla, _spread([c[-1]["AP"] for c in curves]),
+                                to_vanilla, _interpolated([crossing(c, "AP50", AP50_TARGET) for c in curves]),
+                                _interpolated([crossing(c, "AP", vanilla_ap) for c in curves])
+                                if vanilla_ap is not None else "n/a", _spread([c[-1]["AP"] for c in curves]),
                                 _spread([c[-1]["AP50"] for c in curves]),
                                 _spread([r["seconds_per_iteration"] for r in runs]),
                                 _spread([r["cpu_seconds"] / 60 for r in runs], 1), ""]).strip())
@@ -274,7 +296,7 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, se
         f"images of ~{data['image_size']} px (data seed {data['seed']}).",
         f"Budget: {args.iterations} iterations per run, COCO AP / AP50 on the val set every {args.eval_every} "
         f"iterations (so iterations-to-target are multiples of {args.eval_every}; `> {args.iterations}`: not "
-        f"reached). Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        "reached; the interpolated columns place the crossing linearly between two evaluations). Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.threads} torch thread(s), shared with other work: times are approximate.",
         "",
         *rows,

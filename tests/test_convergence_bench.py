@@ -106,6 +106,13 @@ def test_smoke_runs_caches_and_reruns_only_what_changed(bench, trained, tmp_path
     assert table_rows(root / "convergence.md")["vanilla"]["seeds"] == "42, 43"
 
 
+def test_crossings_are_interpolated_between_evaluations(bench):
+    curve = [{"iteration": 500, "AP": 0.1}, {"iteration": 1000, "AP": 0.3}, {"iteration": 1500, "AP": 0.7}]
+    assert bench.crossing(curve, "AP", 0.5) == pytest.approx(1000 + 500 * (0.5 - 0.3) / (0.7 - 0.3))
+    assert bench.crossing(curve, "AP", 0.05) == 500  # already there at the first evaluation
+    assert bench.crossing(curve, "AP", 0.3) == 1000 and bench.crossing(curve, "AP", 0.8) is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--recipes", "nope"], "--recipes: unknown recipe(s) ['nope']; known: vanilla, groups"),
     (["--iterations", "30", "--eval_every", "20"], "--iterations (30) must be a positive multiple of --eval_every (20)"),
