@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import detr
+from detr.checkpoint import load_checkpoint
 from detr.cli.flags import build_parser, config_from_args
-from detr.config import validate_config
+from detr.config import PANOPTIC_DEMO_MASKS, validate_config
 from detr.data import DatasetError, make_demo_dataset, write_id_png
 from detr.data.loaders import build_datasets, resolve_data
 from detr.data.panoptic import CocoPanoptic
@@ -176,6 +177,17 @@ def test_mask_losses_are_in_the_test_loss(pan, trained):
     assert torch.isfinite(torch.tensor(stats["PQ"]))
 
 
+@pytest.mark.parametrize("argv, given", [([], {}), (["--epochs", "2"], {"epochs": 2, "lr_drop": 1})])
+def test_panoptic_demo_cli_keeps_its_own_epochs_unless_given(monkeypatch, argv, given):
+    from detr.cli import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_panoptic_demo", lambda overrides, data: seen.update(overrides=overrides, data=data))
+    assert demo.main(["--masks", *argv]) == 0
+    assert {k: seen["overrides"][k] for k in ("epochs", "lr_drop", "output_dir") if k in seen["overrides"]} == given
+    assert seen["data"] == {}
+
+
 @pytest.mark.slow
 def test_panoptic_demo_end_to_end_on_a_tiny_set(tmp_path):
     from detr.cli.demo_panoptic import run_panoptic_demo
@@ -191,6 +203,11 @@ def test_panoptic_demo_end_to_end_on_a_tiny_set(tmp_path):
     direct = panoptic_quality(tmp_path / "data" / "panoptic_val.json", tmp_path / "data" / "panoptic_val",
                               tmp_path / "panoptic_val.json", tmp_path / "panoptic_eval", workers=1)
     assert direct["All"] == pytest.approx(test["PQ_all"])
+    # the official recipe: a detector trained first, then the mask head alone on it, frozen
+    assert summary["detection"]["epochs_done"] == 1 and (tmp_path / "detection" / "checkpoint.pth").is_file()
+    cfg = load_checkpoint(tmp_path / "checkpoint.pth")["config"]
+    assert cfg["model"]["masks"] and Path(cfg["train"]["frozen_weights"]).parent == tmp_path / "detection"
+    assert cfg["train"]["lr"] == PANOPTIC_DEMO_MASKS["lr"]
     from PIL import Image
 
     with Image.open(summary["picture"]) as im:
