@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from ..checkpoint import load_checkpoint, load_model_weights
 from ..config import (
@@ -60,18 +61,26 @@ def draw_panoptic(checkpoint: str | Path, images: list[Path], categories: list[d
 
 
 def _overlay(image: Image.Image, ids: np.ndarray, segments: list[dict[str, Any]], names: dict[int, str]) -> Image.Image:
-    """`image` with each segment of `ids` [H, W] tinted in its class colour (half opacity) and named at its centre."""
+    """`image` with each segment of `ids` [H, W] tinted in its class colour (half opacity), the borders between
+    segments in white, and each segment named at its innermost pixel (a centroid can fall outside a band)."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
     tint = base.copy()
     for seg in segments:
         tint[ids == seg["id"]] = colour(seg["category_id"])
-    out = Image.fromarray((0.5 * base + 0.5 * tint).astype(np.uint8))
+    blended = 0.5 * base + 0.5 * tint
+    border = np.zeros(ids.shape, dtype=bool)
+    border[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    border[1:] |= ids[1:] != ids[:-1]
+    blended[border] = 255
+    out = Image.fromarray(blended.astype(np.uint8))
     draw, font = ImageDraw.Draw(out), ImageFont.load_default()
     for seg in segments:
-        ys, xs = np.nonzero(ids == seg["id"])
-        if len(xs):
+        inside = ids == seg["id"]
+        if inside.any():
+            depth = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]  # distance to the border
+            y, x = np.unravel_index(int(depth.argmax()), depth.shape)
             text = names.get(seg["category_id"], str(seg["category_id"]))
-            draw.text((int(xs.mean()), int(ys.mean())), text, fill=(255, 255, 255), font=font, anchor="mm",
+            draw.text((int(x), int(y)), text, fill=(255, 255, 255), font=font, anchor="mm",
                       stroke_width=1, stroke_fill=(0, 0, 0))
     return out
 
