@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import detr
+from detr.checkpoint import load_checkpoint
 from detr.cli.flags import build_parser, config_from_args
-from detr.config import validate_config
+from detr.config import PANOPTIC_DEMO_MASKS, validate_config
 from detr.data import DatasetError, make_demo_dataset, write_id_png
 from detr.data.loaders import build_datasets, resolve_data
 from detr.data.panoptic import CocoPanoptic
@@ -175,6 +177,17 @@ def test_mask_losses_are_in_the_test_loss(pan, trained):
     assert torch.isfinite(torch.tensor(stats["PQ"]))
 
 
+@pytest.mark.parametrize("argv, given", [([], {}), (["--epochs", "2"], {"epochs": 2, "lr_drop": 1})])
+def test_panoptic_demo_cli_keeps_its_own_epochs_unless_given(monkeypatch, argv, given):
+    from detr.cli import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_panoptic_demo", lambda overrides, data: seen.update(overrides=overrides, data=data))
+    assert demo.main(["--masks", *argv]) == 0
+    assert {k: seen["overrides"][k] for k in ("epochs", "lr_drop", "output_dir") if k in seen["overrides"]} == given
+    assert seen["data"] == {}
+
+
 @pytest.mark.slow
 def test_panoptic_demo_end_to_end_on_a_tiny_set(tmp_path):
     from detr.cli.demo_panoptic import run_panoptic_demo
@@ -190,34 +203,61 @@ def test_panoptic_demo_end_to_end_on_a_tiny_set(tmp_path):
     direct = panoptic_quality(tmp_path / "data" / "panoptic_val.json", tmp_path / "data" / "panoptic_val",
                               tmp_path / "panoptic_val.json", tmp_path / "panoptic_eval", workers=1)
     assert direct["All"] == pytest.approx(test["PQ_all"])
+    # the official recipe: a detector trained first, then the mask head alone on it, frozen
+    assert summary["detection"]["epochs_done"] == 1 and (tmp_path / "detection" / "checkpoint.pth").is_file()
+    cfg = load_checkpoint(tmp_path / "checkpoint.pth")["config"]
+    assert cfg["model"]["masks"] and Path(cfg["train"]["frozen_weights"]).parent == tmp_path / "detection"
+    assert cfg["train"]["lr"] == PANOPTIC_DEMO_MASKS["lr"]
     from PIL import Image
 
     with Image.open(summary["picture"]) as im:
         assert im.width > 2 * 64 * 3  # two enlarged pictures side by side
 
 
-def test_perfect_outputs_score_pq_and_mask_ap_one(pan):
+def _perfect_outputs(t: dict, num_classes: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Outputs of one image that reproduce its ground truth exactly, the masks in the top-left corner of a
+    `size` frame (the padded batch) whose padding belongs to no query."""
+    masks, labels = t["masks"], t["labels"]  # [N, H, W], [N]
+    n, (h, w) = len(labels), masks.shape[-2:]
+    logits = torch.full((1, n + 2, num_classes + 1), -10.0)
+    logits[0, torch.arange(n), labels] = 10.0
+    logits[0, n:, -1] = 10.0  # two spare queries: "no object"
+    pred_masks = torch.full((1, n + 2, *size), -10.0)
+    pred_masks[0, :n, :h, :w][masks] = 10.0
+    return {"pred_logits": logits, "pred_boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(1, n + 2, 1),
+            "pred_masks": pred_masks}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_perfect_outputs_score_pq_and_mask_ap_one(pan, batched):
     """The evaluation path end to end (postprocess, renumbering, PNGs, PQ, RLE, COCOeval) on outputs that
-    reproduce the ground truth exactly: PQ and mask AP must be 1, whatever the ids."""
+    reproduce the ground truth exactly: PQ and mask AP must be 1, whatever the ids; `batched`: all images of
+    different sizes in one padded batch, each image's masks in its own top-left part of the padded frame."""
     from detr.data import build_panoptic_dataset
     from detr.data.panoptic import CocoPanoptic
     from detr.evaluation.segm_eval import MaskEvaluator
 
     ds = build_panoptic_dataset(pan["val_images"], pan["val_panoptic_annotations"], pan["val_panoptic"], train=False)
     raw = CocoPanoptic(ds.report, transforms=lambda image, target: (image, target))  # masks at the image size
-    ev = MaskEvaluator("softmax", ds.report)
-    for i in range(len(raw)):
-        _, t = raw[i]
-        masks, labels = t["masks"], t["labels"]  # [N, H, W], [N]
-        n, (h, w) = len(labels), masks.shape[-2:]
-        logits = torch.full((1, n + 2, ds.num_classes + 1), -10.0)
-        logits[0, torch.arange(n), labels] = 10.0
-        logits[0, n:, -1] = 10.0  # two spare queries: "no object"
-        pred_masks = torch.full((1, n + 2, h, w), -10.0)
-        pred_masks[0, :n][masks] = 10.0
-        boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(1, n + 2, 1)
+    targets = [raw[i][1] for i in range(len(raw))]
+    for t in targets:
         t["size"] = t["orig_size"]
-        ev.update({"pred_logits": logits, "pred_boxes": boxes, "pred_masks": pred_masks}, [t], t["orig_size"][None])
+    ev = MaskEvaluator("softmax", ds.report)
+    if batched:
+        padded = tuple(max(int(t["size"][i]) for t in targets) for i in (0, 1))
+        assert len({tuple(t["size"].tolist()) for t in targets}) > 1  # the batch has padding
+        parts = [_perfect_outputs(t, ds.num_classes, padded) for t in targets]
+        q = max(p["pred_logits"].shape[1] for p in parts)
+        outputs = {k: torch.cat([torch.cat([p[k], p[k][:, -1:].expand(-1, q - p[k].shape[1], *p[k].shape[2:])], 1)
+                                 for p in parts]) for k in parts[0]}  # extra queries repeat a "no object" one
+        ev.update(outputs, targets, torch.stack([t["orig_size"] for t in targets]))
+        sizes = torch.stack([t["size"] for t in targets])  # the official resizing stretches the padded masks instead
+        stretched = detr.postprocess_panoptic(outputs, sizes)
+        cropped = detr.postprocess_panoptic(outputs, sizes, crop_padding=True)
+        assert any(not torch.equal(a["segment_ids"], b["segment_ids"]) for a, b in zip(stretched, cropped))
+    else:
+        for t in targets:
+            ev.update(_perfect_outputs(t, ds.num_classes, tuple(t["masks"].shape[-2:])), [t], t["orig_size"][None])
     stats = ev.summarize(ds.coco, ds.ids)
     assert stats["PQ_all"]["pq"] == pytest.approx(1.0) and stats["PQ_st"]["n"] > 0 and stats["PQ_th"]["n"] > 0
     assert stats["mask_AP"] == pytest.approx(1.0)

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import detr.training.train as train_module
+from detr import create_model
 from detr.checkpoint import load_checkpoint
 from detr.data import make_demo_dataset
 from detr.models.build import build_model
+from detr.training.engine import clip_gradients
 from detr.training.train import train
 
 from .train_helpers import config, max_weight_diff
@@ -70,3 +72,58 @@ def test_joint_training_trains_the_detector_too(data, tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert '"train_loss_mask"' in log and '"train_loss_dice"' in log and '"train_loss_ce"' in log
     assert len(ckpt["optimizer"]["state"]) > 32  # the detector too, not only the mask head
+
+
+def small_segmentation_model() -> torch.nn.Module:
+    """A small Conditional DETR segmentation model on the tiny trunk (the panoptic demo's architecture, thinner)."""
+    return create_model("conditional_detr_r50", backbone="tiny", num_classes=8, hidden_dim=128, nheads=8,
+                        enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=4, masks=True)
+
+
+def _grads_by_part(model: torch.nn.Module, detector: float, head: float, seed: int = 0) -> None:
+    """Random gradients, `detector` times N(0, 1) on the detector's trainable parameters, `head` times on the rest."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            p.grad = torch.randn(p.shape, generator=g) * (detector if name.startswith("detr.") else head)
+
+
+def _clipped(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], float]:
+    """The clip written out in float64: scale by min(1, max_norm / (norm + 1e-6)) (torch's formula); and the norm."""
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+    scale = min(1.0, max_norm / (norm + 1e-6))
+    return [g.double() * scale for g in grads], norm
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_joint_training_clips_the_mask_head_on_its_own(frozen):
+    """Jointly trained, the detector's and the mask head's gradients are each clipped to --clip_max_norm (one
+    global clip would shrink the mask head's ~50x smaller gradients under AdamW's eps); with a frozen detector the
+    mask head alone is clipped, as the official code's global clip does then."""
+    model = small_segmentation_model()
+    if frozen:
+        model.freeze_detector()
+    _grads_by_part(model, detector=1.0, head=1e-3)
+    named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    det = [p.grad.clone() for n, p in named if n.startswith("detr.")]
+    head = [p.grad.clone() for n, p in named if not n.startswith("detr.")]
+    assert bool(det) != frozen and head
+    want_det, det_norm = _clipped(det, 0.1) if det else ([], 0.0)
+    want_head, head_norm = _clipped(head, 0.1)
+    norm = clip_gradients(model, 0.1)
+    assert norm.item() == pytest.approx((det_norm**2 + head_norm**2) ** 0.5, rel=1e-5)
+    assert head_norm > 0.1  # the head's own clip is active: its gradients end at norm 0.1, not 0.1 / total
+    for got, want in zip([p.grad for _, p in named], want_det + want_head):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-12)
+
+
+def test_a_detector_keeps_the_global_clip():
+    model = create_model("detr_r50", backbone="resnet18", num_classes=5, hidden_dim=32, nheads=2, enc_layers=1,
+                         dec_layers=1, dim_feedforward=64, num_queries=8)
+    g = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+    want, norm = _clipped([p.grad for p in model.parameters()], 0.1)
+    assert clip_gradients(model, 0.1).item() == pytest.approx(norm, rel=1e-4)  # fp32 sums over 11M values
+    for got, w in zip([p.grad for p in model.parameters()], want):
+        torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-12)

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_checkpoint
-from ..config import DEMO_DATA, DEMO_PRESET, PANOPTIC_DEMO, PANOPTIC_DEMO_DATA, config_from_flags
+from ..config import (
+    DEMO_DATA,
+    DEMO_PRESET,
+    PANOPTIC_DEMO,
+    PANOPTIC_DEMO_DATA,
+    PANOPTIC_DEMO_MASKS,
+    config_from_flags,
+)
 from ..data import make_demo_dataset
 from ..data.images import load_image
 from ..inference.detector import Detector
@@ -61,7 +68,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="detr demo", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output_dir", default=DEMO_PRESET["output_dir"], help="where everything is written")
-    parser.add_argument("--epochs", type=int, default=DEMO_PRESET["epochs"], help="training epochs")
+    parser.add_argument("--epochs", type=int, default=DEMO_PRESET["epochs"],
+                        help="training epochs (--masks: of each stage; default "
+                             f"{PANOPTIC_DEMO['epochs']} + {PANOPTIC_DEMO_MASKS['epochs']})")
     parser.add_argument("--device", default=DEMO_PRESET["device"], help="cpu or cuda")
     parser.add_argument("--num_workers", type=int, default=DEMO_PRESET["num_workers"], help="data loading processes")
     parser.add_argument("--backbone_warmup", type=int, default=None,
@@ -71,8 +80,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num_val", type=int, default=DEMO_DATA["num_val"], help="validation images to make")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
     parser.add_argument("--masks", action="store_true",
-                        help="the panoptic demo: shapes (things) on textured regions (stuff), the mask head trained "
-                             "with the detector, PQ and mask AP, the segmentation drawn (default sizes: "
+                        help="the panoptic demo: shapes (things) on textured regions (stuff), detection trained "
+                             "first, then the mask head on the frozen detector, PQ and mask AP, the segmentation "
+                             "drawn (default sizes: "
                              f"{PANOPTIC_DEMO_DATA['num_train']} train, {PANOPTIC_DEMO_DATA['num_val']} val images; "
                              f"output {PANOPTIC_DEMO['output_dir']})")
     args = vars(parser.parse_args(argv))
@@ -84,9 +94,10 @@ def main(argv: list[str]) -> int:
     if not masks:
         run_demo(args, data)
         return 0
-    given = set(argv_flags(argv))  # the panoptic demo's own sizes and folder unless given
+    given = set(argv_flags(argv))  # the panoptic demo's own sizes, folder and epochs unless given
     data = {k: v for k, v in data.items() if k in given}
-    if "output_dir" not in given:
-        del args["output_dir"]
+    for name, flag in (("output_dir", "output_dir"), ("epochs", "epochs"), ("lr_drop", "epochs")):
+        if flag not in given:
+            del args[name]
     run_panoptic_demo(args, data)
     return 0

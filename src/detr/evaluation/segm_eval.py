@@ -26,15 +26,12 @@ from ..checkpoint import write_bytes, write_json
 from ..data.masks import coco_mask_results, encode_id_png
 from ..data.panoptic import PanopticReport
 from ..distributed import is_distributed, is_main_process, world_size
-from ..loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
+from ..loss.postprocess_masks import PANOPTIC_THRESHOLDS, postprocess_panoptic, postprocess_segmentation
 from .coco_eval import STAT_NAMES, coco_mask_eval
 from .panoptic import panoptic_quality, pq_table
 
 log = logging.getLogger(__name__)
 
-# Least class score of a query kept in the panoptic output: the official 0.85 for the softmax head. The sigmoid
-# heads keep it too until a value of their own is measured (their scores may run lower: no "no object" column).
-PANOPTIC_THRESHOLDS = {"softmax": 0.85, "focal": 0.85, "varifocal": 0.85}
 PanopticPrediction = tuple[dict[str, Any], bytes]  # (annotation {image_id, file_name, segments_info}, PNG bytes)
 
 
@@ -85,8 +82,9 @@ class MaskEvaluator:
             self.mask_results += coco_mask_results(image_id, res["masks"], res["scores"], res["labels"])
         if self.panoptic is None:
             return
+        # crop_padding: each image's own part of the padded batch's masks (the official code stretches all of it)
         results = postprocess_panoptic(outputs, processed, orig_sizes, lambda c: self._thing.get(c, False),
-                                       threshold=self.threshold, class_loss=self.class_loss)
+                                       threshold=self.threshold, class_loss=self.class_loss, crop_padding=True)
         for res, image_id in zip(results, ids):
             ids_map, segments = shift_segments(res["segment_ids"].numpy(), res["segments_info"], self.categories)
             self.dropped += len(res["segments_info"]) - len(segments)

@@ -186,13 +186,14 @@ class Detector:
         """Whether the model has the mask head: `Detections.masks` and `panoptic` need it."""
         return isinstance(self.model, DETRsegm)
 
-    def panoptic(self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.85,
+    def panoptic(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  is_thing: Callable[[int], bool] = coco_panoptic_is_thing) -> Panoptic | list[Panoptic]:
         """The panoptic segmentation of one image or a list of images (a model with the mask head only).
 
         Args:
             images: as `__call__` (run one at a time).
-            threshold: least class score of a kept segment (official: 0.85).
+            threshold: least class score of a kept segment; None: the class head's (`PANOPTIC_THRESHOLDS`: the
+                official 0.85 for the softmax head).
             is_thing: whether a class id is a thing (default: COCO panoptic's, ids 1-90); stuff of one class
                 is merged into one segment.
 
@@ -204,7 +205,8 @@ class Detector:
                  for x in ([images] if single else list(images))]
         return found[0] if single else found
 
-    def segment(self, images: Sequence[Tensor], threshold: float | None = None, panoptic_threshold: float = 0.85,
+    def segment(self, images: Sequence[Tensor], threshold: float | None = None,
+                panoptic_threshold: float | None = None,
                 is_thing: Callable[[int], bool] = coco_panoptic_is_thing) -> list[tuple[Detections, Panoptic]]:
         """Detections with masks and the panoptic segmentation of images converted by `to_image_tensor`, from
         one forward pass; arguments as `__call__` and `panoptic`."""
@@ -215,7 +217,7 @@ class Detector:
         outputs, sizes, processed = self._forward(images)
         with torch.inference_mode():
             pans = postprocess_panoptic(outputs, processed, sizes, is_thing=is_thing, threshold=panoptic_threshold,
-                                        class_loss=self.model.class_loss)
+                                        class_loss=self.model.class_loss, crop_padding=True)
         return list(zip(self._detections(outputs, sizes, processed, thr),
                         [from_official(p, self.label_name) for p in pans]))
 

@@ -21,6 +21,11 @@ from ..registry import coco_panoptic_is_thing
 from .postprocess import postprocess
 
 Sizes = Tensor | Sequence[Sequence[int]]
+# Least class score of a query kept in the panoptic output, per class head: the official 0.85 for the softmax head.
+# A sigmoid head has no "no object" column and its scores run lower: on the panoptic demo's focal head 1% of the
+# queries score above 0.81, and its PQ at thresholds 0.2 / 0.3 / 0.4 / 0.5 / 0.85 was 0.57 / 0.62 / 0.57 / 0.45 /
+# 0.002 (README). The varifocal head is given the same value, not measured.
+PANOPTIC_THRESHOLDS = {"softmax": 0.85, "focal": 0.3, "varifocal": 0.3}
 
 
 @torch.no_grad()
@@ -67,8 +72,8 @@ def postprocess_segmentation(outputs: dict[str, Any], target_sizes: Sizes, proce
 
 @torch.no_grad()
 def postprocess_panoptic(outputs: dict[str, Any], processed_sizes: Sizes, target_sizes: Sizes | None = None,
-                         is_thing: Callable[[int], bool] = coco_panoptic_is_thing, threshold: float = 0.85,
-                         class_loss: str = "softmax") -> list[dict[str, Any]]:
+                         is_thing: Callable[[int], bool] = coco_panoptic_is_thing, threshold: float | None = None,
+                         class_loss: str = "softmax", crop_padding: bool = False) -> list[dict[str, Any]]:
     """The panoptic segmentation of every image in the COCO panoptic format.
 
     As the official PostProcessPanoptic: queries whose best class is not "no object" with a score above
@@ -81,9 +86,13 @@ def postprocess_panoptic(outputs: dict[str, Any], processed_sizes: Sizes, target
         processed_sizes: [B, 2] (height, width) of each image as given to the model, before padding.
         target_sizes: [B, 2] (height, width) the results are resized to (nearest); None: the processed sizes.
         is_thing: whether a category id is a thing (default: COCO panoptic's, ids 1-90); stuff is merged.
-        threshold: least class score of a kept query.
+        threshold: least class score of a kept query; None: the head's (PANOPTIC_THRESHOLDS, 0.85 for softmax).
         class_loss: the model's class head; the sigmoid heads ("focal", "varifocal") keep queries by their best
             sigmoid score.
+        crop_padding: the masks [h, w] cover the padded batch; the official code resizes all of it to each
+            image's processed size, which shifts and stretches the masks of every image smaller than the batch's
+            largest. True upsamples them to the largest processed size and crops each image's part first (as
+            `postprocess_segmentation` and the official PostProcessSegm do); the same result for one image.
 
     Returns:
         One dict per image: "png_string" (bytes: a PNG whose RGB encodes each pixel's segment id as
@@ -98,13 +107,17 @@ def postprocess_panoptic(outputs: dict[str, Any], processed_sizes: Sizes, target
         raise ValueError(f"processed_sizes ({len(processed)}) and target_sizes ({len(targets)}) need one (height, "
                          f"width) per image ({len(outputs['pred_logits'])})")
     sigmoid = class_loss in ("focal", "varifocal")
-    return [_panoptic_image(logits, masks, tuple(size), tuple(target), is_thing, threshold, sigmoid)
+    threshold = PANOPTIC_THRESHOLDS[class_loss] if threshold is None else threshold
+    padded = tuple(max(s[i] for s in processed) for i in (0, 1)) if crop_padding else None
+    return [_panoptic_image(logits, masks, tuple(size), tuple(target), is_thing, threshold, sigmoid, padded)
             for logits, masks, size, target in zip(outputs["pred_logits"], outputs["pred_masks"], processed, targets)]
 
 
 def _panoptic_image(logits: Tensor, masks: Tensor, size: tuple[int, int], target: tuple[int, int],
-                    is_thing: Callable[[int], bool], threshold: float, sigmoid: bool) -> dict[str, Any]:
-    """One image: logits [Q, C(+1)], masks [Q, h, w] -> its panoptic prediction (see postprocess_panoptic)."""
+                    is_thing: Callable[[int], bool], threshold: float, sigmoid: bool,
+                    padded: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One image: logits [Q, C(+1)], masks [Q, h, w] -> its panoptic prediction (see postprocess_panoptic);
+    `padded`: the batch's largest processed size, to which the masks are upsampled before the image is cropped."""
     if sigmoid:
         scores, labels = logits.sigmoid().max(-1)
         keep = scores > threshold
@@ -112,7 +125,10 @@ def _panoptic_image(logits: Tensor, masks: Tensor, size: tuple[int, int], target
         scores, labels = logits.softmax(-1).max(-1)
         keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)
     labels, masks = labels[keep], masks[keep]
-    if len(masks):
+    if len(masks) and padded is not None:
+        masks = F.interpolate(masks[None], size=padded, mode="bilinear", align_corners=False)[0]
+        masks = masks[:, : size[0], : size[1]].flatten(1)  # [K, h*w]
+    elif len(masks):
         masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0].flatten(1)  # [K, h*w]
     else:  # (interpolate refuses 0 channels)
         masks = masks.new_zeros((0, size[0] * size[1]))

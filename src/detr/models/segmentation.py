@@ -142,6 +142,12 @@ class DETRsegm(nn.Module):
         out["pred_masks"] = self.mask_head(inputs.src, attention, fpns)  # [B, Q, H/4, W/4]
         return out
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters whose gradient norms are clipped each on its own (training/engine.py): the detector's
+        and the mask head's when both train; one group (the mask head's) when the detector is frozen."""
+        head = [*self.bbox_attention.parameters(), *self.mask_head.parameters()]
+        return [head] if self.freeze_detr else [list(self.detr.parameters()), head]
+
     def freeze_detector(self) -> None:
         """Freeze every detector parameter (official `--frozen_weights`: only the mask head trains); the detector
         then runs without recording gradients, and a frozen BatchNorm (the tiny trunk's) keeps its statistics."""

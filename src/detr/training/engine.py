@@ -18,6 +18,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..data.coco import move_batch
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
+from ..models.segmentation import DETRsegm
 from ..runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,21 @@ def _check_finite_grads(model: nn.Module, grad_norm: Tensor, epoch: int, step: i
                              "is kept. Try a lower --lr or --amp none.")
 
 
+def clip_gradients(model: nn.Module, max_norm: float) -> Tensor:
+    """Clip the gradient norm to `max_norm` (inf: only measure it); returns the norm of all gradients before.
+
+    A segmentation model trained jointly clips its detector and its mask head each on its own: the detector's
+    gradient norm is ~50x the mask head's, and one global clip at the official 0.1 scales the mask head's
+    query pathway (attention map projections, the first convolution's attention channels) to ~1e-9 per
+    element, below AdamW's eps (1e-8), so that it barely moves and every query keeps predicting the same mask.
+    A detector alone, or a mask head on a frozen detector (the official recipe), is one group: the official clip.
+    """
+    inner = getattr(model, "module", model)  # (DDP)
+    groups = inner.clip_groups() if isinstance(inner, DETRsegm) else [list(model.parameters())]
+    norms = [nn.utils.clip_grad_norm_(params, max_norm) for params in groups]
+    return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+
+
 def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
                        scaler: torch.amp.GradScaler | None, clip_max_norm: float, epoch: int, step: int) -> None:
     """Back-propagate, clip the gradient norm and step (fp16: through the GradScaler)."""
@@ -55,7 +71,7 @@ def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Op
     else:
         loss.backward()
     max_norm = clip_max_norm if clip_max_norm > 0 else math.inf  # inf: only measure the norm
-    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = clip_gradients(model, max_norm)
     if scaler is not None:
         scaler.step(optimizer)  # skips the step itself when fp16 gradients overflowed
         scaler.update()
