@@ -13,6 +13,7 @@ from ..checkpoint import load_checkpoint
 from ..config import (
     DEMO_DATA,
     DEMO_PRESET,
+    FROM_SCRATCH,
     PANOPTIC_DEMO,
     PANOPTIC_DEMO_DATA,
     PANOPTIC_DEMO_MASKS,
@@ -75,7 +76,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num_workers", type=int, default=DEMO_PRESET["num_workers"], help="data loading processes")
     parser.add_argument("--backbone_warmup", type=int, default=None,
                         help="backbone warm-up steps before training (stands in for ImageNet weights; "
-                             "default: --recipe fast's 500)")
+                             f"default: {FROM_SCRATCH['backbone_warmup']}, --recipe fast's; --masks: "
+                             f"{PANOPTIC_DEMO['backbone_warmup']})")
     parser.add_argument("--num_train", type=int, default=DEMO_DATA["num_train"], help="training images to make")
     parser.add_argument("--num_val", type=int, default=DEMO_DATA["num_val"], help="validation images to make")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
