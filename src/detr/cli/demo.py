@@ -92,10 +92,11 @@ def main(argv: list[str]) -> int:
     data = {k: args.pop(k) for k in ("num_train", "num_val")}
     if args["backbone_warmup"] is None:
         del args["backbone_warmup"]
-    args["lr_drop"] = max(1, args["epochs"] - 1)  # the last epoch at a tenth of the rate, as the preset
     if not masks:
+        args["lr_drop"] = args["epochs"] + 1  # a constant rate, as the preset: the weight average anneals
         run_demo(args, data)
         return 0
+    args["lr_drop"] = max(1, args["epochs"] - 1)  # the last epoch at a tenth of the rate, as PANOPTIC_DEMO's stages
     given = set(argv_flags(argv))  # the panoptic demo's own sizes, folder and epochs unless given
     data = {k: v for k, v in data.items() if k in given}
     for name, flag in (("output_dir", "output_dir"), ("epochs", "epochs"), ("lr_drop", "epochs")):
