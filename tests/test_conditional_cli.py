@@ -175,7 +175,8 @@ def test_convergence_benchmark_has_conditional_rows_that_build():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     names = [r for r in bench.RECIPES if r.startswith("conditional")]
-    assert names == ["conditional", "conditional_groups", "conditional_varifocal", "conditional_fast"]
+    assert names == ["conditional", "conditional_groups", "conditional_varifocal", "conditional_groups_warmup",
+                     "conditional_groups_warmup_ema", "conditional_fast"]
     for name in names:
         cfg = config_from_flags({**bench.SETTINGS, **bench.RECIPES[name], "num_classes": 5})
         model = detr.models.build_model(cfg.model)
