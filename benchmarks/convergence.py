@@ -206,26 +206,40 @@ def train_run(recipe: str, seed: int, args: argparse.Namespace, settings: dict[s
             print(f"{recipe} seed {seed}: cached ({result_file})")
             return cached
     out_dir = args.root / "runs" / f"{recipe}-seed{seed}"
-    shutil.rmtree(out_dir, ignore_errors=True)  # a run of other settings, or one that was cut short
-    cfg = config_from_flags({**values, **paths, "output_dir": str(out_dir)})
-    print(f"{recipe} seed {seed}: training {args.iterations} iterations -> {out_dir}", flush=True)
+    resume = _resumable(out_dir, key, args.force)
+    if not resume:
+        shutil.rmtree(out_dir, ignore_errors=True)  # a run of other settings
+        out_dir.mkdir(parents=True)
+        (out_dir / "settings_hash").write_text(key)
+    cfg = config_from_flags({**values, **paths, "output_dir": str(out_dir), "resume": resume})
+    print(f"{recipe} seed {seed}: training {args.iterations} iterations -> {out_dir}"
+          + (f" (going on from {resume})" if resume else ""), flush=True)
     cpu0, wall0 = os.times(), time.perf_counter()
     with step_times() as timer:
         train(cfg, progress=False)
     cpu1, wall = os.times(), time.perf_counter() - wall0
-    if len(timer.times) != args.iterations:
+    if len(timer.times) != args.iterations and not (resume and 0 < len(timer.times) < args.iterations):
         raise RuntimeError(f"the step timer saw {len(timer.times)} steps for {args.iterations} iterations: "
                            "has train_one_epoch's per-step debug record changed?")
     result = {"recipe": recipe, "seed": seed, "hash": key, "overrides": RECIPES[recipe], "options": values,
               "data": data, "curve": read_curve(out_dir / "log.txt", args.eval_every, values.get("backbone_warmup", 0)),
               "seconds_per_iteration": timer.seconds_per_iteration(),
               "cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), "wall_seconds": wall,
-              "torch_threads": args.threads}
+              "torch_threads": args.threads, "timed_steps": len(timer.times), "resumed": bool(resume)}
     write_json(result_file, result, indent=1)
     last = result["curve"][-1]
     print(f"{recipe} seed {seed}: AP {last['AP']:.3f} AP50 {last['AP50']:.3f}, "
           f"{result['seconds_per_iteration']:.3f} s/iteration, {wall / 60:.1f} min", flush=True)
     return result
+
+
+def _resumable(out_dir: Path, key: str, force: bool) -> str:
+    """The checkpoint of a run with the same settings that was cut short (a session ended), to go on from;
+    "" to start afresh. Training resumes exactly, so the curve is the one an uncut run gives."""
+    marker, checkpoint = out_dir / "settings_hash", out_dir / "checkpoint.pth"
+    if force or not (marker.is_file() and checkpoint.is_file()):
+        return ""
+    return str(checkpoint) if marker.read_text().strip() == key else ""
 
 
 def first_reaching(curve: list[dict[str, float]], metric: str, target: float) -> int | None:
@@ -296,7 +310,8 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, se
         f"images of ~{data['image_size']} px (data seed {data['seed']}).",
         f"Budget: {args.iterations} iterations per run, COCO AP / AP50 on the val set every {args.eval_every} "
         f"iterations (so iterations-to-target are multiples of {args.eval_every}; `> {args.iterations}`: not "
-        "reached; the interpolated columns place the crossing linearly between two evaluations). Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        "reached; the interpolated columns place the crossing linearly between two evaluations). "
+        f"Machine: {_cpu_name()}, {os.cpu_count()} CPUs, "
         f"{args.threads} torch thread(s), shared with other work: times are approximate.",
         "",
         *rows,
@@ -305,6 +320,16 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, se
         f"Total CPU time of these runs: {total:.2f} h.",
         "",
     ])
+
+
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo where there is one (step times depend on it), else the platform's."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _commit() -> str:

@@ -3,6 +3,7 @@ an independent evaluation of the saved checkpoint, the table and plot written, a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -65,6 +66,7 @@ def test_smoke_runs_caches_and_reruns_only_what_changed(bench, trained, tmp_path
         assert cfg.train.lr_drop > cfg.train.epochs  # constant learning rate
     results = {r: json.loads((root / f"{r}-seed42.json").read_text()) for r in ("vanilla", "groups")}
     rows = table_rows(root / "convergence.md")
+    assert "{" not in (root / "convergence.md").read_text().split("Machine: ")[1].split("\n")[0]  # filled in
     vanilla_final = results["vanilla"]["curve"][-1]["AP"]
     for recipe, result in results.items():
         run = root / "runs" / f"{recipe}-seed42"
@@ -132,3 +134,38 @@ def test_runs_on_the_threads_asked_for_and_restores_them(bench, trained, tmp_pat
     assert set_to == [1, 3] and len(trained) == 1
     result = json.loads((tmp_path / "vanilla-seed42.json").read_text())
     assert result["torch_threads"] == 1 and [p["iteration"] for p in result["curve"]] == [20]
+
+
+def test_a_run_cut_short_goes_on_from_its_checkpoint(bench, trained, tmp_path, monkeypatch):
+    """A session that ends mid-run leaves a checkpoint; the next call resumes it (same settings only) and the
+    curve equals that of a run never cut."""
+    argv = ["--smoke", "--recipes", "vanilla", "--seeds", "1", "--root"]
+    bench.main([*argv, str(tmp_path / "whole")])
+    whole = json.loads((tmp_path / "whole" / "vanilla-seed42.json").read_text())
+
+    real = bench.train
+
+    def cut_after_first_epoch(cfg, progress=True):
+        real(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1)), progress)
+        raise KeyboardInterrupt  # the session ends
+
+    monkeypatch.setattr(bench, "train", cut_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*argv, str(tmp_path / "cut")])
+    assert not (tmp_path / "cut" / "vanilla-seed42.json").exists()
+    monkeypatch.setattr(bench, "train", real)
+    trained.clear()
+    monkeypatch.setattr(bench, "train", lambda cfg, progress=True: (trained.append(cfg), real(cfg, progress))[1])
+    bench.main([*argv, str(tmp_path / "cut")])
+    assert trained[0].train.resume.endswith("checkpoint.pth")
+    resumed = json.loads((tmp_path / "cut" / "vanilla-seed42.json").read_text())
+    assert resumed["resumed"] and resumed["timed_steps"] == 20
+    assert [p["iteration"] for p in resumed["curve"]] == [p["iteration"] for p in whole["curve"]] == [20, 40]
+    for a, b in zip(resumed["curve"], whole["curve"]):
+        assert a["AP"] == pytest.approx(b["AP"], abs=1e-9) and a["AP50"] == pytest.approx(b["AP50"], abs=1e-9)
+
+    # other settings: the cut run's folder is not resumed but started afresh
+    monkeypatch.setitem(bench.RECIPES, "vanilla", {"num_groups": 2})
+    trained.clear()
+    bench.main([*argv, str(tmp_path / "cut")])
+    assert trained[0].train.resume == ""
