@@ -39,9 +39,10 @@ def test_stride_16_256_channels_and_the_mask_at_feature_size():
     for _ in range(4):  # stem + three stages, each halving once
         h, w = conv_out(h), conv_out(w)
     assert (h, w) == (5, 7) and feats.shape == (2, 256, h, w) and backbone.num_channels == 256
-    rows = [math.floor(i * 70 / h) for i in range(h)]  # nearest-neighbour: cell i reads pixel floor(i * H / h)
-    cols = [math.floor(j * 101 / w) for j in range(w)]
-    assert torch.equal(small, mask[:, rows][:, :, cols])
+    # each stride-2 convolution is centred on every other cell, so cell i is padding where pixel 16 i is
+    # (official ResNets: nearest-neighbour, cell i reads pixel floor(i * H / h))
+    assert torch.equal(small, mask[:, ::16, ::16])
+    assert (~small[1]).sum() == math.ceil(50 / 16) * math.ceil(60 / 16)
     assert small[1].any() and not small[0].any()
 
 
@@ -139,3 +140,47 @@ def test_tiny_checkpoint_round_trips_through_from_pretrained(tmp_path, layout, c
     with torch.no_grad():
         expected, got = model([image]), loaded([image])
     torch.testing.assert_close(got["pred_boxes"], expected["pred_boxes"], rtol=0, atol=0)
+
+
+def _randomised(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and shifts, so that padding would show if it leaked in."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g, dtype=m.bias.dtype) * 2 - 1)
+    return model
+
+
+@pytest.mark.parametrize("name", ["detr_r50", "conditional_detr_r50"])
+def test_an_image_alone_gives_its_outputs_in_a_padded_batch(name):
+    torch.manual_seed(0)
+    model = detr.create_model(name, num_classes=5, backbone="tiny", hidden_dim=32, nheads=4, enc_layers=2,
+                              dec_layers=2, dim_feedforward=32, num_queries=6)
+    model = _randomised(model.double().eval())
+    g = torch.Generator().manual_seed(2)
+    sizes = [(138, 128), (150, 171), (97, 203), (33, 17)]  # odd sizes: strides do not divide them
+    images = [torch.randn(3, h, w, generator=g, dtype=torch.float64) for h, w in sizes]
+    with torch.no_grad():
+        batch = model(images)
+        for i, image in enumerate(images):
+            alone = model([image])
+            for key in ("pred_logits", "pred_boxes"):
+                torch.testing.assert_close(batch[key][i], alone[key][0], rtol=0, atol=1e-10)
+
+
+def test_the_mask_marks_the_cells_an_image_alone_lacks():
+    trunk = TinyBackbone(return_interm_layers=True).eval()
+    images = torch.zeros(2, 3, 150, 171)
+    mask = torch.ones(2, 150, 171, dtype=torch.bool)
+    mask[0, :150, :171] = False
+    mask[1, :97, :33] = False
+    with torch.no_grad():
+        maps, small = trunk.features(images, mask)
+    # a 3x3 stride-2 convolution with padding 1 turns n cells into ceil(n / 2); four of them: ceil(n / 16)
+    assert small.shape == (2, 10, 11)
+    assert (~small[0]).all()
+    assert (~small[1]).sum(0).max() == 7 and (~small[1]).sum(1).max() == 3  # ceil(97/16), ceil(33/16)
+    assert not maps["0"][1][:, small[1]].any()  # padding is zero in every channel
+    assert maps["layer1"].shape[-2:] == (38, 43) and not maps["layer1"][1][:, 25:, :].any()  # ceil(97/4) = 25

@@ -87,14 +87,16 @@ class Backbone(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W], mask [B, H, W] -> features [B, C, h, w] (channels-last), mask [B, h, w]."""
-        feats = self.features(images)["0"]
-        return feats, downsample_mask(mask, feats.shape[-2:])
+        maps, mask = self.features(images, mask)
+        return maps["0"], mask
 
-    def features(self, images: Tensor) -> dict[str, Tensor]:
-        """images [B, 3, H, W] -> {"0": the last map [B, C, h, w]} (and "layer1".."layer3" when built for them)."""
+    def features(self, images: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """images [B, 3, H, W], mask [B, H, W] -> ({"0": the last map [B, C, h, w]} (and "layer1".."layer3" when
+        built for them), the mask at the last map [B, h, w]). The trunk ignores the padding, as the official one."""
         if self.channels_last_training or not self.training:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._trunk()(images)
+        maps = self._trunk()(images)
+        return maps, downsample_mask(mask, maps["0"].shape[-2:])
 
     def train(self, mode: bool = True) -> Backbone:
         self._folded = None
@@ -140,7 +142,8 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
 
 class Joiner(nn.Sequential):
     """Backbone (a ResNet `Backbone` or a `TinyBackbone`: anything with `num_channels` whose
-    forward maps (images, mask) to (features, mask)) followed by the position encoding of its output.
+    `features` maps (images, mask) to (named maps, mask at the last map)) followed by the position encoding of
+    its output.
 
     A Sequential only so that parameter names match the official checkpoints
     (`backbone.0.body.*`, `backbone.1.*`).
@@ -154,8 +157,7 @@ class Joiner(nn.Sequential):
                 mask: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """-> features [B, C, h, w], mask [B, h, w], position encoding [B, D, h, w] in the features' dtype,
         and every map the trunk returns by name (`Backbone.features`: "0" is the features)."""
-        layers = self[0].features(images)
+        layers, mask = self[0].features(images, mask)
         feats = layers["0"]
-        mask = downsample_mask(mask, feats.shape[-2:])
         pos = self[1](mask).to(feats.dtype)
         return feats, mask, pos, layers

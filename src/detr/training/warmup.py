@@ -95,9 +95,10 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
     body.train()
     stats = {"loss": float("nan"), "accuracy": float("nan")}
     for step, (images, targets) in enumerate(itertools.islice(_cycle(loader), steps)):
-        batch, _ = pad_images([img.to(device) for img in images])  # [B, 3, H, W]
+        batch, mask = pad_images([img.to(device) for img in images])  # [B, 3, H, W], [B, H, W]
         labels = box_label_map(targets, *batch.shape[-2:]).to(device)  # [B, H, W]
-        logits = F.interpolate(head(body(batch)["0"]), size=batch.shape[-2:], mode="bilinear")  # [B, C, H, W]
+        features = backbone.features(batch, mask)[0]["0"]  # as DETR will run the trunk (the tiny one masks padding)
+        logits = F.interpolate(head(features), size=batch.shape[-2:], mode="bilinear")  # [B, C, H, W]
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
