@@ -104,3 +104,26 @@ def test_malicious_checkpoint_is_refused_and_never_runs(how, data, tmp_path, cap
         err = capsys.readouterr().err
         assert path.name in err
     assert not marker.exists()
+
+
+def test_eval_on_other_data_warns_when_the_sizes_differ_from_the_checkpoints(data, tmp_path, caplog):
+    """Data flags replace the checkpoint's data; its validation sizes stay the defaults unless given, so a model
+    validated at 64 px evaluated at 800 is named in a warning (it measured AP 0.000 on the demo's model)."""
+    import logging
+
+    from detr import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY_FLAGS, *data_flags(data), "--val_scale", "64", "--epochs", "1",
+                     "--output_dir", str(out)]) == 0
+    evaluate = ["eval", "--weights", str(out / "checkpoint.pth"), "--val_images", data["val_images"],
+                "--val_annotations", data["val_annotations"], "--device", "cpu", "--num_workers", "0",
+                "--output_dir", str(tmp_path / "eval")]
+    with caplog.at_level(logging.WARNING, logger="detr.evaluation.evaluate"):
+        assert cli.main(evaluate) == 0
+    assert "--val_scale 64 --max_size 96; evaluating at 800 / 1333" in caplog.text
+    assert str(out / "checkpoint.pth") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detr.evaluation.evaluate"):
+        assert cli.main([*evaluate, "--val_scale", "64", "--max_size", "96"]) == 0
+    assert "validated at" not in caplog.text

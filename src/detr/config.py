@@ -210,8 +210,9 @@ DEMO_PRESET: dict[str, Any] = {
     "num_classes": None,  # from the data
 }
 # The demo's dataset (data/demo.py): enough images that the model does not overfit within the demo, and few enough
-# that its 4 epochs (2,252 steps) train within 10 minutes on 2 cores (5,000 took 10.1 min on a 2-core Xeon).
-DEMO_DATA: dict[str, int] = {"num_train": 4500, "num_val": 200, "image_size": 128}
+# that its 4 epochs (2,000 steps) train within 10 minutes on 2 cores (on a 2-core Xeon 4,500 images took 10.25 min
+# with the warm-up, 5,000 took 10.1 min before the tiny trunk masked its padding).
+DEMO_DATA: dict[str, int] = {"num_train": 4000, "num_val": 200, "image_size": 128}
 # `detr demo --masks`: the official recipe on the panoptic demo data (data/demo.py, panoptic=True). The demo model is
 # trained for detection first (PANOPTIC_DEMO on DEMO_PRESET), then the mask head (hidden_dim 128 and nheads 8 suit
 # its GroupNorm) on the frozen detector (PANOPTIC_DEMO_MASKS), evaluated with PQ after each epoch. The mask head

@@ -116,6 +116,9 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
     if not (data_cfg.coco_path or data_cfg.val_annotations) and ours:
         data_cfg = saved.data  # the data the checkpoint was trained on, as config_from_checkpoint read it
+    elif ours and (data_cfg.val_scale, data_cfg.max_size) != (saved.data.val_scale, saved.data.max_size):
+        log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags to "
+                    "match)", path, saved.data.val_scale, saved.data.max_size, data_cfg.val_scale, data_cfg.max_size)
     cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
