@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import load_model_weights, output_folder, write_json
-from ..config import Config, validate_config
+from ..config import Config, DataConfig, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..data.panoptic import PanopticReport
+from ..data.transforms import SCALES
 from ..loss.criterion import create_criterion
 from ..loss.postprocess import postprocess
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
@@ -99,6 +100,12 @@ def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: 
     write_json(out_dir / "eval.json", summary, indent=1)
 
 
+def _val_size(data: DataConfig) -> tuple[int, int]:
+    """(short side, long-side cap) of validation images (val_scale None: the largest training scale,
+    800 for the paper's)."""
+    return (data.val_scale if data.val_scale is not None else max(data.scales or SCALES)), data.max_size
+
+
 def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progress: bool = True,
                         **overrides: Any) -> dict[str, Any]:
     """Evaluate the model in `path` (a checkpoint file, a transformers folder, a published name or a hub id:
@@ -116,9 +123,9 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
     if not (data_cfg.coco_path or data_cfg.val_annotations) and ours:
         data_cfg = saved.data  # the data the checkpoint was trained on, as config_from_checkpoint read it
-    elif ours and (data_cfg.val_scale, data_cfg.max_size) != (saved.data.val_scale, saved.data.max_size):
+    elif ours and _val_size(data_cfg) != _val_size(saved.data):
         log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags to "
-                    "match)", path, saved.data.val_scale, saved.data.max_size, data_cfg.val_scale, data_cfg.max_size)
+                    "match)", path, *_val_size(saved.data), *_val_size(data_cfg))
     cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
