@@ -12,6 +12,7 @@ from typing import Any
 from ..checkpoint import load_checkpoint
 from ..config import (
     DEMO_DATA,
+    DEMO_DRAW_THRESHOLDS,
     DEMO_PRESET,
     FROM_SCRATCH,
     PANOPTIC_DEMO,
@@ -58,7 +59,8 @@ def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | Non
     best = out / "best.pth" if (out / "best.pth").is_file() else out / "checkpoint.pth"
     saved = load_checkpoint(best)["config"]["data"]
     val_images = sorted(Path(saved["val_images"]).iterdir())[:num_pictures]
-    picture = draw_predictions(best, val_images, out / "predictions.png")
+    picture = draw_predictions(best, val_images, out / "predictions.png",
+                               threshold=DEMO_DRAW_THRESHOLDS[cfg.model.class_loss])
     print(f"predictions drawn on {len(val_images)} val images: {picture}")
     summary["picture"] = str(picture)
     return summary
