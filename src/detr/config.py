@@ -198,8 +198,9 @@ FROM_SCRATCH: dict[str, Any] = {"backbone_warmup": 250, "lr": 2e-4, "lr_backbone
 # fetched here), a thin 3+3-layer transformer with its sigmoid focal head, 16 queries (demo images hold at
 # most 6 shapes), 128-px images. --recipe fast adds Group DETR and the weight average, and for a random backbone
 # the dense backbone warm-up and a doubled rate. The rate stays constant, as in the benchmark: the weight average
-# anneals (4 epochs at 2 threads on a 2-core Xeon: AP 0.542 at a constant rate, 0.509 with the last epoch at a
-# tenth). 4 epochs keep the training under 10 minutes there (5 took 10.4 min).
+# anneals (4 epochs of 5,000 images, before the tiny trunk masked its padding, on a 2-core Xeon: AP 0.542 at a
+# constant rate, 0.509 with the last epoch at a tenth). 4 epochs keep the training under 10 minutes there (5 took
+# 10.4 min; DEMO_DATA's size too).
 DEMO_PRESET: dict[str, Any] = {
     "family": "conditional_detr", "class_loss": "focal",
     "backbone": "tiny", "backbone_weights": "none", "hidden_dim": 128, "nheads": 8, "enc_layers": 3,
