@@ -3,6 +3,8 @@ exactly as loaded, trains only the mask head, and resumes exactly."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from detr.checkpoint import load_checkpoint
 from detr.data import make_demo_dataset
 from detr.models.build import build_model
 from detr.training.engine import clip_gradients
+from detr.training.state import Progress, best_so_far
 from detr.training.train import train
 
 from .train_helpers import config, max_weight_diff
@@ -56,6 +59,9 @@ def test_frozen_detector_is_unchanged_and_resume_is_exact(data, detector, tmp_pa
     assert done["config"]["train"]["frozen_weights"] == str(detector) and done["config"]["model"]["masks"]
     assert len(done["optimizer"]["state"]) == 32  # AdamW holds moments for the mask head only
     assert max_weight_diff(head, {k: start[k] for k in head}) > 1e-4  # the mask head trained
+    log = [json.loads(line) for line in (straight / "log.txt").read_text().splitlines()]
+    assert done["best_metric"] == "mask_AP" and "test_PQ" not in log[0]  # instances only: no PQ to follow
+    assert done["best_value"] == max(entry["test_mask_AP"] for entry in log)
 
     train(config(data, split, [*SEGM, *frozen, "--epochs", "1"]), progress=False)
     train(config(data, split, [*SEGM, *frozen, "--epochs", "2", "--resume", str(split / "checkpoint.pth")]),
@@ -127,3 +133,24 @@ def test_a_detector_keeps_the_global_clip():
     assert clip_gradients(model, 0.1).item() == pytest.approx(norm, rel=1e-4)  # fp32 sums over 11M values
     for got, w in zip([p.grad for p in model.parameters()], want):
         torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.parametrize("epochs, best_epochs", [
+    # a frozen detector: box AP stays, mask AP picks the epoch
+    ([{"AP": 0.3, "mask_AP": 0.1}, {"AP": 0.3, "mask_AP": 0.2}, {"AP": 0.3, "mask_AP": 0.15}], [0, 1]),
+    # panoptic data: PQ picks, whatever the APs do
+    ([{"AP": 0.5, "mask_AP": 0.4, "PQ": 0.3}, {"AP": 0.6, "mask_AP": 0.5, "PQ": 0.2}], [0]),
+    # a detector: box AP, a tie keeps the earlier epoch
+    ([{"AP": 0.2}, {"AP": 0.4}, {"AP": 0.4}, {"AP": 0.1}], [0, 1]),
+])
+def test_best_checkpoint_follows_pq_then_mask_ap_then_box_ap(epochs, best_epochs):
+    progress = Progress()
+    assert [e for e, stats in enumerate(epochs) if progress.update_best(stats, e)] == best_epochs
+    assert progress.best_epoch == best_epochs[-1]
+
+
+def test_an_older_checkpoints_best_was_box_ap():
+    progress = Progress(0, 0, *best_so_far({"best_ap": 0.4, "best_epoch": 3}))
+    assert (progress.best_value, progress.best_epoch, progress.best_metric) == (0.4, 3, "AP")
+    assert not progress.update_best({"AP": 0.35}, 4) and progress.update_best({"AP": 0.45}, 5)
+    assert best_so_far({}) == (None, None, None)

@@ -47,7 +47,7 @@ def test_resume_is_exact(data, straight, tmp_path):
 
 def test_checkpoint_holds_everything_to_rebuild_the_run(straight):
     ckpt = load_checkpoint(straight / "checkpoint.pth")
-    for key in ("model", "optimizer", "lr_scheduler", "epoch", "rng", "config", "class_names", "best_ap"):
+    for key in ("model", "optimizer", "lr_scheduler", "epoch", "rng", "config", "class_names", "best_value", "best_metric"):
         assert key in ckpt, key
     assert ckpt["config"]["model"]["num_classes"] == 5  # derived: largest demo category id (4) + 1
     assert ckpt["class_names"][1:] == ["circle", "square", "triangle", "cross"]

@@ -103,7 +103,7 @@ def run_panoptic_demo(overrides: dict[str, Any] | None = None, data: dict[str, i
     summary = train(config_from_flags({**masks, **flags}), progress=show_progress())
     val_images = sorted(Path(paths["val_images"]).iterdir())[:num_pictures]
     categories = read_json(paths["val_panoptic_annotations"])["categories"]
-    # the last epoch: best.pth follows box AP, which a frozen detector does not change
+    # the last epoch: the one whose val numbers the run prints last
     picture = draw_panoptic(_last_or_best(out, best=False), val_images, categories, out / "panoptic.png")
     print(f"panoptic segmentation drawn on {len(val_images)} val images: {picture}")
     return {**summary, "picture": str(picture), "detection": detection}

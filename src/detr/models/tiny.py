@@ -32,7 +32,6 @@ from collections import OrderedDict
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-
 TINY_CHANNELS = (32, 64, 128, 256)  # stem, layer1, layer2, layer3
 
 

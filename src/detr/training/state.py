@@ -30,15 +30,27 @@ class Progress:
 
     epoch: int = 0
     step: int = 0  # > 0 only when resuming an epoch that a signal interrupted
-    best_ap: float | None = None
+    best_value: float | None = None  # of `best_metric`, over the epochs evaluated so far
     best_epoch: int | None = None
+    best_metric: str | None = None
 
     def update_best(self, test_stats: dict[str, Any] | None, epoch: int) -> bool:
-        """Record `epoch`'s val AP if it is the best so far; True when it is."""
-        if not test_stats or (self.best_ap is not None and test_stats["AP"] <= self.best_ap):
+        """Record `epoch`'s val selection metric if it is the best so far; True when it is."""
+        if not test_stats:
             return False
-        self.best_ap, self.best_epoch = test_stats["AP"], epoch
+        name = selection_metric(test_stats)
+        if self.best_metric != name:  # a run resumed with masks added or removed: the old best does not compare
+            self.best_value = None
+        if self.best_value is not None and test_stats[name] <= self.best_value:
+            return False
+        self.best_value, self.best_epoch, self.best_metric = test_stats[name], epoch, name
         return True
+
+
+def selection_metric(test_stats: dict[str, Any]) -> str:
+    """The val number that picks best.pth: PQ on panoptic data, else mask AP when the model predicts masks, else
+    box AP. (A mask head trained on a frozen detector leaves box AP unchanged: box AP cannot choose its epochs.)"""
+    return next(name for name in ("PQ", "mask_AP", "AP") if name in test_stats)
 
 
 @dataclass
@@ -95,7 +107,8 @@ def save_training_checkpoint(run: Run, cfg: Config, progress: Progress, epoch_do
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": progress.epoch,
         "step_in_epoch": None if epoch_done else progress.step,
-        "best_ap": progress.best_ap,
+        "best_value": progress.best_value,
+        "best_metric": progress.best_metric,
         "best_epoch": progress.best_epoch,
         "rng": rng_state(run.generator),
         "config": cfg.to_dict(),
@@ -128,7 +141,15 @@ def restore_training_state(path: str, run: Run) -> Progress:
     epoch = int(ckpt["epoch"]) + (1 if step is None else 0)
     if distributed.is_main_process():
         log.info("resumed from %s: continuing at epoch %d%s", path, epoch, f" step {step}" if step else "")
-    return Progress(epoch, step or 0, ckpt.get("best_ap"), ckpt.get("best_epoch"))
+    return Progress(epoch, step or 0, *best_so_far(ckpt))
+
+
+def best_so_far(ckpt: dict[str, Any]) -> tuple[float | None, int | None, str | None]:
+    """(value, epoch, metric) of a training checkpoint's best.pth; checkpoints written before best_metric
+    existed chose it by box AP, under "best_ap"."""
+    if "best_value" in ckpt:
+        return ckpt["best_value"], ckpt.get("best_epoch"), ckpt.get("best_metric")
+    return ckpt.get("best_ap"), ckpt.get("best_epoch"), "AP" if ckpt.get("best_ap") is not None else None
 
 
 def _restore_weights(ckpt: dict[str, Any], run: Run, path: str) -> None:

@@ -249,7 +249,8 @@ def _epochs(cfg: Config, run: Run, at: Progress, progress: bool) -> dict[str, An
             if distributed.any_process(stop.requested):
                 stopped = f"stopped by a signal after epoch {epoch}"
                 break
-    summary = {"epochs_done": at.epoch, "best_ap": at.best_ap, "best_epoch": at.best_epoch,
+    summary = {"epochs_done": at.epoch, "best_value": at.best_value, "best_metric": at.best_metric,
+               "best_epoch": at.best_epoch,
                "last_test": last_test, "stopped": stopped, "minutes": (time.time() - start_time) / 60,
                "output_dir": t.output_dir}
     if distributed.is_main_process():
@@ -302,8 +303,9 @@ def log_summary(summary: dict[str, Any]) -> None:
     if test:
         lines += [eval_summary(test),
                   f"last val AP {test['AP']:.3f}  AP50 {test['AP50']:.3f}  AP75 {test['AP75']:.3f}"]
-    if summary["best_ap"] is not None:
-        lines.append(f"best val AP {summary['best_ap']:.3f} at epoch {summary['best_epoch']}")
+    if summary["best_value"] is not None:
+        name = {"PQ": "PQ", "mask_AP": "mask AP"}.get(summary["best_metric"], "AP")
+        lines.append(f"best val {name} {summary['best_value']:.3f} at epoch {summary['best_epoch']} (best.pth)")
     if summary["output_dir"]:
         lines.append(f"checkpoints and log.txt in {summary['output_dir']}")
     log.info("\n".join(lines))
