@@ -106,9 +106,10 @@ def test_malicious_checkpoint_is_refused_and_never_runs(how, data, tmp_path, cap
     assert not marker.exists()
 
 
-def test_eval_on_other_data_warns_when_the_sizes_differ_from_the_checkpoints(data, tmp_path, caplog):
-    """Data flags replace the checkpoint's data; its validation sizes stay the defaults unless given, so a model
-    validated at 64 px evaluated at 800 is named in a warning (it measured AP 0.000 on the demo's model)."""
+def test_eval_on_other_data_keeps_the_checkpoints_sizes_unless_given(data, tmp_path, caplog):
+    """Data flags replace the checkpoint's data but not its validation sizes, unless size flags are given; sizes
+    given that differ from the checkpoint's are named in a warning (a model validated at 64 px measured AP 0.000
+    on the demo's model at the default 800)."""
     import logging
 
     from detr import cli
@@ -117,13 +118,22 @@ def test_eval_on_other_data_warns_when_the_sizes_differ_from_the_checkpoints(dat
     assert cli.main(["train", *TINY_FLAGS, *data_flags(data), "--val_scale", "64", "--epochs", "1",
                      "--output_dir", str(out)]) == 0
     evaluate = ["eval", "--weights", str(out / "checkpoint.pth"), "--val_images", data["val_images"],
-                "--val_annotations", data["val_annotations"], "--device", "cpu", "--num_workers", "0",
-                "--output_dir", str(tmp_path / "eval")]
-    with caplog.at_level(logging.WARNING, logger="detr.evaluation.evaluate"):
-        assert cli.main(evaluate) == 0
-    assert "--val_scale 64 --max_size 96; evaluating at 800 / 1333" in caplog.text
-    assert str(out / "checkpoint.pth") in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="detr.evaluation.evaluate"):
-        assert cli.main([*evaluate, "--val_scale", "64", "--max_size", "96"]) == 0
+                "--val_annotations", data["val_annotations"], "--device", "cpu", "--num_workers", "0"]
+
+    def detections(flags: list[str], folder: str) -> list[dict]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="detr.evaluation.evaluate"):
+            assert cli.main([*evaluate, *flags, "--output_dir", str(tmp_path / folder)]) == 0
+        return json.loads((tmp_path / folder / "detections_val.json").read_text())
+
+    implicit = detections([], "implicit")  # boxes depend on the input size: the same boxes, the same sizes
     assert "validated at" not in caplog.text
+    assert detections(["--val_scale", "64", "--max_size", "96"], "explicit") == implicit
+    assert "validated at" not in caplog.text
+    assert detections(["--val_scale", "80"], "other") != implicit
+    assert "--val_scale 64 --max_size 96; evaluating at 80 / 96" in caplog.text
+    assert str(out / "checkpoint.pth") in caplog.text
+    evaluate = evaluate[:3] + evaluate[7:]  # no data flags: the checkpoint's data, still at the sizes given
+    own_data = detections(["--val_scale", "80"], "own_data")
+    assert "evaluating at 80 / 96" in caplog.text
+    assert own_data == json.loads((tmp_path / "other" / "detections_val.json").read_text())

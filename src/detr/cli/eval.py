@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import Config, ModelConfig
-from ..evaluation.evaluate import evaluate_checkpoint
+from ..evaluation.evaluate import SIZE_FIELDS, evaluate_checkpoint
 from ..hub import is_hf_repo_id
 from . import show_progress
 from .flags import build_parser, config_from_args, given_flags
@@ -32,6 +32,10 @@ def evaluate(cfg: Config, args: argparse.Namespace, path: str, flag: str) -> int
     if not path:
         raise ValueError(f"{flag} FILE is needed: the checkpoint to evaluate")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    overrides = {k: getattr(cfg.model, k) for k in given_flags(args) if k in fields}
-    evaluate_checkpoint(cfg, path, model=args.model, progress=show_progress(), **overrides)
+    given = given_flags(args)
+    overrides = {k: getattr(cfg.model, k) for k in given if k in fields}
+    # image sizes not given: the checkpoint's own (a model validated at 128 px scores ~0 at the default 800)
+    sizes_from_checkpoint = [k for k in SIZE_FIELDS if k not in given]
+    evaluate_checkpoint(cfg, path, model=args.model, progress=show_progress(),
+                        sizes_from_checkpoint=sizes_from_checkpoint, **overrides)
     return 0

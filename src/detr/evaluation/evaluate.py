@@ -100,6 +100,9 @@ def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: 
     write_json(out_dir / "eval.json", summary, indent=1)
 
 
+SIZE_FIELDS = ("scales", "max_size", "val_scale")  # DataConfig's image sizes
+
+
 def _val_size(data: DataConfig) -> tuple[int, int]:
     """(short side, long-side cap) of validation images (val_scale None: the largest training scale,
     800 for the paper's)."""
@@ -107,23 +110,29 @@ def _val_size(data: DataConfig) -> tuple[int, int]:
 
 
 def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progress: bool = True,
-                        **overrides: Any) -> dict[str, Any]:
+                        sizes_from_checkpoint: Iterable[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Evaluate the model in `path` (a checkpoint file, a transformers folder, a published name or a hub id:
     `detr.models.loading.resolve_weights`) on cfg's validation data (or the data the checkpoint was trained on).
 
     The architecture comes from the checkpoint (`detr.registry.config_from_checkpoint`, with
     `model` and the ModelConfig `overrides` for what an official file cannot tell); cfg's model
-    section is not used. Returns the evaluation stats (losses, "coco_eval_bbox" with the 12
-    COCOeval numbers, "AP", ...).
+    section is not used. The image size fields named in `sizes_from_checkpoint` ("scales", "max_size",
+    "val_scale") come from the checkpoint, the others from cfg (None: all from the checkpoint when the data is the
+    checkpoint's too, none on cfg's data); a warning names sizes that differ from the checkpoint's.
+    Returns the evaluation stats (losses, "coco_eval_bbox" with the 12 COCOeval numbers, "AP", ...).
     """
     validate_config(cfg, training=False)
     ckpt, source = load_weights(path, progress)  # refuses anything that is not plain tensors and containers
     saved = config_from_checkpoint(ckpt, source, model=model, **overrides)
     data_cfg = cfg.data
     ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
-    if not (data_cfg.coco_path or data_cfg.val_annotations) and ours:
-        data_cfg = saved.data  # the data the checkpoint was trained on, as config_from_checkpoint read it
-    elif ours and _val_size(data_cfg) != _val_size(saved.data):
+    if ours:
+        own_data = not (data_cfg.coco_path or data_cfg.val_annotations)  # the data the checkpoint was trained on
+        if sizes_from_checkpoint is None:
+            sizes_from_checkpoint = SIZE_FIELDS if own_data else ()
+        sizes = {k: getattr(saved.data if k in sizes_from_checkpoint else data_cfg, k) for k in SIZE_FIELDS}
+        data_cfg = dataclasses.replace(saved.data if own_data else data_cfg, **sizes)
+    if ours and _val_size(data_cfg) != _val_size(saved.data):
         log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags to "
                     "match)", path, *_val_size(saved.data), *_val_size(data_cfg))
     cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
