@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.transforms import val_short_side
 from ..inference.detector import default_class_names
 from ..models.hf_folder import save_hf_folder
 from ..models.huggingface import hf_config
@@ -40,8 +41,7 @@ def _to_hf(args: argparse.Namespace) -> int:
         raise ValueError("--to hf needs --weights FILE: the checkpoint to convert")
     net, cfg = load_pretrained(args.weights, model=args.model, progress=show_progress())
     names = cfg.data.class_names or default_class_names(cfg.model.num_classes)
-    size = cfg.data.val_scale or (max(cfg.data.scales) if cfg.data.scales else 800)
-    out = save_hf_folder(args.path, net.state_dict(), cfg.model, names, size, cfg.data.max_size, argument="PATH")
+    out = save_hf_folder(args.path, net.state_dict(), cfg.model, names, val_short_side(cfg.data), cfg.data.max_size, argument="PATH")
     print(f"wrote {out}/config.json, model.safetensors, preprocessor_config.json "
           f"(transformers {hf_config(cfg.model)['architectures'][0]})")
     return 0

@@ -26,7 +26,7 @@ from ..config import (
 from ..data import make_demo_dataset
 from ..data.annotations import read_json
 from ..data.images import load_image
-from ..data.transforms import preprocess
+from ..data.transforms import preprocess, val_short_side
 from ..inference.visualize import colour, side_by_side
 from ..loss.postprocess_masks import postprocess_panoptic
 from ..models.build import build_model
@@ -50,7 +50,7 @@ def draw_panoptic(checkpoint: str | Path, images: list[Path], categories: list[d
     drawn = []
     for path in images:
         image = load_image(path)
-        x = preprocess(image, size=cfg.data.val_scale or max(cfg.data.scales or [800]), max_size=cfg.data.max_size)
+        x = preprocess(image, size=val_short_side(cfg.data), max_size=cfg.data.max_size)
         result = postprocess_panoptic(model([x]), [x.shape[-2:]], [(image.height, image.width)],
                                       lambda c: thing.get(c, False), class_loss=cfg.model.class_loss)[0]
         drawn.append(_overlay(image.resize((image.width * scale, image.height * scale)),

@@ -20,6 +20,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..config import DataConfig
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800: short side for training
@@ -173,6 +175,11 @@ def make_transforms(train: bool, scales: Sequence[int] = SCALES, max_size: int =
             RandomShortSideResize(scales, max_size),
         ])])
     return v2.Compose([v2.ToImage(), v2.RandomHorizontalFlip(), resize, *tail])
+
+
+def val_short_side(data: DataConfig) -> int:
+    """The short side validation resizes to: `val_scale`, else the largest training scale (800 for the paper's)."""
+    return data.val_scale if data.val_scale is not None else max(data.scales or SCALES)
 
 
 @functools.lru_cache(maxsize=8)

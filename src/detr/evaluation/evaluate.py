@@ -19,7 +19,7 @@ from ..config import Config, DataConfig, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..data.panoptic import PanopticReport
-from ..data.transforms import SCALES
+from ..data.transforms import val_short_side
 from ..loss.criterion import create_criterion
 from ..loss.postprocess import postprocess
 from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
@@ -104,9 +104,8 @@ SIZE_FIELDS = ("scales", "max_size", "val_scale")  # DataConfig's image sizes
 
 
 def _val_size(data: DataConfig) -> tuple[int, int]:
-    """(short side, long-side cap) of validation images (val_scale None: the largest training scale,
-    800 for the paper's)."""
-    return (data.val_scale if data.val_scale is not None else max(data.scales or SCALES)), data.max_size
+    """(short side, long-side cap) of validation images."""
+    return val_short_side(data), data.max_size
 
 
 def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progress: bool = True,
@@ -132,9 +131,9 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
             sizes_from_checkpoint = SIZE_FIELDS if own_data else ()
         sizes = {k: getattr(saved.data if k in sizes_from_checkpoint else data_cfg, k) for k in SIZE_FIELDS}
         data_cfg = dataclasses.replace(saved.data if own_data else data_cfg, **sizes)
-    if ours and _val_size(data_cfg) != _val_size(saved.data):
-        log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags to "
-                    "match)", path, *_val_size(saved.data), *_val_size(data_cfg))
+        if _val_size(data_cfg) != _val_size(saved.data):
+            log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags "
+                        "to match)", path, *_val_size(saved.data), *_val_size(data_cfg))
     cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..data.coco import coco_results
 from ..data.images import load_image, to_rgb
 from ..data.masks import coco_mask_results
-from ..data.transforms import preprocess
+from ..data.transforms import preprocess, val_short_side
 from ..loss.postprocess import postprocess
 from ..loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
 from ..models.build import Model
@@ -155,7 +155,7 @@ class Detector:
         check_amp(amp, resolve_device(device))
         net, cfg = load_pretrained(name_or_path, model=model, progress=progress, **overrides)
         d = cfg.data
-        size = size or d.val_scale or (max(d.scales) if d.scales else 800)
+        size = size or val_short_side(d)
         return cls(net, d.class_names, device=device, threshold=threshold, size=size,
                    max_size=max_size or d.max_size, amp=amp)
 
