@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
+from ..panoptic_ids import MAX_SEGMENT_ID
 from .annotations import category_names, is_int, is_number, read_json
 from .coco import CocoDetection, Target
 from .errors import DatasetError
 from .images import ImageProbe
-from .masks import MAX_SEGMENT_ID, coco_mask_results, id_png_size, masks_to_boxes, read_id_png
+from .masks import coco_mask_results, id_png_size, masks_to_boxes, read_id_png
 from .scan import (
     ImageRecord,
     ScanReport,
