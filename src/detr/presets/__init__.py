@@ -1,0 +1,13 @@
+"""Named option sets, one small module each (flat dicts of official flag names, as `config_from_flags` takes).
+
+- `recipes`: what `--recipe NAME` sets (RECIPES, FAST_DEFAULTS, FROM_SCRATCH);
+- `demo`: `detr demo`'s model, data and drawing threshold;
+- `panoptic_demo`: `detr demo --masks`' two stages and data.
+"""
+
+from .demo import DEMO_DATA, DEMO_DRAW_THRESHOLDS, DEMO_PRESET
+from .panoptic_demo import PANOPTIC_DEMO, PANOPTIC_DEMO_DATA, PANOPTIC_DEMO_MASKS
+from .recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
+
+__all__ = ["DEMO_DATA", "DEMO_DRAW_THRESHOLDS", "DEMO_PRESET", "FAST_DEFAULTS", "FROM_SCRATCH", "PANOPTIC_DEMO",
+           "PANOPTIC_DEMO_DATA", "PANOPTIC_DEMO_MASKS", "RECIPES"]
