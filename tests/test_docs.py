@@ -72,11 +72,18 @@ def bash_commands(body: str) -> list[str]:
     return [" ".join(words) for line in joined.splitlines() if (words := shlex.split(line, comments=True))]
 
 
+def inline_commands(text: str) -> list[str]:
+    """Commands quoted in the prose (`detr ...`, `bash ...`, `torchrun ...`), outside the fenced blocks."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    return [" ".join(shlex.split(m)) for m in re.findall(r"`((?:detr|bash|torchrun|python -m detr) [^`]+)`", prose)]
+
+
 def readme_cases() -> list[tuple[str, str]]:
-    """(id, text) of each README case: a bash command (its id is the command) or a python block (its id is
-    `python: ` and its first line that is not an import)."""
-    cases = []
-    for lang, body in fenced_blocks(README.read_text()):
+    """(id, text) of each README case: a bash command, in a block or quoted in the prose (its id is the
+    command), or a python block (its id is `python: ` and its first line that is not an import)."""
+    text = README.read_text()
+    cases = [(cmd, cmd) for cmd in inline_commands(text)]
+    for lang, body in fenced_blocks(text):
         if lang == "bash":
             cases += [(cmd, cmd) for cmd in bash_commands(body)]
         elif lang == "python":
@@ -211,6 +218,13 @@ def export(words: list[str], ws: Path) -> None:
     assert out.is_file() and out.stat().st_size > 0
 
 
+def plot(words: list[str], ws: Path) -> None:
+    out = ws / words[words.index("--output") + 1]
+    assert run_detr(localised(words[1:])) == 0
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+
+
 def demo_script(words: list[str], ws: Path) -> None:
     """scripts/demo.sh sets up .venv (not repeated here) and then runs `detr demo`: run that, small."""
     script = (REPO / words[1]).read_text().strip().splitlines()
@@ -237,6 +251,7 @@ COMMANDS: dict[str, Callable[[list[str], Path], None]] = {
     "detr train --train_images my_dataset/train --train_annotations my_dataset/train/_annotations.coco.json "
     "--val_images my_dataset/valid --val_annotations my_dataset/valid/_annotations.coco.json "
     "--weights detr_r50 --epochs 50 --lr_drop 40 --output_dir runs/mine": train,
+    "detr plot runs/mine --output curves.png": plot,
     "detr eval --weights runs/mine/best.pth": evaluate,
     "detr eval --weights detr_r50 --coco_path /data/coco": evaluate,
     "detr export --weights runs/mine/best.pth --output detr.onnx": export,
