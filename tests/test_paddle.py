@@ -21,7 +21,7 @@ import detr
 from detr.checkpoint import CheckpointError
 from detr.cli import main as cli_main
 from detr.models.build import build_model
-from detr.models.paddle import coco_category_ids, read_pdparams
+from detr.weights.from_paddle import coco_category_ids, read_pdparams
 
 from . import paddle_reference
 

@@ -10,10 +10,9 @@ import argparse
 
 from ..data.transforms import val_short_side
 from ..inference.detector import default_class_names
-from ..models.hf_folder import save_hf_folder
-from ..models.huggingface import hf_config
-from ..models.loading import load_pretrained
 from ..registry import MODELS
+from ..weights.loading import load_pretrained
+from ..weights.to_hf import hf_config, save_hf_folder
 from . import parse_and_run, show_progress
 
 
@@ -50,7 +49,7 @@ def _to_hf(args: argparse.Namespace) -> int:
 def _from_paddle(args: argparse.Namespace) -> int:
     """PaddleDetection `.pdparams` (read without paddle, running nothing) -> our checkpoint with its config."""
     from ..checkpoint import output_file, save_checkpoint
-    from ..models.paddle import load_pdparams
+    from ..weights.from_paddle import load_pdparams
 
     if args.output is None:
         raise ValueError("--from paddle needs --output OUT.pth (or .safetensors): the checkpoint to write")

@@ -20,10 +20,10 @@ from ..data.transforms import preprocess, val_short_side
 from ..loss.postprocess import postprocess
 from ..loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
 from ..models.build import Model
-from ..models.loading import load_pretrained
 from ..models.segmentation import DETRsegm
 from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thing
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
+from ..weights.loading import load_pretrained
 from .panoptic import Panoptic, from_official
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
@@ -145,7 +145,7 @@ class Detector:
             A ready Detector.
 
         Raises:
-            detr.hub.WeightsError: unknown name, missing file, or failed download.
+            detr.weights.hub.WeightsError: unknown name, missing file, or failed download.
             detr.checkpoint.CheckpointError: the file is not a usable DETR checkpoint.
 
         Example:
