@@ -284,7 +284,8 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, Any], coco_ids: bool | 
 
     Raises:
         ValueError: keys of another model or of a variant this package cannot express (ResNet-vd, ResNet-18/34,
-            deformable convolutions, a mask head), or a Linear weight that is not 2-D.
+            deformable convolutions, a mask head), a Linear weight that is not 2-D, or `nheads` that does not
+            divide the width.
     """
     state: dict[str, Tensor] = {}
     for key, value in paddle_state.items():
@@ -301,6 +302,8 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, Any], coco_ids: bool | 
             state["class_embed.weight"], state["class_embed.bias"])
     config = config_from_checkpoint({"model": state}, "PaddleDetection DETR weights", nheads=nheads,
                                     dilation=False)  # PaddleDetection's ResNet has no dilated variant
+    if nheads < 1 or config.model.hidden_dim % nheads:
+        raise ValueError(f"nheads {nheads}: the weights' width {config.model.hidden_dim} is not divisible by it")
     return state, config.model
 
 
