@@ -310,3 +310,9 @@ def test_resnet18_34_with_a_first_block_shortcut_is_refused_before_writing(tmp_p
     err = capsys.readouterr().err
     assert f"detr_r{depth}.pdparams" in err and "res2a.short" in err and "ResNet-18/34" in err
     assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def test_loading_a_pdparams_file_directly_says_to_convert_it(tmp_path):
+    path = _pdparams(tmp_path / "x.pdparams")
+    with pytest.raises(CheckpointError, match=r"x\.pdparams: .*detr convert --from paddle .*--nheads N"):
+        load_pretrained(path)
