@@ -13,11 +13,11 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detr.checkpoint import CheckpointError
-from detr.hub import WeightsError
 from detr.models.backbone import Backbone, InplaceFrozenBatchNorm2d
-from detr.models.loading import imagenet_backbone_url, load_backbone_weights
 from detr.training.train import train
 from detr.training.warmup import IGNORE, _swap_norms, box_label_map, warm_up_backbone
+from detr.weights.hub import WeightsError
+from detr.weights.loading import imagenet_backbone_url, load_backbone_weights
 
 from .test_weights import cache, no_network, serve  # noqa: F401  (fixtures)
 from .train_helpers import config, tiny_data
@@ -60,7 +60,7 @@ def test_imagenet_weights_download_once_then_load_from_cache(cache, monkeypatch)
     torch.save(state, buf)
     data = buf.getvalue()
     url = f"https://example.invalid/models/resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-    monkeypatch.setattr("detr.models.loading.imagenet_backbone_url", lambda name: url)
+    monkeypatch.setattr("detr.weights.loading.imagenet_backbone_url", lambda name: url)
     asked = serve(monkeypatch, data)
     backbone = Backbone("resnet18")
     path = load_backbone_weights(backbone, "imagenet", progress=False)

@@ -102,7 +102,8 @@ def test_a_file_of_the_other_family_is_refused_naming_both(trained, data, tmp_pa
     save_checkpoint(detr_file, {"model": plain.state_dict()})
     with pytest.raises(CheckpointError, match=r"holds detr weights, but a conditional_detr model.*multihead_attn"):
         Detector.from_pretrained(detr_file, model="conditional_detr_r50")
-    from detr.training.train import load_finetune_weights, train
+    from detr.training.train import train
+    from detr.weights.finetune import load_finetune_weights
 
     with pytest.raises(CheckpointError, match="holds detr weights, but a conditional_detr model"):
         train(config(data, tmp_path / "run", [*SMALL, "--weights", str(detr_file)]), progress=False)
@@ -225,7 +226,7 @@ def test_an_official_training_checkpoint_with_args_builds_the_dc5_model(tmp_path
 
 
 def test_a_model_name_without_published_weights_says_so():
-    from detr.hub import WeightsError
+    from detr.weights.hub import WeightsError
 
     with pytest.raises(WeightsError, match="conditional_detr_r50: no published weights can be downloaded"):
         Detector.from_pretrained("conditional_detr_r50")

@@ -43,10 +43,10 @@ import detr
 from detr import cli
 from detr.checkpoint import CheckpointError, save_checkpoint
 from detr.config import Config, DataConfig
-from detr.hub import WeightsError, hf_local_folder
 from detr.inference.detector import Detector
-from detr.models.loading import load_pretrained
 from detr.registry import model_config
+from detr.weights.hub import WeightsError, hf_local_folder
+from detr.weights.loading import load_pretrained
 
 from .hf_conditional import padded, two_images
 

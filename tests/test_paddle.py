@@ -7,8 +7,10 @@ LayerNorm moved off identity, written by `paddle.save`, and its eval outputs on 
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,8 @@ import detr
 from detr.checkpoint import CheckpointError
 from detr.cli import main as cli_main
 from detr.models.build import build_model
-from detr.models.paddle import coco_category_ids, read_pdparams
+from detr.weights.from_paddle import coco_category_ids, read_pdparams
+from detr.weights.loading import load_pretrained
 
 from . import paddle_reference
 
@@ -210,3 +213,106 @@ def test_cli_convert_needs_an_output(tmp_path, capsys):
     path = _pdparams(tmp_path / "x.pdparams")
     assert cli_main(["convert", "--from", "paddle", str(path)]) == 2
     assert "--output" in capsys.readouterr().err
+
+
+# --- files written in PaddleDetection's layout from one of our models (no paddle needed) ----------------------
+
+_PADDLE_BN = {"weight": "weight", "bias": "bias", "running_mean": "_mean", "running_var": "_variance"}
+_PADDLE_LINEAR = re.compile(r"(attn\.in_proj_weight|out_proj\.weight|linear[12]\.weight|class_embed\.weight"
+                            r"|bbox_embed\.layers\.\d+\.weight)$")
+
+
+def _paddle_name(key: str) -> str:
+    """Our (official) name -> PaddleDetection's (ppdet's ResNet `res{stage}{letter}.branch2{a,b,c}` / `short`,
+    DETRTransformer, DETRHead), written out by hand from PaddleDetection's module names."""
+    if key.startswith("backbone.0.body.conv1."):
+        return "backbone.conv1.conv1.conv.weight"
+    if m := re.match(r"backbone\.0\.body\.bn1\.(\w+)$", key):
+        return f"backbone.conv1.conv1.norm.{_PADDLE_BN[m[1]]}"
+    if m := re.match(r"backbone\.0\.body\.layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.(\w+)$", key):
+        stage, block = int(m[1]) + 1, f"res{int(m[1]) + 1}{chr(ord('a') + int(m[2]))}"
+        branch = "short" if m[3] == "downsample." else "branch2" + "abc"[int(m[4]) - 1]
+        conv = m[3] == "conv" or (m[3] == "downsample." and m[4] == "0")
+        return f"backbone.res{stage}.{block}.{branch}." + ("conv.weight" if conv else f"norm.{_PADDLE_BN[m[5]]}")
+    for ours, theirs in (("input_proj.", "transformer.input_proj."), ("query_embed.", "transformer.query_pos_embed."),
+                         ("class_embed.", "detr_head.score_head."), ("bbox_embed.", "detr_head.bbox_head.")):
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    return key.replace(".multihead_attn.", ".cross_attn.")  # the rest of transformer.* keeps its names
+
+
+def _write_paddle_file(model: torch.nn.Module, path: Path, extra: dict | None = None) -> Path:
+    """`model`'s weights as `paddle.save(state_dict)` writes a PaddleDetection DETR: its names, Linear weights
+    as [in, out], float32 arrays and the name table."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        array = value.detach().numpy().astype(np.float32)
+        state[_paddle_name(key)] = array.T.copy() if _PADDLE_LINEAR.search(key) else array
+    state.update(extra or {})
+    state["StructuredToParameterName@@"] = {k: f"param_{i}" for i, k in enumerate(state)}
+    with open(path, "wb") as f:
+        pickle.dump(state, f, protocol=4)
+    return path
+
+
+def _random_model(backbone: str, nheads: int) -> torch.nn.Module:
+    """A small DETR of 80 classes (PaddleDetection's COCO head) with every weight and norm statistic random."""
+    torch.manual_seed(0)
+    model = detr.create_model("detr_r50", num_classes=80, backbone=backbone, hidden_dim=32, nheads=nheads,
+                              enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=5).eval()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                noise = torch.randn_like(value) * 0.1
+                value.copy_(value.abs() + 0.5 + noise.abs() if key.endswith("running_var") else value + noise)
+    return model
+
+
+def test_cli_converts_a_4_head_model_with_its_flag_and_says_what_it_assumes(tmp_path, caplog):
+    model = _random_model("resnet50", nheads=4)
+    path = _write_paddle_file(model, tmp_path / "detr_4heads.pdparams")
+    image = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(image)  # [1, 5, 81] in PaddleDetection's class order, [1, 5, 4]
+
+    def converted(argv: list[str], name: str) -> dict[str, torch.Tensor]:
+        out = tmp_path / name
+        assert cli_main(["convert", "--from", "paddle", str(path), "--output", str(out), *argv]) == 0
+        net, _ = load_pretrained(out)
+        with torch.no_grad():
+            return net(image)
+
+    with caplog.at_level(logging.INFO, logger="detr"):
+        got = converted(["--nheads", "4"], "four.pth")
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)
+    assert (got["pred_logits"][..., PADDLE_ORDER] - expected["pred_logits"]).abs().max() <= 1e-5
+    assert (got["pred_boxes"] - expected["pred_boxes"]).abs().max() <= 1e-6
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detr"):
+        default = converted([], "default.pth")  # 8 heads assumed: another model, and the log says so
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "detr_4heads.pdparams" in warning and "assuming 8" in warning and "--nheads" in warning
+    assert (default["pred_logits"][..., PADDLE_ORDER] - expected["pred_logits"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_resnet18_34_with_a_first_block_shortcut_is_refused_before_writing(tmp_path, capsys, depth):
+    model = _random_model(f"resnet{depth}", nheads=4)
+    short = {"backbone.res2.res2a.short.conv.weight": np.ones((64, 64, 1, 1), np.float32),
+             **{f"backbone.res2.res2a.short.norm.{p}": np.ones(64, np.float32)
+                for p in ("weight", "bias", "_mean", "_variance")}}
+    path = _write_paddle_file(model, tmp_path / f"detr_r{depth}.pdparams", short)
+    out = tmp_path / "out.pth"
+    assert cli_main(["convert", "--from", "paddle", str(path), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"detr_r{depth}.pdparams" in err and "res2a.short" in err and "ResNet-18/34" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def test_loading_a_pdparams_file_directly_says_to_convert_it(tmp_path):
+    path = _pdparams(tmp_path / "x.pdparams")
+    with pytest.raises(CheckpointError, match=r"x\.pdparams: .*detr convert --from paddle .*--nheads N"):
+        load_pretrained(path)

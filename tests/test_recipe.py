@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import detr
-from detr.training.train import load_finetune_weights
+from detr.weights.finetune import load_finetune_weights
 
 TINY = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 3,
         "dim_feedforward": 64, "num_queries": 6, "dropout": 0.0}

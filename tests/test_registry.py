@@ -1,4 +1,4 @@
-"""One routine tells what a checkpoint holds (`detr.registry.config_from_checkpoint`): eval, predict, export and
+"""One routine tells what a checkpoint holds (`detr.weights.identify.config_from_checkpoint`): eval, predict, export and
 explain all build the model it says. An official DC5 file is dilated whether the name, the args or a flag says so."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import shutil
 import pytest
 import torch
 
-from detr import cli, registry
+from detr import cli
 from detr.checkpoint import load_checkpoint
 from detr.evaluation import evaluate as evaluation
 from detr.inference.detector import Detector
+from detr.weights import identify
 
 from .helpers_predict import TINY, save_official, save_ours, tiny_model
 from .train_helpers import tiny_data
@@ -61,11 +62,11 @@ def test_plain_official_file_follows_the_flags_and_warns_when_none_says(official
 
 
 def test_published_name_gives_coco_names_and_our_checkpoint_its_own(official_files, tmp_path):
-    cfg = registry.config_from_checkpoint(load_checkpoint(official_files["named"]), str(official_files["named"]))
+    cfg = identify.config_from_checkpoint(load_checkpoint(official_files["named"]), str(official_files["named"]))
     assert cfg.model.dilation and cfg.model.backbone == "resnet50" and cfg.model.num_classes == 5
     assert cfg.data.class_names is None  # 5 classes are not the published model's 91 COCO classes
     ours = save_ours(tiny_model(num_classes=3), tmp_path / "ours.pth", ["a", "b", "c"], dilation=True)
-    cfg = registry.config_from_checkpoint(load_checkpoint(ours), str(ours))
+    cfg = identify.config_from_checkpoint(load_checkpoint(ours), str(ours))
     assert cfg.model.dilation and cfg.data.class_names == ["a", "b", "c"] and cfg.model.nheads == TINY["nheads"]
 
 
@@ -101,4 +102,4 @@ def test_official_file_that_is_not_detr_is_refused(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match=r"resnet.pth: not DETR weights: no 'class_embed.weight'"):
-        registry.config_from_checkpoint(load_checkpoint(path), str(path))
+        identify.config_from_checkpoint(load_checkpoint(path), str(path))

@@ -231,7 +231,7 @@ def test_segmentation_postprocess_matches_official(ref):
 def test_official_segmentation_file_loads_strictly(ref, tmp_path):
     """An official DETRsegm file (as its training loop saves it) is recognised by its keys (`detr.*`, `mask_head.*`)
     and gives the official pred_masks."""
-    from detr.models.loading import load_pretrained
+    from detr.weights.loading import load_pretrained
 
     theirs, _ = make_pair(ref)
     path = tmp_path / "checkpoint.pth"

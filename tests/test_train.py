@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +101,23 @@ def test_finetune_with_other_num_classes_reinitialises_the_class_head(data, stra
     source = load_checkpoint(straight / "checkpoint.pth")["model"]
     assert tuned["class_embed.weight"].shape == (8, 32)
     assert torch.equal(tuned["bbox_embed.layers.0.weight"], source["bbox_embed.layers.0.weight"])  # lr 0
+
+
+def test_weights_are_read_once(data, straight, tmp_path, monkeypatch):
+    """train() reads --weights once (the family check and the loading share it): every read of a file goes
+    through torch.load, counted here for the weights file."""
+    weights = straight / "checkpoint.pth"
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and Path(f).resolve() == weights.resolve():
+            reads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    train(config(data, tmp_path, ["--epochs", "1", "--weights", str(weights), "--lr", "0"]), progress=False)
+    assert len(reads) == 1
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):

@@ -14,9 +14,9 @@ import torch
 
 from detr import registry
 from detr.checkpoint import CheckpointError
-from detr.hub import WeightsError, cache_dir
-from detr.models.loading import load_pretrained, resolve_weights
 from detr.registry import PUBLISHED as REGISTRY
+from detr.weights.hub import WeightsError, cache_dir
+from detr.weights.loading import load_pretrained, resolve_weights
 
 from .helpers_predict import one_thread, save_official, tiny_model  # noqa: F401  (autouse fixture)
 

@@ -19,12 +19,13 @@ from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
 from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
-from .models.detr import DETR, convert_official_state_dict
-from .models.huggingface import convert_hf_state_dict
-from .models.paddle import convert_paddle_state_dict, read_pdparams
+from .models.detr import DETR
 from .models.segmentation import DETRsegm
 from .postprocessing import postprocess, postprocess_panoptic, postprocess_segmentation
-from .registry import config_from_checkpoint
+from .weights.from_hf import convert_hf_state_dict
+from .weights.from_official import convert_official_state_dict
+from .weights.from_paddle import convert_paddle_state_dict, read_pdparams
+from .weights.identify import config_from_checkpoint
 
 __version__ = "0.1.0"
 

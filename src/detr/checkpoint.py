@@ -138,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt?): {_reason(e)}") from None
     except Exception as e:  # torch raises many types on truncated or random bytes
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {_first_line(e)}") from None
+                              f"{type(e).__name__}: {first_line(e)}") from None
     return _as_checkpoint(obj, path)
 
 
@@ -151,7 +151,7 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
             state = {k: f.get_tensor(k) for k in f.keys()}
         config = json.loads(metadata.get("config", "null"))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {_first_line(e)}") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file: {first_line(e)}") from None
     return {"model": state, "config": config}
 
 
@@ -218,9 +218,10 @@ def _reason(e: BaseException) -> str:
     for ln in lines:
         if ln.startswith(("Trying to load", "Unsupported")):
             return ln[:300]
-    return _first_line(e)
+    return first_line(e)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), else its type's name."""
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..evaluation.evaluate import SIZE_FIELDS, evaluate_checkpoint
-from ..hub import is_hf_repo_id
+from ..weights.hub import is_hf_repo_id
 from . import show_progress
 from .flags import build_parser, config_from_args, given_flags
 

@@ -23,10 +23,10 @@ from ..data.transforms import val_short_side
 from ..loss.criterion import create_criterion
 from ..loss_stats import RunningMeans, float_outputs, reduce_losses
 from ..models.build import build_model
-from ..models.loading import load_weights
 from ..postprocessing.boxes import postprocess
-from ..registry import config_from_checkpoint
 from ..runtime import autocast, resolve_device
+from ..weights.identify import config_from_checkpoint
+from ..weights.loading import load_weights
 from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
 from .segm_eval import MaskEvaluator
 
@@ -111,9 +111,9 @@ def _val_size(data: DataConfig) -> tuple[int, int]:
 def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progress: bool = True,
                         sizes_from_checkpoint: Iterable[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Evaluate the model in `path` (a checkpoint file, a transformers folder, a published name or a hub id:
-    `detr.models.loading.resolve_weights`) on cfg's validation data (or the data the checkpoint was trained on).
+    `detr.weights.loading.resolve_weights`) on cfg's validation data (or the data the checkpoint was trained on).
 
-    The architecture comes from the checkpoint (`detr.registry.config_from_checkpoint`, with
+    The architecture comes from the checkpoint (`detr.weights.identify.config_from_checkpoint`, with
     `model` and the ModelConfig `overrides` for what an official file cannot tell); cfg's model
     section is not used. The image size fields named in `sizes_from_checkpoint` ("scales", "max_size",
     "val_scale") come from the checkpoint, the others from cfg (None: all from the checkpoint when the data is the

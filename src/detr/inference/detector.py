@@ -18,12 +18,12 @@ from ..data.images import load_image, to_rgb
 from ..data.masks import coco_mask_results
 from ..data.transforms import preprocess, val_short_side
 from ..models.build import Model
-from ..models.loading import load_pretrained
 from ..models.segmentation import DETRsegm
 from ..postprocessing.boxes import postprocess
 from ..postprocessing.masks import postprocess_panoptic, postprocess_segmentation
 from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thing
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
+from ..weights.loading import load_pretrained
 from .panoptic import Panoptic, from_official
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
@@ -145,7 +145,7 @@ class Detector:
             A ready Detector.
 
         Raises:
-            detr.hub.WeightsError: unknown name, missing file, or failed download.
+            detr.weights.hub.WeightsError: unknown name, missing file, or failed download.
             detr.checkpoint.CheckpointError: the file is not a usable DETR checkpoint.
 
         Example:

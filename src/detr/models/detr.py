@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import plain_state_dict
 from ..config import ModelConfig
 from .backbone import RESNETS, Backbone, Joiner
 from .denoising import Denoising
@@ -201,12 +200,3 @@ def build_backbone(name: str, train_backbone: bool = True, dilation: bool = Fals
     if name not in RESNETS:
         raise ValueError(f"backbone must be one of {[*RESNETS, 'tiny']}, got {name!r}")
     return Backbone(name, train_backbone, dilation, return_interm_layers)
-
-
-def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map an official DETR state dict (`torch.load(f)["model"]`) to this implementation.
-
-    The parameter names are the official ones, so this only strips a DDP `module.` prefix
-    and checks that the input is a state dict.
-    """
-    return plain_state_dict(state_dict)

@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import distributed
-from ..checkpoint import CheckpointError, load_checkpoint, load_model_weights, output_folder
+from ..checkpoint import output_folder
 from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.evaluate import eval_summary, evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
-from ..models.build import TRAINING_ONLY, Model, build_model
-from ..models.loading import load_backbone_weights, load_weights
+from ..models.build import Model, build_model
 from ..models.segmentation import DETRsegm
-from ..registry import check_family, family_of
 from ..runtime import resolve_device
+from ..weights.finetune import load_finetune_weights, load_frozen_detector, read_finetune_weights
+from ..weights.loading import load_backbone_weights
 from .ema import create_ema
 from .engine import train_one_epoch
 from .state import Progress, Run, restore_training_state, save_training_checkpoint
@@ -86,54 +86,18 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
-def load_finetune_weights(model: Model, path: str) -> None:
-    """Load --weights (ours, official, a transformers folder, a published name or a hub id). A different class
-    count or query count re-initialises that head; Group DETR's extra query groups start as copies of the
-    checkpoint's queries unless it has its own."""
-    state = load_weights(path)[0]["model"]
-    own = model.state_dict()
-    check_family(state, family_of(own) or "detr", f"--weights {path}")  # before any key-by-key complaint
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
-    skip = []
-    for prefix, what in (("class_embed.", "classes"), ("query_embed.", "queries")):
-        key = prefix + "weight"
-        if key in state and key in own and state[key].shape != own[key].shape:
-            skip.append(prefix)
-            if distributed.is_main_process():
-                log.info("--weights %s: the checkpoint has %d %s outputs, this model %d: %s is re-initialised "
-                         "for fine-tuning", path, state[key].shape[0], what, own[key].shape[0], prefix.rstrip("."))
-    key = "group_query_embed.weight"
-    if key in own and (key not in state or state[key].shape != own[key].shape):
-        if "query_embed." in skip:  # the queries are re-initialised: so are their copies
-            skip.append("group_query_embed.")
-        else:
-            state[key] = state["query_embed.weight"].repeat(model.num_groups - 1, 1)  # [(K-1)*Q, E]
-    load_model_weights(model, state, source=f"--weights {path}", skip_prefixes=tuple(skip))
-
-
-def load_frozen_detector(model: DETRsegm, path: str) -> None:
-    """Load --frozen_weights (a detector of this architecture, ours or official) into the segmentation model's
-    detector (the official recipe: `model.detr.load_state_dict`); Group DETR's and denoising's training-only
-    weights of a detection run are left out."""
-    state = load_checkpoint(path)["model"]
-    if any(k.startswith(("mask_head.", "detr.")) for k in state):
-        raise CheckpointError(f"--frozen_weights {path}: holds a segmentation model; give the detector it was "
-                              "trained from, or use --weights to fine-tune this one")
-    own = model.detr.state_dict()
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(TRAINING_ONLY)}
-    load_model_weights(model.detr, state, source=f"--frozen_weights {path}")
-
-
-def initialise_weights(model: Model, cfg: Config, data: RunData, device: torch.device) -> None:
-    """A fresh run's starting point: --frozen_weights (the detector) or --weights; else --backbone_weights,
-    then the optional backbone warm-up (every process does the same; DDP then copies rank 0's weights anyway)."""
+def initialise_weights(model: Model, cfg: Config, data: RunData, device: torch.device,
+                       weights: dict[str, Tensor] | None = None) -> None:
+    """A fresh run's starting point: --frozen_weights (the detector) or --weights (`weights`: its state dict when
+    already read); else --backbone_weights, then the optional backbone warm-up (every process does the same; DDP
+    then copies rank 0's weights anyway)."""
     t = cfg.train
     if t.frozen_weights:
         assert isinstance(model, DETRsegm)  # validate_config: --frozen_weights needs --masks
         load_frozen_detector(model, t.frozen_weights)
         return
     if t.weights:
-        load_finetune_weights(model, t.weights)
+        load_finetune_weights(model, t.weights if weights is None else weights, f"--weights {t.weights}")
         return
     backbone = model.backbone[0]
     main = distributed.is_main_process()
@@ -156,23 +120,26 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     work) and NonFiniteLossError when the loss or gradients become NaN/inf.
     """
     validate_config(cfg)
-    if cfg.train.weights:  # a file of the other model family is refused before any data is read
-        check_family(load_weights(cfg.train.weights)[0]["model"], cfg.model.family, f"--weights {cfg.train.weights}")
+    weights = None
+    if cfg.train.weights:  # read once; a file of the other model family is refused before any data is read
+        weights = read_finetune_weights(cfg.train.weights, cfg.model.family)
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
         if device.type == "cuda" and distributed.is_distributed():
             device = torch.device("cuda", torch.cuda.current_device())
         cfg = resolve_data(cfg)
-        run, start = _prepare(cfg, device)
+        run, start = _prepare(cfg, device, weights)
+        weights = None  # loaded into the model: not kept through training
         return _epochs(cfg, run, start, progress)
     finally:
         if started:
             distributed.cleanup()
 
 
-def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
-    """Build the run's objects and load --resume (returning where it stopped) or the starting weights."""
+def _prepare(cfg: Config, device: torch.device, weights: dict[str, Tensor] | None = None) -> tuple[Run, Progress]:
+    """Build the run's objects and load --resume (returning where it stopped) or the starting weights (`weights`:
+    --weights' state dict, already read)."""
     t = cfg.train
     out_dir = output_folder(t.output_dir, "--output_dir") if t.output_dir and distributed.is_main_process() else None
     if out_dir:
@@ -204,7 +171,7 @@ def _prepare(cfg: Config, device: torch.device) -> tuple[Run, Progress]:
         start = restore_training_state(t.resume, run)
     else:
         start = Progress()
-        initialise_weights(model, cfg, data, device)
+        initialise_weights(model, cfg, data, device, weights)
     if distributed.is_distributed():
         run.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                             else None)

@@ -17,7 +17,8 @@ BatchNorm with eps 1e-5, the same sine positions, post-norm transformer, the las
 feeding the heads. PaddleDetection's eval passes no padding mask: at batch 1 (its configs) nothing is padded,
 as in ours; at batch > 1 its padded images attend to the padding, which our model does when given a padded
 [B, 3, H, W] tensor without a mask. ResNet variant "a" (stride on the 1x1 convolution) has the same shapes as
-"b" and cannot be told from the weights; ResNet-vd, deformable convolutions and mask heads are refused by name.
+"b" and cannot be told from the weights; ResNet-vd, deformable convolutions, mask heads and ResNet-18/34 (whose
+first block has a 1x1 shortcut, `res2a.short`, that torchvision's lacks) are refused by name.
 Paddle stores Linear weights as [in, out]: they are transposed, chosen by name, never by shape.
 
 Classes: PaddleDetection's COCO head has 80 contiguous classes + background (the last logit; its postprocess
@@ -44,7 +45,8 @@ from torch import Tensor
 
 from ..checkpoint import CheckpointError
 from ..config import Config, DataConfig, ModelConfig
-from ..registry import COCO_CLASSES, config_from_checkpoint
+from ..registry import COCO_CLASSES
+from .identify import config_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,11 @@ _UNSUPPORTED = [
     (r"^detr_head\.(bbox_attention|mask_head)\.", "a segmentation (mask) head"),
     (r"\.conv_offset\.", "deformable convolutions (dcn_v2) in the backbone"),
 ]
+# PaddleDetection's ResNet-18/34 projects the shortcut of every stage's first block, res2a's (64 -> 64) too;
+# torchvision's basic-block ResNet has no layer1.0.downsample.
+_BASIC_FIRST_SHORTCUT = "backbone.0.body.layer1.0.downsample.0.weight"
+_BOTTLENECK_KEY = "backbone.0.body.layer1.0.conv3.weight"
+DEFAULT_NHEADS = 8  # PaddleDetection's DETR configs
 _ABSENT_LOGIT = -1e4  # exp(-1e4) is 0 in float32, bfloat16 and float16 (whose range -1e4 still fits)
 
 
@@ -253,8 +260,16 @@ def _maps_to_coco(classes: int, coco_ids: bool | None) -> bool:
     return classes == 80 and coco_ids is not False
 
 
+def _check_backbone(state: Mapping[str, Tensor]) -> None:
+    """A ValueError for a basic-block ResNet (18/34) whose first block has a shortcut projection."""
+    if _BASIC_FIRST_SHORTCUT in state and _BOTTLENECK_KEY not in state:
+        raise ValueError("paddle state dict: 'backbone.res2.res2a.short.conv.weight' is the 1x1 shortcut of a "
+                         "PaddleDetection ResNet-18/34's first block, which torchvision's ResNet-18/34 does not "
+                         "have; only PaddleDetection's DETR with a ResNet-50/101 (variant b) converts")
+
+
 def convert_paddle_state_dict(paddle_state: Mapping[str, Any], coco_ids: bool | None = None,
-                              nheads: int = 8) -> tuple[dict[str, Tensor], ModelConfig]:
+                              nheads: int = DEFAULT_NHEADS) -> tuple[dict[str, Tensor], ModelConfig]:
     """Map a PaddleDetection DETR state dict to this package's names, with its ModelConfig.
 
     Args:
@@ -268,8 +283,9 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, Any], coco_ids: bool | 
         The state dict (loads strictly into `build_model(model_config)`) and the ModelConfig.
 
     Raises:
-        ValueError: keys of another model or of a variant this package cannot express (ResNet-vd,
-            deformable convolutions, a mask head), or a Linear weight that is not 2-D.
+        ValueError: keys of another model or of a variant this package cannot express (ResNet-vd, ResNet-18/34,
+            deformable convolutions, a mask head), a Linear weight that is not 2-D, or `nheads` that does not
+            divide the width.
     """
     state: dict[str, Tensor] = {}
     for key, value in paddle_state.items():
@@ -280,22 +296,34 @@ def convert_paddle_state_dict(paddle_state: Mapping[str, Any], coco_ids: bool | 
                                  f"{tuple(tensor.shape)}")
             tensor = tensor.t().contiguous()
         state[_our_name(key)] = tensor
+    _check_backbone(state)
     if "class_embed.weight" in state and _maps_to_coco(state["class_embed.weight"].shape[0] - 1, coco_ids):
         state["class_embed.weight"], state["class_embed.bias"] = _to_coco_ids(
             state["class_embed.weight"], state["class_embed.bias"])
     config = config_from_checkpoint({"model": state}, "PaddleDetection DETR weights", nheads=nheads,
                                     dilation=False)  # PaddleDetection's ResNet has no dilated variant
+    if nheads < 1 or config.model.hidden_dim % nheads:
+        raise ValueError(f"nheads {nheads}: the weights' width {config.model.hidden_dim} is not divisible by it")
     return state, config.model
 
 
-def load_pdparams(path: str | os.PathLike, coco_ids: bool | None = None, nheads: int = 8
+def load_pdparams(path: str | os.PathLike, coco_ids: bool | None = None, nheads: int | None = None
                   ) -> tuple[dict[str, Tensor], Config]:
     """A `.pdparams` file -> our state dict and Config (class names: COCO's when the head has 80 classes).
 
+    `nheads` None: the weights cannot tell the head count, so PaddleDetection's default (8) is assumed and a
+    warning says so and names the flag that decides (`--nheads`).
+
     Raises:
-        CheckpointError: the file cannot be read safely, or holds no PaddleDetection DETR weights.
+        CheckpointError: the file cannot be read safely, holds no PaddleDetection DETR weights, or holds a
+            variant this package cannot express; the message names the file.
     """
     paddle_state = read_pdparams(path)
+    if nheads is None:
+        nheads = DEFAULT_NHEADS
+        log.warning("%s: the number of attention heads cannot be told from PaddleDetection weights; assuming %d "
+                    "(its DETR configs' default). For another head count pass --nheads N (Python: nheads=N)",
+                    path, nheads)
     try:
         state, model_cfg = convert_paddle_state_dict(paddle_state, coco_ids=coco_ids, nheads=nheads)
     except CheckpointError:
@@ -309,5 +337,6 @@ def load_pdparams(path: str | os.PathLike, coco_ids: bool | None = None, nheads:
         names = [COCO_CLASSES[i] for i in coco_category_ids()]  # kept contiguous: PaddleDetection's order
     else:
         names = None
-    log.info("%s: PaddleDetection DETR, %s, %d classes", path, model_cfg.backbone, model_cfg.num_classes)
+    log.info("%s: PaddleDetection DETR, %s, %d heads, %d classes", path, model_cfg.backbone, model_cfg.nheads,
+             model_cfg.num_classes)
     return state, Config(model=model_cfg, data=DataConfig(class_names=names))

@@ -1,4 +1,4 @@
-"""HuggingFace transformers weights -> this package's (official) parameter names.
+"""HuggingFace transformers weights -> this package's (official) parameter names; transformers folders read.
 
 `convert_hf_state_dict` undoes transformers' conversion scripts for `DetrForObjectDetection` and
 `ConditionalDetrForObjectDetection`. It reads every spelling transformers has used:
@@ -12,24 +12,32 @@
 
 DETR's separate q/k/v projections are joined into `in_proj_weight` / `in_proj_bias` (nn.MultiheadAttention's layout).
 
-The other way, `to_hf_state_dict` and `hf_config` give the hub layout and the config.json that
-`from_pretrained` of transformers 5.x loads with no missing or unexpected key (`hf_folder.py` writes and reads
-the files).
+`read_hf_folder` turns a `DetrForObjectDetection` / `ConditionalDetrForObjectDetection` folder (config.json +
+model.safetensors or pytorch_model.bin) into a checkpoint dict like `detr.checkpoint.load_checkpoint`'s. The other
+way is `to_hf.py`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..registry import config_from_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..config import FAMILIES, Config, DataConfig, ModelConfig
+from .identify import config_from_checkpoint
 
-FAMILIES = {"detr": "detr", "conditional_detr": "conditional_detr"}  # transformers' model_type -> ours
+log = logging.getLogger(__name__)
+
+# torchvision ResNets as transformers' ResNetConfig: stage depths and block type (widths follow the type).
+HF_RESNETS = {"resnet18": ([2, 2, 2, 2], "basic"), "resnet34": ([3, 4, 6, 3], "basic"),
+               "resnet50": ([3, 4, 6, 3], "bottleneck"), "resnet101": ([3, 4, 23, 3], "bottleneck")}
 
 # Spellings of one name -> the hub layout's, applied in order to keys without the leading "model.".
 _UNIFY = [
@@ -76,7 +84,8 @@ _OFFICIAL = [
 ]
 
 
-def _rename(key: str, rules: list[tuple[str, Any]]) -> str:
+def rename_key(key: str, rules: list[tuple[str, Any]]) -> str:
+    """`key` after every (pattern, replacement) of `rules`, in order."""
     for pattern, replacement in rules:
         key = re.sub(pattern, replacement, key)
     return key
@@ -127,9 +136,9 @@ def convert_hf_state_dict(hf_state_dict: Mapping[str, Tensor], hf_config: Any,
         ValueError: an unsupported model type, or keys that cannot be mapped.
     """
     cfg = _config_dict(hf_config)
-    family = FAMILIES.get(cfg.get("model_type", ""))
-    if family is None:
-        raise ValueError(f"hf_config: model_type {cfg.get('model_type')!r} is not supported; expected one of "
+    family = cfg.get("model_type", "")  # transformers' model types are our family names
+    if family not in FAMILIES:
+        raise ValueError(f"hf_config: model_type {family!r} is not supported; expected one of "
                          f"{sorted(FAMILIES)}")
     check_hf_backbone(cfg)
     rules = _UNIFY + (_CONDITIONAL_VALUES if family == "conditional_detr" else []) + _RESNET
@@ -137,7 +146,7 @@ def convert_hf_state_dict(hf_state_dict: Mapping[str, Tensor], hf_config: Any,
     for key, value in hf_state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
-        state[_rename(_rename(re.sub(r"^model\.", "", key), rules), _OFFICIAL)] = value
+        state[rename_key(rename_key(re.sub(r"^model\.", "", key), rules), _OFFICIAL)] = value
     cross = "multihead_attn" if family == "detr" else "cross_attn"  # the decoder's cross-attention, officially
     state = _join_qkv({k.replace(".encoder_attn.", f".{cross}."): v for k, v in state.items()})
     timm = cfg.get("backbone_config") if isinstance(cfg.get("backbone_config"), Mapping) else {}
@@ -160,9 +169,9 @@ def check_hf_backbone(hf_config: Mapping[str, Any]) -> None:
         name = config.get("backbone")
     else:
         name = hf_config.get("backbone") if config is None and hf_config.get("use_timm_backbone", True) else None
-    if kind not in (None, "resnet", "timm_backbone") or (name and str(name).split(".")[0] not in _HF_RESNETS):
+    if kind not in (None, "resnet", "timm_backbone") or (name and str(name).split(".")[0] not in HF_RESNETS):
         raise ValueError(f"backbone {name or kind!r} is not one this package builds; expected transformers' ResNet "
-                         f"or timm's {', '.join(_HF_RESNETS)}")
+                         f"or timm's {', '.join(HF_RESNETS)}")
 
 
 def hf_class_names(hf_config: Mapping[str, Any], num_classes: int) -> list[str] | None:
@@ -179,120 +188,87 @@ def hf_class_names(hf_config: Mapping[str, Any], num_classes: int) -> list[str] 
     return [names.get(i, str(i)) for i in range(num_classes)]
 
 
-# --- writing: the official names -> transformers' hub layout -----------------------------------------------
-
-# torchvision ResNets as transformers' ResNetConfig: stage depths and block type (widths follow the type).
-_HF_RESNETS = {"resnet18": ([2, 2, 2, 2], "basic"), "resnet34": ([3, 4, 6, 3], "basic"),
-               "resnet50": ([3, 4, 6, 3], "bottleneck"), "resnet101": ([3, 4, 23, 3], "bottleneck")}
-_ARCHITECTURES = {"detr": "DetrForObjectDetection", "conditional_detr": "ConditionalDetrForObjectDetection"}
-_HEADS = {"detr": "softmax", "conditional_detr": "focal"}  # the class head each transformers model has
-
-_TRUNK = "model.backbone.conv_encoder.model."
-# The inverse of _OFFICIAL (5.x writes the learned position embedding at model.position_embedding).
-_TO_HUB = [
-    (r"^backbone\.0\.body\.", _TRUNK),
-    (r"^backbone\.1\.row_embed\.", "model.position_embedding.row_embeddings."),
-    (r"^backbone\.1\.col_embed\.", "model.position_embedding.column_embeddings."),
-    (r"^query_embed\.", "model.query_position_embeddings."), (r"^input_proj\.", "model.input_projection."),
-    (r"^class_embed\.", "class_labels_classifier."), (r"^bbox_embed\.", "bbox_predictor."),
-    (r"^transformer\.decoder\.norm\.", "model.decoder.layernorm."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm1\.", r"model.encoder.layers.\1.self_attn_layer_norm."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm2\.", r"model.encoder.layers.\1.final_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"model.decoder.layers.\1.self_attn_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"model.decoder.layers.\1.encoder_attn_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm3\.", r"model.decoder.layers.\1.final_layer_norm."),
-    (r"^transformer\.(en|de)coder\.layers\.(\d+)\.linear([12])\.", r"model.\1coder.layers.\2.fc\3."),
-    (r"\.(multihead_attn|cross_attn)\.", ".encoder_attn."),
-    (r"^transformer\.", "model."),
-]
-# The inverse of _RESNET: torchvision's names -> transformers' own ResNet.
-_TO_HF_RESNET = [
-    (rf"^{re.escape(_TRUNK)}conv1\.", _TRUNK + "embedder.embedder.convolution."),
-    (rf"^{re.escape(_TRUNK)}bn1\.", _TRUNK + "embedder.embedder.normalization."),
-    (rf"^{re.escape(_TRUNK)}layer(\d+)\.(\d+)\.downsample\.([01])\.",
-     lambda m: f"{_TRUNK}encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut."
-               + ("convolution." if m[3] == "0" else "normalization.")),
-    (rf"^{re.escape(_TRUNK)}layer(\d+)\.(\d+)\.(conv|bn)(\d)\.",
-     lambda m: f"{_TRUNK}encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[4]) - 1}."
-               + ("convolution." if m[3] == "conv" else "normalization.")),
-]
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def check_hf_exportable(model_cfg: ModelConfig) -> None:
-    """A ValueError listing what transformers' DETR / Conditional DETR cannot represent in `model_cfg`."""
-    family = model_cfg.family
-    problems = []
-    if family not in _ARCHITECTURES:
-        problems.append(f"family {family!r} has no transformers counterpart")
-    elif model_cfg.class_loss != _HEADS[family]:
-        problems.append(f"class_loss {model_cfg.class_loss!r}: transformers' {_ARCHITECTURES[family]} has the "
-                        f"{_HEADS[family]} class head")
-    if model_cfg.backbone not in _HF_RESNETS:
-        problems.append(f"backbone {model_cfg.backbone!r}: transformers' DETR takes one of {', '.join(_HF_RESNETS)}")
-    if model_cfg.pre_norm:
-        problems.append("pre_norm: transformers' DETR transformer is post-norm only")
-    if problems:
-        raise ValueError("cannot be written as a transformers model: " + "; ".join(problems))
+def is_hf_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder with a config.json (a transformers checkpoint folder, if anything)."""
+    return (Path(path) / "config.json").is_file()
 
 
-def uses_timm_backbone(model_cfg: ModelConfig) -> bool:
-    """DC5 needs timm's ResNet (`output_stride` 16) in transformers: its own ResNet has no dilation."""
-    return model_cfg.dilation
+def read_hf_folder(folder: str | Path) -> dict[str, Any]:
+    """A transformers DETR / Conditional DETR folder as a checkpoint dict (`detr.checkpoint.load_checkpoint`'s).
 
+    Reads config.json, then model.safetensors (or its shards, model.safetensors.index.json) or else
+    pytorch_model.bin (with `weights_only`: a file that would run code is refused), and preprocessor_config.json
+    when there is one (the evaluation resize).
 
-def to_hf_state_dict(state_dict: Mapping[str, Tensor], model_cfg: ModelConfig) -> dict[str, Tensor]:
-    """Our (official) names -> the hub layout of transformers' model for `model_cfg` (`save_pretrained`'s names).
+    Returns:
+        {"model": state dict in official names, "config": `Config.to_dict()`} with the architecture from
+        config.json and the weights' shapes, and class names from `id2label`.
 
-    `in_proj_weight` / `in_proj_bias` are split into `q_proj`, `k_proj`, `v_proj`; the backbone keeps
-    torchvision's names (timm's) for DC5, else takes transformers' own ResNet names.
+    Raises:
+        CheckpointError: naming the file: no or unreadable config.json, another model type, missing, truncated
+            or unsafe weights, or weights that do not fit.
     """
-    check_hf_exportable(model_cfg)
-    rules = _TO_HUB + ([] if uses_timm_backbone(model_cfg) else _TO_HF_RESNET)
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        m = re.match(r"^(.*)\.in_proj_(weight|bias)$", key)
-        if m is None:
-            out[_rename(key, rules)] = value
-            continue
-        prefix = _rename(m[1] + ".", rules)  # [3E, E] or [3E] -> q, k, v
-        for part, chunk in zip("qkv", value.chunk(3)):
-            out[f"{prefix}{part}_proj.{m[2]}"] = chunk
-    return out
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: not a transformers checkpoint folder (no config.json; expected "
+                              f"config.json with {' or '.join(HF_WEIGHT_FILES)})")
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config_path}: not a readable JSON file ({e})") from None
+    model_type = hf.get("model_type") if isinstance(hf, dict) else None
+    if model_type not in FAMILIES:
+        raise CheckpointError(f"{config_path}: model_type {model_type!r} is not a model this package reads; expected "
+                              "'detr' (DetrForObjectDetection) or 'conditional_detr' (ConditionalDetrForObjectDetection)")
+    try:
+        check_hf_backbone(hf)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    weights, state = _read_hf_weights(folder)
+    try:
+        state, model_cfg = convert_hf_state_dict(state, hf, source=str(weights))
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"{weights}: {e}") from None
+    data = DataConfig(class_names=hf_class_names(hf, model_cfg.num_classes), **_preprocessor_sizes(folder))
+    return {"model": state, "config": Config(model=model_cfg, data=data).to_dict()}
 
 
-def hf_config(model_cfg: ModelConfig, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """transformers' config.json for `model_cfg`.
+def _read_hf_weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
+    """The weights file of a transformers folder (safetensors first, as transformers) and its tensors."""
+    index = folder / "model.safetensors.index.json"
+    if not (folder / HF_WEIGHT_FILES[0]).is_file() and index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from None
+        state: dict[str, Tensor] = {}
+        for shard in shards:
+            state.update(load_checkpoint(folder / Path(shard).name)["model"])
+        return index, state
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name, load_checkpoint(folder / name)["model"]
+    raise CheckpointError(f"{folder}: has config.json but no weights: expected {' or '.join(HF_WEIGHT_FILES)}")
 
-    `auxiliary_loss` is False: with it, transformers' decoder feeds each layer's LayerNorm'd output to the next
-    layer, which the official decoder (ours) does not. `use_pretrained_backbone` is False so that loading
-    downloads nothing. `class_names` (indexed by class id) become `id2label`; None: LABEL_0, LABEL_1, ...
-    """
-    check_hf_exportable(model_cfg)
-    m = model_cfg
-    names = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(m.num_classes)]
-    if len(names) != m.num_classes:
-        raise ValueError(f"class_names: {len(names)} names for a model of {m.num_classes} classes")
-    depths, block = _HF_RESNETS[m.backbone]
-    widths = [256, 512, 1024, 2048] if block == "bottleneck" else [64, 128, 256, 512]
-    backbone: dict[str, Any] = {"use_timm_backbone": True, "backbone": m.backbone, "backbone_config": None}
-    if not uses_timm_backbone(m):
-        backbone = {"use_timm_backbone": False, "backbone": None, "backbone_config": {
-            "model_type": "resnet", "num_channels": 3, "embedding_size": 64, "hidden_sizes": widths,
-            "depths": depths, "layer_type": block, "hidden_act": "relu", "downsample_in_first_stage": False,
-            "downsample_in_bottleneck": False, "out_features": ["stage4"]}}
-    attention_dropout = m.dropout if m.attention_dropout is None else m.attention_dropout
-    return {
-        "architectures": [_ARCHITECTURES[m.family]], "model_type": m.family, **backbone,
-        "use_pretrained_backbone": False, "dilation": m.dilation, "num_channels": 3,
-        "num_queries": m.num_queries, "d_model": m.hidden_dim,
-        "encoder_layers": m.enc_layers, "decoder_layers": m.dec_layers,
-        "encoder_attention_heads": m.nheads, "decoder_attention_heads": m.nheads,
-        "encoder_ffn_dim": m.dim_feedforward, "decoder_ffn_dim": m.dim_feedforward,
-        # the official dropouts: after attention and FFN, on attention weights, and inside the FFN
-        "dropout": m.dropout, "attention_dropout": attention_dropout, "activation_dropout": m.dropout,
-        "activation_function": "relu", "position_embedding_type": m.position_embedding, "auxiliary_loss": False,
-        "id2label": {str(i): name for i, name in enumerate(names)},
-        "label2id": {name: i for i, name in enumerate(names)},
-    }
+
+def _preprocessor_sizes(folder: Path) -> dict[str, int]:
+    """The evaluation resize (val_scale, max_size) that preprocessor_config.json gives, if any."""
+    path = folder / "preprocessor_config.json"
+    try:
+        pre = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.warning("%s: not readable JSON (%s); using the default resize", path, e)
+        return {}
+    size = pre.get("size") if isinstance(pre, dict) else None
+    if isinstance(size, dict) and isinstance(size.get("shortest_edge"), int):
+        longest = size.get("longest_edge")
+        return {"val_scale": size["shortest_edge"], **({"max_size": longest} if isinstance(longest, int) else {})}
+    if isinstance(size, int):  # the old feature extractors: size and max_size
+        return {"val_scale": size, **({"max_size": pre["max_size"]} if isinstance(pre.get("max_size"), int) else {})}
+    return {}

@@ -1,9 +1,9 @@
 """Where model weights come from: a local file, a transformers folder, a published name or a HuggingFace hub id,
 into a built model.
 
-Published models are downloaded once (`detr.hub`); transformers folders are converted to official names
-(`models/huggingface.py`); what a checkpoint holds is decided by `detr.registry.config_from_checkpoint`,
-the one routine that does so.
+Published models are downloaded once (`hub.py`); what a path is comes from `identify.file_kind`; transformers
+folders are converted to official names (`from_hf.py`); what a checkpoint holds is decided by
+`identify.config_from_checkpoint`, the one routine that does so.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint, load_model_weights
+from ..checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from ..config import Config
-from ..hub import WeightsError, cached_download, hf_download, is_hf_repo_id
-from ..registry import MODELS, PUBLISHED, config_from_checkpoint
-from .backbone import Backbone
-from .build import Model, build_model, inference_parts
-from .hf_folder import HF_WEIGHT_FILES, is_hf_folder, read_hf_folder
+from ..models.backbone import Backbone
+from ..models.build import Model, build_model, inference_parts
+from ..registry import MODELS, PUBLISHED
+from .from_hf import HF_WEIGHT_FILES, is_hf_folder, read_hf_folder
+from .hub import WeightsError, cached_download, hf_download, is_hf_repo_id
+from .identify import config_from_checkpoint, file_kind
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,16 @@ def load_weights(name_or_path: str | os.PathLike, progress: bool = True) -> tupl
 
     Raises:
         WeightsError: as `resolve_weights`.
-        CheckpointError: the file or folder is not readable DETR weights (the message names the file).
+        CheckpointError: the file or folder is not readable DETR weights, or is a PaddleDetection file (which
+            `detr convert --from paddle` converts first: its head count is not in the weights); the message
+            names the file.
     """
     path = resolve_weights(name_or_path, progress=progress)
-    return (read_hf_folder(path) if path.is_dir() else load_checkpoint(path)), str(path)
+    kind = file_kind(path)
+    if kind == "pdparams":
+        raise CheckpointError(f"{path}: a PaddleDetection file is converted first, since its head count is not in "
+                              f"the weights: detr convert --from paddle {path} --output OUT.pth [--nheads N]")
+    return (read_hf_folder(path) if kind == "hf_folder" else load_checkpoint(path)), str(path)
 
 
 def imagenet_backbone_url(backbone: str) -> str:

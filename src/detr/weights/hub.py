@@ -15,6 +15,8 @@ from urllib.error import URLError
 
 import torch
 
+from ..checkpoint import first_line
+
 
 class WeightsError(ValueError):
     """Weights that cannot be found or fetched; the message says what to do."""
@@ -115,10 +117,5 @@ def hf_download(repo_id: str) -> Path:
                     hf_hub_download(repo_id, alternative)
     except Exception as e:  # huggingface_hub raises many types: offline, unknown repository, gated, HTTP
         raise WeightsError(f"{repo_id}: could not fetch it from the HuggingFace hub ({type(e).__name__}: "
-                           f"{_first_line(e)}); {help_text}") from None
+                           f"{first_line(e)}); {help_text}") from None
     return folder
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else ""
