@@ -14,7 +14,8 @@ from ..models.hf_folder import save_hf_folder
 from ..models.huggingface import hf_config
 from ..models.loading import load_pretrained
 from ..registry import MODELS
-from . import parse_and_run, show_progress
+from . import show_progress
+from .flags import parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
