@@ -98,8 +98,9 @@ def test_malicious_checkpoint_is_refused_and_never_runs(how, data, tmp_path, cap
     raw = tmp_path / "raw.pth"
     raw.write_bytes(pickle.dumps(_Payload(marker)))
     command, *flags = how.split()
+    model = TINY_FLAGS if command == "train" else ["--device", "cpu", "--num_workers", "0"]  # eval: no training flag
     for path in (evil, raw):
-        argv = [command, *flags, str(path), *TINY_FLAGS, *data_flags(data), "--output_dir", str(tmp_path / "o")]
+        argv = [command, *flags, str(path), *model, *data_flags(data), "--output_dir", str(tmp_path / "o")]
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert path.name in err

@@ -121,11 +121,11 @@ def test_predict_explain_and_export_commands(trained, tmp_path, capsys):
     pairs = min(100, 8 * load_checkpoint(weights)["config"]["model"]["num_classes"])  # top 100 of queries x classes
     image = tmp_path / "img.png"
     Image.fromarray((np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)).save(image)
-    assert cli.main(["predict", str(image), "--weights", weights, "--threshold", "0", "--output",
+    assert cli.main(["predict", str(image), "--weights", weights, "--threshold", "0", "--output_dir",
                      str(tmp_path / "pred")]) == 0
     assert len(json.loads((tmp_path / "pred" / "detections.json").read_text())) == pairs
 
-    assert cli.main(["explain", str(image), "--weights", weights, "--threshold", "0.0", "--output",
+    assert cli.main(["explain", str(image), "--weights", weights, "--threshold", "0.0", "--output_dir",
                      str(tmp_path / "att")]) == 0
     assert len(list((tmp_path / "att").glob("object_*.png"))) == pairs
     maps = explain(Detector.from_pretrained(weights, threshold=0.0), str(image))

@@ -391,6 +391,6 @@ def test_eval_train_and_predict_take_a_folder(tmp_path):
 
     image = tmp_path / "a.png"
     Image.new("RGB", (70, 50), (90, 120, 30)).save(image)
-    assert cli.main(["predict", str(image), "--weights", str(folder), "--threshold", "0", "--size", "64",
-                     "--max-size", "96", "--output", str(tmp_path / "pred"), "--quiet"]) == 0
+    assert cli.main(["predict", str(image), "--weights", str(folder), "--threshold", "0", "--val_scale", "64",
+                     "--max_size", "96", "--output_dir", str(tmp_path / "pred"), "--quiet"]) == 0
     assert any((tmp_path / "pred").iterdir())

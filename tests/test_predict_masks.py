@@ -25,7 +25,7 @@ from .helpers_predict import MAX_SIZE, SIZE, one_thread, save_official, save_our
 SEGM = {"backbone": "tiny", "hidden_dim": 128, "nheads": 8, "enc_layers": 1, "dec_layers": 1,
         "dim_feedforward": 128, "num_queries": 10}
 NAMES = ["zero", "one", "two", "three", "four"]
-FAST = ["--size", str(SIZE), "--max-size", str(MAX_SIZE)]
+FAST = ["--val_scale", str(SIZE), "--max_size", str(MAX_SIZE)]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def decode_rle(segmentation: dict) -> np.ndarray:
 def test_predict_masks_writes_pictures_rle_and_panoptic(weights, tmp_path):
     images = write_images(tmp_path / "images")
     out = tmp_path / "out"
-    assert predict_command([str(images["rgb.png"].parent), "--weights", str(weights), "--output", str(out),
+    assert predict_command([str(images["rgb.png"].parent), "--weights", str(weights), "--output_dir", str(out),
                             "--masks", "--threshold", "0.7", *FAST]) == 0
     listed = {i["file_name"]: i for i in json.loads((out / "images.json").read_text())}
     rles = json.loads((out / "masks.json").read_text())
@@ -186,5 +186,5 @@ def test_predict_masks_on_a_detection_model_names_weights(tmp_path):
     weights = save_official(tiny_model(), tmp_path / "det.pth")
     image = write_images(tmp_path / "images")["rgb.png"]
     with pytest.raises(ValueError, match=r"--masks: --weights .*det\.pth is a detection model without a mask head"):
-        predict_command([str(image), "--weights", str(weights), "--nheads", "2", "--masks", "--output",
+        predict_command([str(image), "--weights", str(weights), "--nheads", "2", "--masks", "--output_dir",
                          str(tmp_path / "out"), *FAST])

@@ -9,11 +9,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .checkpoint import check_output_folder
 from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
 from .runtime import check_amp, resolve_device
+
+# The closed choices of the options; `check_choices` checks every Literal-typed field against its values.
+ClassLoss = Literal["softmax", "varifocal", "focal"]
+Family = Literal["detr", "conditional_detr"]
+PositionEmbedding = Literal["sine", "learned"]
+Amp = Literal["none", "bf16", "fp16"]
+Recipe = Literal["official", "fast"]
+DatasetFile = Literal["coco", "coco_panoptic"]  # the official --dataset_file (a flag, not a field)
+BackboneSource = Literal["imagenet", "none"]  # --backbone_weights' names; anything else is a state-dict file
 
 
 @dataclass
@@ -22,13 +31,13 @@ class ModelConfig:
 
     num_classes: int = 91
     # detr | conditional_detr (Conditional DETR: reference points and conditional cross-attention, models/conditional.py)
-    family: str = "detr"
+    family: Family = "detr"
     # resnet50 | resnet101 (any torchvision ResNet), or "tiny": a small conv trunk trained from
     # scratch (stride 16, trainable BatchNorm, no pretrained weights; models/tiny.py)
     backbone: str = "resnet50"
     dilation: bool = False  # DC5: dilate the last stage instead of striding it
     train_backbone: bool = True  # False freezes the whole backbone (official: lr_backbone <= 0)
-    position_embedding: str = "sine"  # sine | learned
+    position_embedding: PositionEmbedding = "sine"
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -58,7 +67,7 @@ class ModelConfig:
     # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing; focal: a sigmoid
     # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k.
-    class_loss: str = "softmax"
+    class_loss: ClassLoss = "softmax"
     # Segmentation (official --masks): the mask head on top of the detector (models/segmentation.py), which adds
     # "pred_masks" [B, Q, H/4, W/4]; its parameters are `bbox_attention.*`, `mask_head.*` and the detector's `detr.*`.
     masks: bool = False
@@ -84,8 +93,10 @@ class LossConfig:
     dice_loss_coef: float = 1.0
 
 
-FAMILIES = ("detr", "conditional_detr")
-CLASS_LOSSES = ("softmax", "varifocal", "focal")
+FAMILIES: tuple[str, ...] = get_args(Family)
+CLASS_LOSSES: tuple[str, ...] = get_args(ClassLoss)
+# The heads of C independent sigmoid outputs (no "no object" class): focal matching cost, top-k postprocessing.
+SIGMOID_HEADS: tuple[str, ...] = ("varifocal", "focal")
 # The class cost and class loss weight each head was published with (Conditional DETR: 2 and 2).
 CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0}
 
@@ -130,7 +141,7 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 2
     device: str = "cuda"
-    amp: str = "none"  # none | bf16 | fp16
+    amp: Amp = "none"
     output_dir: str = ""
     resume: str = ""
     weights: str = ""
@@ -139,7 +150,7 @@ class TrainConfig:
     frozen_weights: str = ""
     # Where a fresh run's backbone starts when no --weights are given: "imagenet" (torchvision's
     # ImageNet ResNet, as the paper; downloaded once), "none" (random) or a ResNet state-dict file.
-    backbone_weights: str = "imagenet"
+    backbone_weights: BackboneSource | str = "imagenet"
     # Steps of the dense backbone warm-up that stands in for ImageNet pretraining (warmup.py); 0: none.
     backbone_warmup: int = 0
     eval_every: int = 1
@@ -148,7 +159,7 @@ class TrainConfig:
     # --epochs and --lr_drop count blocks of N steps (the convergence benchmark evaluates every N steps).
     steps_per_epoch: int | None = None
     # A named set of options (RECIPES): "official" (the paper's) or "fast" (the fast-convergence options).
-    recipe: str = "official"
+    recipe: Recipe = "official"
     # > 0: evaluate and save an exponential moving average of the weights with this decay (training/ema.py); 0: off.
     ema_decay: float = 0.0
 
@@ -175,6 +186,41 @@ class Config:
         return cls(**parts)
 
 
+# How a field is named in errors when it is not a flag of its own.
+_CHOICE_NAMES = {"family": "family (chosen with --model)"}
+
+
+def check_choice(value: Any, choices: Any, name: str) -> Any:
+    """`value` if it is one of the Literal type `choices`' values, else a ValueError naming `name` and them."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    return value
+
+
+def literal_choices(name: str) -> tuple[str, ...]:
+    """The values of the Config field `name` when it is a closed choice (a Literal type), else ()."""
+    for section in dataclasses.fields(Config):
+        hint = get_type_hints(section.default_factory).get(name)  # type: ignore[arg-type]
+        if get_origin(hint) is Literal:
+            return get_args(hint)
+    return ()
+
+
+def check_choices(cfg: Config) -> None:
+    """Every closed choice of `cfg` (each Literal-typed field) against its Literal's values."""
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for name, hint in get_type_hints(type(part)).items():
+            if get_origin(hint) is Literal:
+                check_choice(getattr(part, name), hint, _CHOICE_NAMES.get(name, f"--{name}"))
+
+
+def uses_sigmoid(class_loss: str) -> bool:
+    """Whether the class head `class_loss` is a sigmoid head (C outputs, no "no object" class; SIGMOID_HEADS)."""
+    return check_choice(class_loss, ClassLoss, "class_loss") in SIGMOID_HEADS
+
+
 def starts_from_scratch(values: dict[str, Any]) -> bool:
     """Whether the backbone of a run with these flat values starts from random weights: the tiny trunk or
     --backbone_weights none, and no --weights (a --resume'd run keeps the options it started with)."""
@@ -185,9 +231,7 @@ def starts_from_scratch(values: dict[str, Any]) -> bool:
 def recipe_options(values: dict[str, Any]) -> dict[str, Any]:
     """The options `values["recipe"]` sets for a run with these flat values (RECIPES; for fast also FAST_DEFAULTS,
     and FROM_SCRATCH when the backbone starts from random weights)."""
-    recipe = values.get("recipe", "official")
-    if recipe not in RECIPES:
-        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    recipe = check_choice(values.get("recipe", "official"), Recipe, "--recipe")
     options = dict(RECIPES[recipe])
     if recipe == "fast":
         options.update(FAST_DEFAULTS)
@@ -241,6 +285,7 @@ def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def validate_config(cfg: Config, training: bool = True) -> None:
     """Raise ValueError naming the argument for any option that cannot work."""
+    check_choices(cfg)
     t, m = cfg.train, cfg.model
     checks = [
         (t.batch_size >= 1, f"--batch_size must be >= 1, got {t.batch_size}"),
@@ -256,7 +301,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (0 <= t.ema_decay < 1, f"--ema_decay must be in [0, 1) (0: no weight average), got {t.ema_decay}"),
         (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
          f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
-        (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),
+        (t.backbone_weights in get_args(BackboneSource) or Path(t.backbone_weights).is_file(),
          f"--backbone_weights {t.backbone_weights}: no such file (give imagenet, none or a ResNet state-dict file)"),
         (m.backbone != "tiny" or t.backbone_weights == "none" or bool(t.weights or t.resume),
          f"--backbone_weights {t.backbone_weights}: the tiny backbone has no pretrained weights; "
@@ -269,8 +314,6 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.dn_number >= 0, f"--dn_number must be >= 0 (0: no denoising queries), got {m.dn_number}"),
         (0 <= m.dn_box_noise <= 1, f"--dn_box_noise must be in [0, 1], got {m.dn_box_noise}"),
         (0 <= m.dn_label_noise <= 1, f"--dn_label_noise must be in [0, 1], got {m.dn_label_noise}"),
-        (m.class_loss in CLASS_LOSSES, f"--class_loss must be one of {', '.join(CLASS_LOSSES)}, got {m.class_loss!r}"),
-        (m.family in FAMILIES, f"family must be one of {', '.join(FAMILIES)}, got {m.family!r} (choose it with --model)"),
         (m.family != "conditional_detr" or m.dn_number == 0,
          f"--dn_number {m.dn_number}: denoising queries do not apply to Conditional DETR yet; use --dn_number 0"),
         (m.family != "conditional_detr" or not m.pre_norm, "--pre_norm: Conditional DETR's decoder is post-norm only"),

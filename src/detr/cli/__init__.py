@@ -1,22 +1,21 @@
 """The `detr` command: a dispatcher to sub-commands, each imported only when it is used.
 
 A sub-command is a module `detr.cli.<name>` with `main(argv: list[str]) -> int | None` that
-parses its own arguments. To add one, add a line to COMMANDS. Only this module sets up logging
+parses its own arguments with a parser from `detr.cli.flags` (shared flag groups, one spelling per
+flag, no prefix matching). To add one, add a line to COMMANDS. Only this module sets up logging
 (the library logs to `detr.*` loggers) and turns errors into a one-line message and an exit
 code (2 for bad input, 130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
 
 # name -> one-line help; the command is `detr.cli.<name>.main`
 COMMANDS: dict[str, str] = {
-    "train": "train a model (official DETR flags; no data: the demo dataset)",
+    "train": "train a model on COCO or your own COCO-format data (official DETR flags)",
     "eval": "evaluate a checkpoint (COCO bbox AP) on the val set",
     "demo": "make the demo dataset, train a small model, evaluate, draw predictions",
     "predict": "detect objects in images: annotated PNGs + COCO-results JSON",
@@ -43,15 +42,6 @@ An official DETR command line works with `detr train` in front of its flags, e.g
 def usage() -> str:
     width = max(len(n) for n in COMMANDS)
     return USAGE.format(commands="\n".join(f"  {n:<{width}}  {h}" for n, h in COMMANDS.items()))
-
-
-def parse_and_run(argv: list[str], prog: str, description: str | None,
-                  add_arguments: Callable[[argparse.ArgumentParser], None],
-                  run: Callable[[argparse.Namespace], int]) -> int:
-    """A sub-command's `main`: its parser from `add_arguments`, then `run` on the parsed arguments."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
 
 
 def show_progress() -> bool:

@@ -1,4 +1,4 @@
-"""What several commands share: the weights options, the `Detector` they build, image collection."""
+"""What several commands share: the detector flags, the `Detector` they build, image collection."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.detector import Detector
-from ..registry import MODELS, PUBLISHED
+from ..registry import PUBLISHED
 from ..runtime import check_threshold
+from .flags import add_size_flags, add_weights_flags
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -21,31 +22,23 @@ def threshold_type(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", default="detr_r50",
-                        help=f"checkpoint file (ours or official), a transformers folder or HuggingFace hub id "
-                             f"(facebook/detr-resnet-50), or a published name: {', '.join(PUBLISHED)} "
-                             "(downloaded once; default detr_r50)")
-    parser.add_argument("--model", choices=list(MODELS), default=None,
-                        help="for an official weights file: the architecture it is (gives DC5 dilation, which its "
-                             "shapes cannot tell)")
-    parser.add_argument("--dilation", action="store_true", default=None,
-                        help="for an official weights file: its backbone is dilated (DC5)")
-    parser.add_argument("--nheads", type=int, default=None,
-                        help="for an official file trained with non-default attention heads (not in its shapes)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+def add_detector_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a `Detector`: the weights group, --threshold and the input sizes."""
+    add_weights_flags(parser, weights="detr_r50", device="cpu",
+                      weights_help=f"checkpoint file (ours or official), a transformers folder or HuggingFace hub "
+                                   f"id (facebook/detr-resnet-50), or a published name: {', '.join(PUBLISHED)} "
+                                   "(downloaded once; default detr_r50)")
     parser.add_argument("--threshold", type=threshold_type, default=0.7, help="minimum score, in [0, 1] (default 0.7)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="short side of the resized input (default: the checkpoint's, 800 for official files)")
-    parser.add_argument("--max-size", type=int, default=None,
-                        help="cap on the long side (default: the checkpoint's, 1333 for official files)")
+    add_size_flags(parser, scales=False, helps={
+        "val_scale": "short side of the resized input (default: the checkpoint's, 800 for official files)",
+        "max_size": "cap on the long side (default: the checkpoint's, 1333 for official files)"})
 
 
 def detector_from_args(args: argparse.Namespace) -> Detector:
-    """The Detector that `add_weights_arguments`' options describe."""
+    """The Detector that `add_detector_flags`' options describe."""
     overrides: dict[str, Any] = {k: getattr(args, k) for k in ("nheads", "dilation") if getattr(args, k)}
     return Detector.from_pretrained(args.weights, device=args.device, threshold=args.threshold, model=args.model,
-                                    size=args.size, max_size=args.max_size, amp=getattr(args, "amp", "none"),
+                                    size=args.val_scale, max_size=args.max_size, amp=getattr(args, "amp", "none"),
                                     **overrides)
 
 

@@ -13,7 +13,8 @@ from ..inference.detector import default_class_names
 from ..registry import MODELS
 from ..weights.loading import load_pretrained
 from ..weights.to_hf import hf_config, save_hf_folder
-from . import parse_and_run, show_progress
+from . import show_progress
+from .flags import parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ from ..presets import (
 from ..training.train import train
 from . import show_progress
 from .demo_panoptic import run_panoptic_demo
+from .flags import make_parser
 
 
 def argv_flags(argv: list[str]) -> list[str]:
@@ -68,8 +69,8 @@ def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | Non
 
 def main(argv: list[str]) -> int:
     """`detr demo [--epochs N] [--output_dir DIR] [--device cpu] ...`."""
-    parser = argparse.ArgumentParser(prog="detr demo", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser("detr demo", __doc__)
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--output_dir", default=DEMO_PRESET["output_dir"], help="where everything is written")
     parser.add_argument("--epochs", type=int, default=DEMO_PRESET["epochs"],
                         help="training epochs (--masks: of each stage; default "

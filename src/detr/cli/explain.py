@@ -8,14 +8,15 @@ from pathlib import Path
 from ..checkpoint import output_folder
 from ..inference.detector import to_image_tensor
 from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
-from . import parse_and_run
-from .common import add_weights_arguments, detector_from_args
+from .common import add_detector_flags, detector_from_args
+from .flags import add_flags, parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="one image file")
-    add_weights_arguments(parser)
-    parser.add_argument("--output", default="attention", help="folder for the PNGs (default ./attention)")
+    add_detector_flags(parser)
+    add_flags(parser, ["output_dir"], {"output_dir": "attention"},
+              {"output_dir": "folder for the PNGs (default ./attention)"})
     parser.add_argument("--pixel", default=None, help="x,y pixel for the encoder attention (default: best box centre)")
 
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     """Write one decoder-attention PNG per detected object and one encoder-attention PNG."""
     pixel = parse_pixel(args.pixel) if args.pixel else None
     image = to_image_tensor(Path(args.image))
-    out = output_folder(args.output)
+    out = output_folder(args.output_dir, "--output_dir")
     maps = explain(detector_from_args(args), image, pixel=pixel)
     paths = save_attention_pictures(rgb_image(image), maps, out)
     print(f"detr explain: {len(maps.detections)} object(s); {len(paths)} picture(s) in {out}")

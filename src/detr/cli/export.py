@@ -6,12 +6,12 @@ import argparse
 
 from ..checkpoint import output_file
 from ..inference import export as onnx_export
-from . import parse_and_run
-from .common import add_weights_arguments, detector_from_args
+from .common import add_detector_flags, detector_from_args
+from .flags import parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_weights_arguments(parser)
+    add_detector_flags(parser)
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     parser.add_argument("--output", default="detr.onnx", help="file to write (default detr.onnx)")
     parser.add_argument("--postprocess", action="store_true",

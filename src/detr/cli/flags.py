@@ -1,21 +1,23 @@
-"""The official DETR flags of `detr train` and `detr eval`, and the `Config` they make.
+"""Every `detr` command's parser is built here, from shared groups of flags, so that a flag is declared once.
 
-Flags left out keep the `Config` defaults (the paper's) or a preset's (the demo's, or --model's).
+`detr train` and `detr eval` take the official DETR flags and make a `Config` from them; flags left out keep
+the `Config` defaults (the paper's) or --model's. `make_parser` turns argparse's prefix matching off, and old
+spellings of a flag (`--max-size`, `--size`, `--output`) are accepted with a deprecation warning.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, get_args
 
 import torch
 
-from ..config import Config, config_from_flags
+from ..config import Config, DatasetFile, config_from_flags, literal_choices
 from ..registry import MODELS
 
 log = logging.getLogger(__name__)
-
 # (flag, type, help); the section a flag belongs to is the dataclass that has the field.
 FLAGS: list[tuple[str, Any, str]] = [
     ("lr", float, "learning rate of the transformer and heads"),
@@ -87,33 +89,133 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("max_size", int, "longest image side"),
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]
-SWITCHES = [("dilation", "DC5: dilate the last backbone stage"), ("pre_norm", "pre-norm transformer layers"),
-            ("masks", "segmentation: the mask head on the detector (pred_masks; loss_mask, loss_dice)"),
-            ("no_aux_loss", "no auxiliary decoder losses"), ("eval", "only evaluate --resume/--weights"),
-            ("no_random_crop", "no random-crop augmentation")]
+SWITCHES = {"dilation": "DC5: dilate the last backbone stage (for an official weights file: it is DC5, which "
+                        "its shapes cannot tell)",
+            "pre_norm": "pre-norm transformer layers",
+            "masks": "segmentation: the mask head on the detector (pred_masks; loss_mask, loss_dice)",
+            "no_aux_loss": "no auxiliary decoder losses", "eval": "only evaluate --resume/--weights",
+            "no_random_crop": "no random-crop augmentation"}
 # Official flags that do not apply here: accepted so old command lines run, and reported.
 IGNORED = {"world_size": None, "dist_url": None, "start_epoch": None, "remove_difficult": None}
-DATASET_FILES = ("coco", "coco_panoptic")
+DATASET_FILES = get_args(DatasetFile)
 PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
               "resume", "weights", "frozen_weights", "coco_panoptic_path", "train_panoptic", "val_panoptic"}
+# The groups commands are built from; a FLAGS row in no group is a training flag (only `detr train` reads it).
+WEIGHTS_FLAGS = ("weights", "device")
+FILE_MODEL_FLAGS = ("dilation", "nheads")  # with --model: what an official weights file cannot tell
+MODEL_FLAGS = ("backbone", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
+               "num_queries", "class_loss", "num_classes", "pre_norm", "masks")
+DATA_FLAGS = ("coco_path", "dataset_file", "coco_panoptic_path", "train_images", "train_annotations", "val_images",
+              "val_annotations", "train_panoptic", "val_panoptic", "num_workers")
+SIZE_FLAGS = ("max_size", "val_scale")
+# The flags that give `detr train` its data; `has_data` reads those the parser has (a `--data DIR` added to
+# DATA_FLAGS and FLAGS counts once it is here).
+DATA_SOURCES = ("coco_path", "train_annotations", "val_annotations", "data")
+# Old spellings -> the flag they stand for. One spelling per idea: underscores, as the official flags.
+OLD_SPELLINGS = {"--max-size": "max_size", "--size": "val_scale", "--output": "output_dir"}
+_SPEC = {name: (kind, text) for name, kind, text in FLAGS}
+_MODEL_HELP = ("architecture preset (model family, backbone, dilation; conditional_detr_*: Conditional DETR with 300 "
+               "queries and the focal class head); explicit flags win. For an official weights file: the model it "
+               "is, for what its shapes cannot tell (DC5)")
+_SCALES_HELP = "training short sides (default: the paper's 480 512 ... 800); the largest is the validation one"
+
+
+class OldSpelling(argparse.Action):
+    """An old spelling of a flag: stores into the flag's field and logs a deprecation warning once per parse."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new, self.warned = new, False
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if not self.warned:  # parsers are built per command line: once per command line
+            log.warning("%s is deprecated: use %s", option_string, self.new)
+            self.warned = True
+        setattr(namespace, self.dest, values)
+
+
+def add_old_spelling(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, name: str,
+                     kind: Any = str) -> None:
+    """Accept `old` for --`name` (hidden from --help), with a deprecation warning."""
+    parser.add_argument(old, dest=name, type=kind, action=OldSpelling, new=f"--{name}", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+
+
+def make_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """A command's parser: no prefix matching (`--data` is not read as `--dataset_file`)."""
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+
+
+def parse_and_run(argv: list[str], prog: str, description: str | None,
+                  add_arguments: Callable[[argparse.ArgumentParser], None],
+                  run: Callable[[argparse.Namespace], int]) -> int:
+    """A sub-command's `main`: its parser from `add_arguments`, then `run` on the parsed arguments."""
+    parser = make_parser(prog, description)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Iterable[str],
+              defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None) -> None:
+    """Add the FLAGS and SWITCHES `names` (with their old spellings); `defaults` and `helps` replace theirs (a
+    help given here is shown without the default)."""
+    defaults, helps = defaults or {}, helps or {}
+    shown = {k: v for sec in Config().to_dict().values() for k, v in sec.items()}
+    for name in names:
+        if name in SWITCHES:
+            parser.add_argument(f"--{name}", action="store_true", default=None, help=helps.get(name, SWITCHES[name]))
+            continue
+        kind, text = _SPEC[name]
+        default = defaults.get(name)
+        shown_default = None if name in helps else default if name in defaults else shown.get(name)
+        text = helps.get(name, text)  # a command's own help says its own default
+        choices = literal_choices(name) or (DATASET_FILES if name == "dataset_file" else ())
+        metavar = ("{" + ",".join(choices) + "}" if choices else {int: "N", float: "X"}.get(kind)
+                   or ("PATH" if name in PATH_FLAGS else "NAME"))
+        parser.add_argument(f"--{name}", type=kind, default=default, metavar=metavar,
+                            help=f"{text} (default: {shown_default})" if shown_default not in (None, "") else text)
+        for old in (o for o, new in OLD_SPELLINGS.items() if new == name):
+            add_old_spelling(parser, old, name, kind)
+
+
+def add_weights_flags(parser: argparse.ArgumentParser, weights: str | None = None, device: str | None = None,
+                      weights_help: str | None = None) -> None:
+    """--weights and --device, then the model flags an official weights file needs: --model, --dilation, --nheads."""
+    group = parser.add_argument_group("weights")
+    add_flags(group, WEIGHTS_FLAGS, {"weights": weights, "device": device},
+              {"weights": weights_help} if weights_help else None)
+    group.add_argument("--model", choices=list(MODELS), default=None, help=_MODEL_HELP)
+    add_flags(group, FILE_MODEL_FLAGS)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The architecture flags (beyond the weights group's --model, --dilation, --nheads)."""
+    add_flags(parser.add_argument_group("model"), MODEL_FLAGS)
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the data is (COCO folder or custom images and annotations) and how it is loaded."""
+    add_flags(parser.add_argument_group("data"), DATA_FLAGS)
+
+
+def add_size_flags(parser: argparse.ArgumentParser, scales: bool = True, helps: dict[str, str] | None = None) -> None:
+    """Image sizes: --val_scale (validation and inference short side), --max_size; with `scales` also --scales."""
+    group = parser.add_argument_group("image sizes")
+    if scales:
+        group.add_argument("--scales", type=int, nargs="+", default=None, metavar="N", help=_SCALES_HELP)
+    add_flags(group, SIZE_FLAGS, helps=helps)
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    defaults = Config().to_dict()
-    for name, kind, text in FLAGS:
-        default = next((sec[name] for sec in defaults.values() if name in sec), None)
-        metavar = {int: "N", float: "X"}.get(kind, "PATH" if name in PATH_FLAGS else "NAME")
-        parser.add_argument(f"--{name}", type=kind, default=None, metavar=metavar,
-                            help=f"{text} (default: {default})" if default not in (None, "") else text)
-    parser.add_argument("--model", choices=list(MODELS), default=None,
-                        help="architecture preset (model family, backbone, dilation; conditional_detr_*: Conditional "
-                             "DETR with 300 queries and the focal class head); explicit flags win. For an official "
-                             "weights file: the model it is, for what its shapes cannot tell (DC5)")
-    parser.add_argument("--scales", type=int, nargs="+", default=None, metavar="N",
-                        help="training short sides (default: the paper's 480 512 ... 800)")
-    for name, text in SWITCHES:
-        parser.add_argument(f"--{name}", action="store_true", help=text)
+    """`detr train`'s parser: every official flag (the groups, then the training flags)."""
+    parser = make_parser(prog, description)
+    add_weights_flags(parser)
+    add_model_flags(parser)
+    add_data_flags(parser)
+    add_size_flags(parser)
+    grouped = {*WEIGHTS_FLAGS, *FILE_MODEL_FLAGS, *MODEL_FLAGS, *DATA_FLAGS, *SIZE_FLAGS}
+    add_flags(parser.add_argument_group("training"), [n for n in [*_SPEC, *SWITCHES] if n not in grouped])
     for name in IGNORED:
         parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS,
                             **({"action": "store_true"} if name == "remove_difficult" else {}))
@@ -147,27 +249,38 @@ def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = N
 
 def _check_dataset_file(args: argparse.Namespace) -> None:
     """The official --dataset_file: coco_panoptic goes with --coco_panoptic_path, and only it."""
-    kind = args.dataset_file
+    kind, panoptic = getattr(args, "dataset_file", None), getattr(args, "coco_panoptic_path", None)
     if kind not in (None, *DATASET_FILES):
         raise ValueError(f"--dataset_file {kind}: must be one of {', '.join(DATASET_FILES)}; for other data use "
                          "--train_images/--train_annotations/--val_images/--val_annotations (and --train_panoptic/"
                          "--val_panoptic for panoptic PNG folders)")
-    if kind == "coco_panoptic" and not args.coco_panoptic_path:
+    if kind == "coco_panoptic" and not panoptic:
         raise ValueError("--dataset_file coco_panoptic needs --coco_panoptic_path (the folder of annotations/"
                          "panoptic_{train,val}2017.json and panoptic_{train,val}2017/)")
-    if args.coco_panoptic_path and kind != "coco_panoptic":
-        raise ValueError(f"--coco_panoptic_path {args.coco_panoptic_path} is read with --dataset_file coco_panoptic "
+    if panoptic and kind != "coco_panoptic":
+        raise ValueError(f"--coco_panoptic_path {panoptic} is read with --dataset_file coco_panoptic "
                          "(as the official command line); add it")
 
 
 def _check_ignored(args: argparse.Namespace) -> None:
-    for name in ("world_size", "dist_url", "start_epoch", "remove_difficult"):
-        if getattr(args, name):
-            log.warning("--%s is ignored: torchrun sets up processes, --resume sets the epoch", name)
-        setattr(args, name, None)
     for name in IGNORED:
-        setattr(args, name, None)
+        if getattr(args, name, None):
+            log.warning("--%s is ignored: torchrun sets up processes, --resume sets the epoch", name)
+        if hasattr(args, name):
+            setattr(args, name, None)
 
 
 def has_data(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k) for k in ("coco_path", "train_annotations", "val_annotations"))
+    """Whether the command line names training or validation data (DATA_SOURCES)."""
+    return any(getattr(args, k, None) for k in DATA_SOURCES)
+
+
+def require_data(args: argparse.Namespace) -> None:
+    """`detr train` needs data: a ValueError naming the data flags and `detr demo` when none is given."""
+    if has_data(args):
+        return
+    named = {"coco_path": "--coco_path DIR", "train_annotations": "--train_images DIR --train_annotations FILE "
+             "(and --val_images DIR --val_annotations FILE)", "val_annotations": ""}  # val data alone: --eval
+    flags = [named.get(k, f"--{k} DIR") for k in DATA_SOURCES if hasattr(args, k) and named.get(k) != ""]
+    raise ValueError(f"no data: give {', or '.join(flags)}; to try DETR on the built-in demo dataset, run "
+                     "`detr demo`")

@@ -6,7 +6,7 @@ import argparse
 
 from ..checkpoint import output_file
 from ..inference.visualize import plot_logs
-from . import parse_and_run
+from .flags import parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,9 +15,9 @@ from ..inference.detector import Detections, Detector, to_image_tensor
 from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
 from ..inference.panoptic import Panoptic
 from ..inference.visualize import draw_detections, draw_segmentation
-from ..runtime import AMP_MODES
-from . import parse_and_run, show_progress
-from .common import add_weights_arguments, collect_images, detector_from_args
+from . import show_progress
+from .common import add_detector_flags, collect_images, detector_from_args
+from .flags import add_flags, parse_and_run
 
 
 def _image_ids(paths: list[Path]) -> list[int]:
@@ -39,11 +39,11 @@ def _unique_name(path: Path, used: set[str]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
-    add_weights_arguments(parser)
-    parser.add_argument("--output", default="predictions", help="folder for the results (default ./predictions)")
-    parser.add_argument("--amp", default="none", choices=AMP_MODES,
-                        help="run the model under autocast: bf16 (CPU or GPU; R50 ~1.8x faster than fp32 on a CPU "
-                             "with AVX512-BF16, slightly different boxes), fp16 (GPU) (default none: fp32)")
+    add_detector_flags(parser)
+    add_flags(parser, ["output_dir", "amp"], {"output_dir": "predictions", "amp": "none"},
+              {"output_dir": "folder for the results (default ./predictions)",
+               "amp": "run the model under autocast: bf16 (CPU or GPU; faster on CPUs with AVX512-BF16, slightly "
+                      "different boxes), fp16 (GPU) (default none: fp32)"})
     parser.add_argument("--attention", action="store_true",
                         help="also write attention pictures (decoder per object, encoder at --pixel)")
     parser.add_argument("--pixel", default=None, help="x,y pixel for the encoder attention (default: best box centre)")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     """
     pixel = parse_pixel(args.pixel) if args.pixel else None
     paths = collect_images(args.inputs)
-    out = output_folder(args.output)
+    out = output_folder(args.output_dir, "--output_dir")
     detector = detector_from_args(args)
     if args.masks and not detector.has_masks:
         raise ValueError(f"--masks: --weights {args.weights} is a detection model without a mask head; give a "

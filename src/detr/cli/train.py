@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from ..presets import DEMO_PRESET
+from ..config import validate_config
 from ..training.train import train
 from . import show_progress
 from .eval import evaluate
-from .flags import build_parser, config_from_args, has_data
+from .flags import build_parser, config_from_args, require_data
 
 
 def main(argv: list[str]) -> int:
     """`detr train [flags]`: train (or with --eval, evaluate) and print a summary."""
-    parser = build_parser("detr train", "Train DETR. Flags are the official ones; with no dataset flags the "
-                                        "built-in demo dataset and a small preset model are used.")
+    parser = build_parser("detr train", "Train DETR on COCO (--coco_path) or your own COCO-format data "
+                                        "(--train_images/--train_annotations/--val_images/--val_annotations). "
+                                        "Flags are the official ones; `detr demo` trains on a built-in dataset.")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args, None if has_data(args) else DEMO_PRESET)
+    cfg = config_from_args(args)
     if args.eval:
         return evaluate(cfg, args, cfg.train.resume or cfg.train.weights, "--resume/--weights")
+    validate_config(cfg)  # a bad flag is named before the missing data
+    require_data(args)
     train(cfg, progress=show_progress())
     return 0

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..box_ops import box_iou_pairs, cxcywh_to_xyxy, elementwise_giou
-from ..config import CLASS_LOSS_DEFAULTS, LossConfig, dataclass_from_dict
+from ..config import (
+    CLASS_LOSS_DEFAULTS,
+    SIGMOID_HEADS,
+    ClassLoss,
+    LossConfig,
+    check_choice,
+    dataclass_from_dict,
+)
 from ..distributed import mean_across_processes
 from .focal import sigmoid_focal_loss, varifocal_loss
 from .masks import mask_losses
@@ -22,8 +29,7 @@ def aux_suffix(layer: int) -> str:
 
 
 # --class_loss -> the name of its loss term (the focal head's is Conditional DETR's official name)
-CLASS_LOSSES = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce"}
-SIGMOID_HEADS = ("varifocal", "focal")
+CLASS_LOSS_TERMS = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce"}
 
 
 def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
@@ -31,7 +37,7 @@ def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_laye
                       masks: tuple[float, float] | None = None) -> dict[str, float]:
     """Weights of every loss term that enters the total, auxiliary layers and denoising included; `masks`: the
     weights of loss_mask and loss_dice (last decoder layer only, as the official code computes them)."""
-    base = {CLASS_LOSSES[class_loss]: cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    base = {CLASS_LOSS_TERMS[check_choice(class_loss, ClassLoss, "class_loss")]: cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
     if denoising:
         base.update({f"{k}_dn": v for k, v in base.items()})
     weights = dict(base)
@@ -59,8 +65,7 @@ class SetCriterion(nn.Module):
                  eos_coef: float = 0.1, class_loss: str = "softmax", focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0):
         super().__init__()
-        if class_loss not in CLASS_LOSSES:
-            raise ValueError(f"class_loss must be one of {', '.join(CLASS_LOSSES)}, got {class_loss!r}")
+        check_choice(class_loss, ClassLoss, "class_loss")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
@@ -191,9 +196,7 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
         >>> criterion.total_loss(losses).backward()
     """
     cfg: LossConfig = dataclass_from_dict(LossConfig, overrides, where="create_criterion")
-    if class_loss not in CLASS_LOSSES:
-        raise ValueError(f"class_loss must be one of {', '.join(CLASS_LOSSES)}, got {class_loss!r}")
-    focal = class_loss in SIGMOID_HEADS
+    focal = check_choice(class_loss, ClassLoss, "class_loss") in SIGMOID_HEADS
     cost_class = CLASS_LOSS_DEFAULTS[class_loss] if cfg.set_cost_class is None else cfg.set_cost_class
     cls_loss_coef = CLASS_LOSS_DEFAULTS[class_loss] if cfg.cls_loss_coef is None else cfg.cls_loss_coef
     matcher = HungarianMatcher(cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,

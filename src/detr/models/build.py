@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..config import CLASS_LOSSES, FAMILIES, ModelConfig
+from ..config import FAMILIES, ClassLoss, ModelConfig, check_choice
 from ..registry import MODELS, model_config
 from .conditional import ConditionalDETR, build_conditional
 from .detr import DETR, build_detr
@@ -28,8 +28,7 @@ def build_model(cfg: ModelConfig) -> Model:
         raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
     if cfg.num_queries < 1:
         raise ValueError(f"num_queries must be >= 1, got {cfg.num_queries}")
-    if cfg.class_loss not in CLASS_LOSSES:
-        raise ValueError(f"class_loss must be one of {', '.join(CLASS_LOSSES)}, got {cfg.class_loss!r}")
+    check_choice(cfg.class_loss, ClassLoss, "class_loss")
     detector = _BUILDERS[cfg.family](cfg)
     return DETRsegm(detector, cfg.nheads) if cfg.masks else detector
 

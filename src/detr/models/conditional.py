@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, uses_sigmoid
 from .attention import ProjectedAttention
 from .backbone import Joiner
 from .detr import MLP, HeadInputs, build_backbone, layer_outputs, object_queries, prepare_batch
@@ -174,8 +174,8 @@ class ConditionalDETR(nn.Module):
         self.num_classes, self.num_queries, self.num_groups = num_classes, num_queries, num_groups
         self.class_loss, self.aux_loss = class_loss, aux_loss
         self.transformer = transformer
-        self.class_embed = nn.Linear(hidden_dim, num_classes + (class_loss == "softmax"))
-        if class_loss != "softmax":
+        self.class_embed = nn.Linear(hidden_dim, num_classes + (not uses_sigmoid(class_loss)))  # + "no object"
+        if uses_sigmoid(class_loss):
             nn.init.constant_(self.class_embed.bias, -math.log((1 - SIGMOID_PRIOR) / SIGMOID_PRIOR))
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # boxes start at the reference points

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, uses_sigmoid
 from .backbone import RESNETS, Backbone, Joiner
 from .denoising import Denoising
 from .position import build_position_embedding
@@ -75,8 +75,8 @@ class DETR(nn.Module):
         self.class_loss = class_loss
         self.aux_loss = aux_loss
         self.transformer = transformer
-        self.class_embed = nn.Linear(hidden_dim, num_classes + (class_loss == "softmax"))
-        if class_loss != "softmax":  # sigmoid heads: scores start at 0.01, as focal-loss heads do (RetinaNet, Deformable DETR)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + (not uses_sigmoid(class_loss)))  # + "no object"
+        if uses_sigmoid(class_loss):  # sigmoid heads: scores start at 0.01, as focal-loss heads do (RetinaNet, Deformable DETR)
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)

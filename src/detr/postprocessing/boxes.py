@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from ..box_ops import cxcywh_to_xyxy, scale_boxes
-
-SIGMOID_HEADS = ("varifocal", "focal")
+from ..config import SIGMOID_HEADS, uses_sigmoid
 
 
 @torch.no_grad()
@@ -59,17 +58,15 @@ def select_detections(logits: Tensor, boxes: Tensor, sizes: Tensor, class_loss: 
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     pixel_boxes = scale_boxes(cxcywh_to_xyxy(boxes), sizes)  # [B, Q, 4]
     b, q, c = logits.shape
-    if class_loss in SIGMOID_HEADS:
+    if uses_sigmoid(class_loss):  # (a ValueError naming class_loss for any other name)
         scores, index = logits.sigmoid().flatten(1).topk(min(top_k or 100, q * c), dim=1)  # [B, K] over Q x C
         queries, labels = index // c, index % c
-    elif class_loss == "softmax":
+    else:
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, Q]
         if top_k is None:
             queries = torch.arange(q, device=logits.device).expand(b, q)
         else:
             scores, queries = scores.topk(min(top_k, q), dim=1)  # [B, K] best first
             labels = labels.gather(1, queries)
-    else:
-        raise ValueError(f"class_loss must be softmax, varifocal or focal, got {class_loss!r}")
     picked = pixel_boxes.gather(1, queries[..., None].expand(-1, -1, 4))  # [B, N, 4]
     return scores, labels, picked, queries

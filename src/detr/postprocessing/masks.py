@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..config import uses_sigmoid
 from ..panoptic_ids import id_to_rgb, rgb_to_id
 from ..registry import coco_panoptic_is_thing
 from .boxes import postprocess
@@ -106,7 +107,7 @@ def postprocess_panoptic(outputs: dict[str, Any], processed_sizes: Sizes, target
     if not len(processed) == len(targets) == len(outputs["pred_logits"]):
         raise ValueError(f"processed_sizes ({len(processed)}) and target_sizes ({len(targets)}) need one (height, "
                          f"width) per image ({len(outputs['pred_logits'])})")
-    sigmoid = class_loss in ("focal", "varifocal")
+    sigmoid = uses_sigmoid(class_loss)
     threshold = PANOPTIC_THRESHOLDS[class_loss] if threshold is None else threshold
     padded = tuple(max(s[i] for s in processed) for i in (0, 1)) if crop_padding else None
     return [_panoptic_image(logits, masks, tuple(size), tuple(target), is_thing, threshold, sigmoid, padded)
