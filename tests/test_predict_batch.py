@@ -22,6 +22,7 @@ from detr.cli.predict import main as predict_command
 from detr.data.transforms import preprocess
 from detr.inference import batch
 from detr.inference.batch import SLEEP_ENV, plan_batches, plan_items
+from detr.inference.detector import Detector
 
 from .helpers_predict import MAX_SIZE, SIZE, TINY, one_thread, save_official, tiny_model  # noqa: F401
 
@@ -112,16 +113,17 @@ def test_batches_group_images_by_shape(tmp_path):
         plan_batches(plan_items(paths), 0)
 
 
-def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(weights, folder, tmp_path):
+@pytest.mark.slow  # a subprocess start-up (importing torch), as the fault tests of training
+def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(weights, folder, tmp_path, monkeypatch):
     flags = ["--batch_size", "2", "--no_draw"]
     reference = tmp_path / "reference"
     assert run(weights, folder, reference, *flags) == 0
     out = tmp_path / "out"
     rng = random.Random(int(os.environ.get(KILL_SEED_ENV, "0")))
-    k = rng.randint(1, len(SHAPES) - 2)  # kill once the lines file holds at least k images
+    k = rng.randint(3, len(SHAPES) - 2)  # kill once the lines file holds at least k images
     argv = [sys.executable, "-m", "detr", "predict", str(folder), "--weights", str(weights), "--threshold", "0.0",
             *FAST, "--output_dir", str(out), *flags]
-    proc = subprocess.Popen(argv, env={**ENV, SLEEP_ENV: "0.5"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env={**ENV, SLEEP_ENV: "0.25"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     jsonl = out / "detections.jsonl"
     try:
         deadline = time.monotonic() + 120
@@ -138,7 +140,14 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(weights, folder
     # A kill in the middle of a batch's write: the last line cut half-way (its batch is then half done).
     cut = written.rfind(b"\n", 0, len(written) - 1) + 1 + rng.randint(1, 20)
     jsonl.write_bytes(written[:cut])
+    finished = written[:cut].count(b"\n")
+    seen: list[int] = []
+    real_detect = Detector.detect
+    monkeypatch.setattr(Detector, "detect", lambda self, images, thr: seen.append(len(images)) or
+                        real_detect(self, images, thr))
     assert run(weights, folder, out, *flags, "--resume") == 0
+    # Finished images are not run again, except the cut line's batch-mate (its batch is re-run whole).
+    assert len(SHAPES) - finished <= sum(seen) <= len(SHAPES) - finished + 1, (finished, seen)
     for name in ("detections.jsonl", "detections.json", "images.json"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     indexes = [e["index"] for e in lines(out)]
