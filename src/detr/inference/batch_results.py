@@ -53,12 +53,13 @@ def read_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield raw.decode().rstrip("\n"), entry
 
 
-def finished_lines(folder: Path) -> dict[int, tuple[str, dict[str, Any]]]:
-    """Image index -> its line, over every lines file of `folder` (the first line of an index wins)."""
-    found: dict[int, tuple[str, dict[str, Any]]] = {}
+def finished_lines(folder: Path) -> dict[int, tuple[str, str]]:
+    """Image index -> (its line, its file name), over every lines file of `folder` (the first line of an index
+    wins). Lines are kept as text: parsed they would take several times the memory on a large job."""
+    found: dict[int, tuple[str, str]] = {}
     for path in line_files(folder):
         for raw, entry in read_lines(path):
-            found.setdefault(entry["index"], (raw, entry))
+            found.setdefault(entry["index"], (raw, str(entry.get("file_name"))))
     return found
 
 
@@ -121,33 +122,36 @@ def merge(folder: Path, file_names: list[str], masks: bool) -> Summary:
     if missing:
         raise ResultsError(f"{folder}: no results for {len(missing)} image(s), e.g. {missing[0]}: a process stopped "
                            "early; run again with --resume")
-    ordered = [lines[i] for i in range(len(file_names))]
+    ordered = [lines[i][0] for i in range(len(file_names))]
+
+    def good() -> Iterator[dict[str, Any]]:  # each pass parses again: memory stays that of the text
+        return (e for e in map(json.loads, ordered) if "error" not in e)
+
     summary = Summary(folder)
-    for _, entry in ordered:
+    for entry in map(json.loads, ordered):
         if "error" in entry:
             summary.skipped.append((entry["file_name"], entry["error"]))
         else:
             summary.images += 1
             summary.detections += len(entry["detections"])
-    good = [entry for _, entry in ordered if "error" not in entry]
-    _write_list(folder / "detections.json", (d for e in good for d in e["detections"]))
-    _write_list(folder / "images.json", (_image_entry(e) for e in good))
+    _write_list(folder / "detections.json", (d for e in good() for d in e["detections"]))
+    _write_list(folder / "images.json", (_image_entry(e) for e in good()))
     if masks:
-        _write_list(folder / "masks.json", (m for e in good for m in e["masks"]))
-        _write_list(folder / "panoptic.json", (e["panoptic"] for e in good), wrap="annotations")
-    _write_text(folder / LINES, (raw + "\n" for raw, _ in ordered))
+        _write_list(folder / "masks.json", (m for e in good() for m in e["masks"]))
+        _write_list(folder / "panoptic.json", (e["panoptic"] for e in good()), wrap="annotations")
+    _write_text(folder / LINES, (raw + "\n" for raw in ordered))
     for part in sorted(folder.glob(PART_GLOB)):
         part.unlink()
     return summary
 
 
-def check_lines(folder: Path, lines: dict[int, tuple[str, dict[str, Any]]], file_names: list[str]) -> None:
+def check_lines(folder: Path, lines: dict[int, tuple[str, str]], file_names: list[str]) -> None:
     """Earlier lines must be of this job's images: the same file at the same index."""
-    for index, (_, entry) in lines.items():
-        if index >= len(file_names) or entry.get("file_name") != file_names[index]:
+    for index, (_, name) in lines.items():
+        if index >= len(file_names) or name != file_names[index]:
             now = file_names[index] if index < len(file_names) else "nothing"
-            raise ResultsError(f"{folder}: its results are of another job (image {index} was "
-                               f"{entry.get('file_name')}, now {now}); give a new --output_dir or leave out --resume")
+            raise ResultsError(f"{folder}: its results are of another job (image {index} was {name}, now {now}); "
+                               "give a new --output_dir or leave out --resume")
 
 
 def _image_entry(entry: dict[str, Any]) -> dict[str, Any]:
