@@ -13,6 +13,7 @@ from ..checkpoint import output_folder
 from ..distributed import cleanup, init_from_env
 from ..inference.batch import DRAW_LIMIT, PredictOptions, predict_images
 from ..inference.explain import parse_pixel
+from ..runtime import resolve_device
 from . import show_progress
 from .common import add_detector_flags, collect_images, detector_from_args
 from .flags import add_flags, parse_and_run
@@ -67,15 +68,16 @@ def predict_folder(args: argparse.Namespace) -> int:
     pixel = parse_pixel(args.pixel) if args.pixel else None
     paths = collect_images(args.inputs)
     out = output_folder(args.output_dir, "--output_dir")
-    detector = detector_from_args(args)
-    if args.masks and not detector.has_masks:
-        raise ValueError(f"--masks: --weights {args.weights} is a detection model without a mask head; give a "
-                         "segmentation model, e.g. --weights detr_r50_panoptic or a checkpoint trained with --masks")
-    options = PredictOptions(batch_size=args.batch_size, num_workers=args.num_workers, draw=args.draw,
-                             resume=args.resume, masks=args.masks, attention=args.attention, pixel=pixel,
-                             progress=show_progress() and len(paths) > 1, on_skip=_report_skip)
-    started = init_from_env(detector.device)
+    started = init_from_env(resolve_device(args.device, "--device"))  # first: it picks this process's GPU
     try:
+        detector = detector_from_args(args)
+        if args.masks and not detector.has_masks:
+            raise ValueError(f"--masks: --weights {args.weights} is a detection model without a mask head; give a "
+                             "segmentation model, e.g. --weights detr_r50_panoptic or a checkpoint trained with "
+                             "--masks")
+        options = PredictOptions(batch_size=args.batch_size, num_workers=args.num_workers, draw=args.draw,
+                                 resume=args.resume, masks=args.masks, attention=args.attention, pixel=pixel,
+                                 progress=show_progress() and len(paths) > 1, on_skip=_report_skip)
         summary = predict_images(detector, paths, out, options)
     finally:
         if started:

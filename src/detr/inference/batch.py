@@ -169,6 +169,8 @@ def predict_images(detector: Detector, paths: Sequence[Path], output: Path,
     _barrier()  # the folder is ready before any process writes to it
     mine = items[rank()::world_size()]
     batch_size = 1 if opts.attention else opts.batch_size
+    if opts.attention and opts.batch_size > 1:
+        log.info("attention pictures: one image per forward pass (batch size %d not used)", opts.batch_size)
     batches = plan_batches(mine, batch_size)
     done: set[int] = set()
     if opts.resume:
