@@ -211,3 +211,12 @@ def _help() -> str:
     parser = make_parser("detr predict", None)
     add_arguments(parser)
     return " ".join(parser.format_help().split())
+
+
+def test_bad_job_flags_are_refused(weights, folder, tmp_path, capsys):
+    for flags in (["--batch_size", "0"], ["--num_workers", "-1"]):
+        with pytest.raises(ValueError, match="--batch_size must be at least 1 and --num_workers at least 0"):
+            run(weights, folder, tmp_path / "out", *flags)
+    with pytest.raises(SystemExit) as exit_info:
+        run(weights, folder, tmp_path / "out", "--draw", "--no_draw")
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
