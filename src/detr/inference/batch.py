@@ -158,7 +158,7 @@ def predict_images(detector: Detector, paths: Sequence[Path], output: Path,
     opts = options or PredictOptions()
     items = plan_items(paths)
     draw = len(items) <= DRAW_LIMIT if opts.draw is None else opts.draw
-    if opts.draw is None and not draw:
+    if opts.draw is None and not draw and is_main_process():
         log.info("%d images: no annotated pictures (drawn by default up to %d images; --draw to write them)",
                  len(items), DRAW_LIMIT)
     if is_main_process():
