@@ -67,7 +67,8 @@ def read_back(path: Path) -> tuple[int, float, tuple[int, int]]:
 
 
 def colour_detect(images: list[torch.Tensor], threshold: float, jitter: np.random.Generator | None = None):
-    """A detector written here: each shape's box is the bounds of the pixels of its colour (+ optional noise)."""
+    """A detector written here: each shape's box is the bounds of the pixels of its colour (with `jitter`: +-1 pixel
+    of noise and a shuffled order)."""
     found = []
     for image in images:
         pixels = image.permute(1, 2, 0).numpy().astype(int)  # [H, W, 3]
@@ -81,6 +82,9 @@ def colour_detect(images: list[torch.Tensor], threshold: float, jitter: np.rando
                 boxes.append(box + (jitter.uniform(-1, 1, 4) if jitter is not None else 0))
                 labels.append(label)
         n = len(labels)
+        if jitter is not None:  # the order changes from frame to frame, as scores would order a model's boxes
+            order = jitter.permutation(n)
+            boxes, labels = [boxes[i] for i in order], [labels[i] for i in order]
         found.append(Detections(torch.tensor(np.array(boxes).reshape(n, 4), dtype=torch.float32),
                                 torch.full((n,), 0.9), torch.tensor(labels, dtype=torch.int64),
                                 [NAMES[i] for i in labels], (int(image.shape[1]), int(image.shape[2])),
@@ -90,7 +94,7 @@ def colour_detect(images: list[torch.Tensor], threshold: float, jitter: np.rando
 
 @pytest.fixture
 def detector(monkeypatch) -> Detector:
-    """A Detector whose detection step is `colour_detect` with +-1 pixel of seeded noise (the model is unused)."""
+    """A Detector whose detection step is `colour_detect` with seeded noise (the model is unused)."""
     found = Detector(torch.nn.Identity(), class_names=NAMES, threshold=0.5)
     rng = np.random.default_rng(0)
     monkeypatch.setattr(found, "detect", lambda images, threshold: colour_detect(images, threshold, rng))
@@ -176,6 +180,45 @@ def test_truncated_video_ends_cleanly_with_a_warning(detector, tmp_path, caplog,
     check_paths(lines[:-1])  # the last decoded frame may be partly damaged
     assert read_back(tmp_path / "out" / "annotated.mp4")[0] == decodable  # finalised, readable
     assert run.ended_early and f"after frame {decodable - 1}" in caplog.text and str(cut) in caplog.text
+
+
+class DroppingStream:
+    """A container whose decoding fails after `frames` frames, as a network stream that drops."""
+
+    def __init__(self, container, frames: int):
+        self._container, self._frames = container, frames
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def decode(self, *args):
+        for i, frame in enumerate(self._container.decode(*args)):
+            if i == self._frames:
+                raise av.FFmpegError(104, "Connection reset by peer")
+            yield frame
+
+
+def test_dropped_stream_ends_cleanly(detector, clip, tmp_path, monkeypatch, caplog):
+    from detr.inference import video
+
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda av_module, source: DroppingStream(real_open(av_module, source), 10))
+    with caplog.at_level(logging.WARNING, logger="detr.inference.video"):
+        run = predict_video(detector, clip, tmp_path, track=True)
+    assert [x["frame"] for x in read_lines(tmp_path / "frames.jsonl")] == list(range(10))
+    assert read_back(tmp_path / "annotated.mp4")[0] == 10 and run.frames == 10
+    assert "after frame 9" in caplog.text and "Connection reset by peer" in caplog.text
+
+
+def test_interrupted_run_keeps_what_was_written(detector, clip, tmp_path):
+    def stop_at_seven(frame):
+        if frame.index == 6:
+            raise KeyboardInterrupt  # Ctrl-C on a webcam run
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_video(detector, clip, tmp_path, on_frame=stop_at_seven)
+    assert [x["frame"] for x in read_lines(tmp_path / "frames.jsonl")] == list(range(7))
+    assert read_back(tmp_path / "annotated.mp4")[0] == 7  # finalised, readable
 
 
 def test_unreadable_video_is_a_clear_error(detector, tmp_path):
