@@ -12,11 +12,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detr.cli import main as detr_main
 from detr.inference.detector import Detections, Detector
 from detr.inference.video import MissingPackageError, VideoError, is_video_source
 from detr.inference.video_files import predict_video
+from detr.inference.visualize import draw_detections, draw_tracked
 
 from .helpers_predict import MAX_SIZE, SIZE, one_thread, save_ours, tiny_model  # noqa: F401  (autouse fixture)
 
@@ -36,8 +38,9 @@ def known_box(label: int, frame: int) -> list[float]:
     return [x + dx * frame, y + dy * frame, x + dx * frame + w, y + dy * frame + h]
 
 
-def write_clip(path: Path, frames: int = FRAMES, options: dict | None = None) -> Path:
-    """The test's own writer: MPEG-4 at a high bit rate, `frames` frames of SIDE x SIDE at FPS."""
+def write_clip(path: Path, frames: int = FRAMES, options: dict | None = None, start: int = 0) -> Path:
+    """The test's own writer: MPEG-4 at a high bit rate, `frames` frames of SIDE x SIDE at FPS, the first at
+    `start` / FPS seconds."""
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream("mpeg4", rate=FPS)
         stream.width = stream.height = SIDE
@@ -47,7 +50,9 @@ def write_clip(path: Path, frames: int = FRAMES, options: dict | None = None) ->
             for label, (rgb, *_) in SHAPES.items():
                 x0, y0, x1, y1 = known_box(label, i)
                 image[y0:y1, x0:x1] = rgb
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = start + i  # in 1 / FPS
+            container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
 
@@ -127,6 +132,15 @@ def test_one_line_per_frame_same_frames_boxes_on_paths(detector, clip, tmp_path)
     assert "track_ids" not in lines[0]
     check_paths(lines)
     assert read_back(tmp_path / "out" / "annotated.mp4") == (FRAMES, FPS, (SIDE, SIDE))
+    with av.open(str(tmp_path / "out" / "annotated.mp4")) as drawn, av.open(str(clip)) as plain:
+        pairs = zip(drawn.decode(video=0), plain.decode(video=0))
+        for i, (out, source) in enumerate(pairs):  # outlines drawn on each box's edges, the far background kept
+            diff = np.abs(out.to_ndarray(format="rgb24").astype(int) - source.to_ndarray(format="rgb24")).max(axis=2)
+            for label in SHAPES:
+                x0, y0, x1, y1 = known_box(label, i)
+                top, left = diff[y0 - 1:y0 + 3, (x0 + x1) // 2], diff[(y0 + y1) // 2, x0 - 1:x0 + 3]  # +-1 px noise
+                assert top.max() > 50 and left.max() > 50, (i, label)
+            assert diff[30:38, 0:4].max() < 30, i
     assert (run.frames, run.detections, run.ended_early) == (FRAMES, 3 * FRAMES, "")
 
 
@@ -144,7 +158,8 @@ def test_track_gives_one_stable_id_per_shape(detector, clip, tmp_path):
     assert read_back(tmp_path / "annotated.mp4")[0] == FRAMES
 
 
-def test_detector_video_in_python(detector, clip):
+def test_detector_video_in_python(detector, tmp_path):
+    clip = write_clip(tmp_path / "late.mkv", start=15)  # a stream's clock starts anywhere: times count from 0
     frames = list(detector.video(clip, stride=3, track=True))
     assert [f.index for f in frames] == list(range(0, FRAMES, 3))
     assert [f.time for f in frames] == pytest.approx([i / FPS for i in range(0, FRAMES, 3)], abs=1e-6)
@@ -219,6 +234,17 @@ def test_interrupted_run_keeps_what_was_written(detector, clip, tmp_path):
         predict_video(detector, clip, tmp_path, on_frame=stop_at_seven)
     assert [x["frame"] for x in read_lines(tmp_path / "frames.jsonl")] == list(range(7))
     assert read_back(tmp_path / "annotated.mp4")[0] == 7  # finalised, readable
+
+
+def test_track_ids_are_drawn(clip):
+    with av.open(str(clip)) as container:
+        image = Image.fromarray(next(container.decode(video=0)).to_ndarray(format="rgb24"))
+    found = colour_detect([torch.from_numpy(np.array(image)).permute(2, 0, 1)], 0.5)[0]
+    plain = np.asarray(draw_detections(image, found))
+    assert np.array_equal(np.asarray(draw_tracked(image, found, [-1, -1, -1])), plain)  # unconfirmed: no id
+    assert not np.array_equal(np.asarray(draw_tracked(image, found, [4, 5, 6])), plain)
+    with pytest.raises(ValueError, match="2 track ids for 3 detections"):
+        draw_tracked(image, found, [1, 2])
 
 
 def test_unreadable_video_is_a_clear_error(detector, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -42,6 +43,9 @@ def run_video(args: argparse.Namespace) -> int:
         check_stride(args.stride)
     except ValueError:
         raise ValueError(f"--stride {args.stride}: expected a positive integer (1 = every frame)") from None
+    source = args.inputs[0]
+    if not (source.isdigit() or "://" in source or Path(source).is_file()):
+        raise ValueError(f"{source}: no such video file")  # before a model is loaded for nothing
     check_packages(args.track)
     out = output_folder(args.output_dir, "--output_dir")
     detector = detector_from_args(args)
