@@ -9,10 +9,9 @@ import argparse
 import logging
 from typing import Any
 
-import torch
-
-from ..config import Config, config_from_flags
+from ..config import Config
 from ..registry import MODELS
+from ..training.options import config_from_options
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,9 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("mask_loss_coef", float, "with --masks: weight of the sigmoid focal loss of the masks (loss_mask)"),
     ("dice_loss_coef", float, "with --masks: weight of the dice loss of the masks (loss_dice)"),
     ("frozen_weights", str, "with --masks: a trained detector, loaded and frozen; only the mask head trains"),
+    ("data", str, "a dataset folder: COCO 2017, Roboflow COCO export, YOLO (data.yaml) or Pascal VOC, recognised "
+                  "from its layout; fine-tunes detr_r50 (50 epochs) unless --weights/--epochs say otherwise"),
+    ("data_format", str, "read --data as coco, roboflow, yolo or voc (default: recognised from the layout)"),
     ("coco_path", str, "COCO 2017 folder (train2017/, val2017/, annotations/)"),
     ("dataset_file", str, "coco (instances; with --masks their polygon/RLE masks) or coco_panoptic (with "
                           "--coco_panoptic_path)"),
@@ -94,7 +96,7 @@ SWITCHES = [("dilation", "DC5: dilate the last backbone stage"), ("pre_norm", "p
 # Official flags that do not apply here: accepted so old command lines run, and reported.
 IGNORED = {"world_size": None, "dist_url": None, "start_epoch": None, "remove_difficult": None}
 DATASET_FILES = ("coco", "coco_panoptic")
-PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
+PATH_FLAGS = {"data", "coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
               "resume", "weights", "frozen_weights", "coco_panoptic_path", "train_panoptic", "val_panoptic"}
 
 
@@ -136,13 +138,7 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
     """A Config from the parsed flags; `preset` values, then --model's, replace the defaults of flags not given."""
-    given = given_flags(args)
-    model = given.pop("model", None)
-    values = {**(preset or {}), **(MODELS[model] if model else {}), **given}
-    values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
-    values.setdefault("output_dir", "runs/train")
-    values.setdefault("num_classes", None)  # resolved from the data
-    return config_from_flags(values)
+    return config_from_options(given_flags(args), preset)
 
 
 def _check_dataset_file(args: argparse.Namespace) -> None:
@@ -170,4 +166,4 @@ def _check_ignored(args: argparse.Namespace) -> None:
 
 
 def has_data(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k) for k in ("coco_path", "train_annotations", "val_annotations"))
+    return any(getattr(args, k) for k in ("data", "coco_path", "train_annotations", "val_annotations"))
