@@ -30,7 +30,7 @@ def reference(ids: tuple[int, ...] = (1, 7, 1000), names: tuple[str, ...] = ("ca
     for split, images in sizes.items():
         ref.images[split] = images
         ref.boxes[split] = []
-        for n, (name, w, h) in enumerate(images):
+        for n, (name, _, _) in enumerate(images):
             for k, cid in enumerate(ids):
                 x, y = 2 + 5 * k + n, 3 + 4 * k
                 ref.boxes[split].append((name, cid, [x, y, 10 + 3 * k, 8 + 2 * k + n]))

@@ -205,3 +205,15 @@ def test_save_png_writer_sizes(tmp_path):  # the writers' own images are what th
 
     save_png(tmp_path / "x.png", 33, 21)
     assert Image.open(tmp_path / "x.png").size == (33, 21)
+
+
+def test_a_given_mapping_refuses_unknown_classes(tmp_path):
+    from detr.data.formats import prepare_data
+
+    root = write_coco2017(tmp_path / "ds", reference(ids=(1, 7, 1000)))
+    prepared = prepare_data(root, tmp_path / "out", category_ids=[1000, 7, 1, 3])  # a checkpoint's order
+    coco = json.loads(Path(prepared.paths["train_annotations"]).read_text())
+    assert {a["category_id"] for a in coco["annotations"]} == {0, 1, 2}
+    assert prepared.class_names == ["bird", "dog", "cat", "class_3"]
+    with pytest.raises(DatasetError, match=r"category id\(s\) \[1000\] are not among"):
+        prepare_data(root, tmp_path / "out2", category_ids=[1, 7])

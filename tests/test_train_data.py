@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +52,17 @@ def test_sparse_ids_train_a_contiguous_head_and_predict_reports_them(tmp_path):
 
     assert cli_main(["eval", "--weights", str(run / "checkpoint.pth"), "--device", "cpu", "--num_workers", "0"]) == 0
     val = json.loads((run / "detections_val.json").read_text())
+    assert val and {d["category_id"] for d in val} <= {1, 7, 1000}
+
+    # the same data, named again: numbered with the checkpoint's mapping even when a class is missing from it
+    ref.categories[5] = "fox"  # listed, with no box: its id is not among the model's classes
+    other = write_coco2017(tmp_path / "again", ref)
+    assert cli_main(["eval", "--weights", str(run / "checkpoint.pth"), "--data", str(other), "--device", "cpu",
+                     "--num_workers", "0", "--output_dir", str(tmp_path / "ev")]) == 0
+    coco = json.loads((tmp_path / "ev" / "eval_data" / "val.json").read_text())
+    assert [(c["id"], c["dataset_id"], c["name"]) for c in coco["categories"]] == \
+        [(0, 1, "cat"), (1, 7, "dog"), (2, 1000, "bird")]
+    val = json.loads((tmp_path / "ev" / "detections_val.json").read_text())
     assert val and {d["category_id"] for d in val} <= {1, 7, 1000}
 
 

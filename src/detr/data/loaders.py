@@ -38,18 +38,18 @@ class RunData:
     panoptic: PanopticReport | None = None
 
 
-def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
+def resolve_data(cfg: Config, demo_root: str | None = None, data_subdir: str = "data") -> Config:
     """A copy of `cfg` with concrete data paths, num_classes and class names.
 
     --coco_path gives the COCO 2017 layout and 91 classes (with --coco_panoptic_path: the panoptic layout
     and 250 classes, as the official code); custom data gives num_classes = largest category id + 1 unless
     set; with no data at all the demo dataset is generated (by the main process only) under `demo_root`.
-    --data DIR is written as COCO files under the output folder's data/ (`prepare_folder`), with labels
-    0..K-1 and `category_ids` mapping them to the dataset's ids.
+    --data DIR is written as COCO files under the output folder's `data_subdir` (`prepare_folder`), with
+    labels 0..K-1 and `category_ids` mapping them to the dataset's ids.
     """
     d = cfg.data
     if d.data and not (d.train_annotations or d.val_annotations):
-        d = prepare_folder(cfg)
+        d = prepare_folder(cfg, data_subdir)
     if d.coco_path and d.coco_panoptic_path:
         d = dataclasses.replace(d, **{k: str(v) for k, v in coco_panoptic_paths(d.coco_path, d.coco_panoptic_path)
                                       .items()})
@@ -73,10 +73,11 @@ def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
     return dataclasses.replace(cfg, data=d, model=model)
 
 
-def prepare_folder(cfg: Config) -> DataConfig:
-    """cfg.data with the COCO files written from --data (by the main process; the others reuse them)."""
+def prepare_folder(cfg: Config, data_subdir: str = "data") -> DataConfig:
+    """cfg.data with the COCO files written from --data into the output folder's `data_subdir` (by the main
+    process; the others reuse them)."""
     d, m = cfg.data, cfg.model
-    out = Path(cfg.train.output_dir or "runs/train") / "data"
+    out = Path(cfg.train.output_dir or "runs/train") / data_subdir
     geometry = Geometry(m.num_queries, 16 if m.backbone == "tiny" or m.dilation else 32, d.scales or SCALES,
                         d.max_size)
     made = None

@@ -150,7 +150,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
-        cfg = resolve_data(cfg)
+        cfg = resolve_data(cfg, data_subdir="eval_data")  # --data: not over the training's data/ files
         if not cfg.data.val_annotations:
             raise ValueError("no validation data: give --val_images and --val_annotations (or --coco_path)")
         data = build_datasets(cfg, with_train=False)
