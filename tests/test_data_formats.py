@@ -217,3 +217,28 @@ def test_a_given_mapping_refuses_unknown_classes(tmp_path):
     assert prepared.class_names == ["bird", "dog", "cat", "class_3"]
     with pytest.raises(DatasetError, match=r"category id\(s\) \[1000\] are not among"):
         prepare_data(root, tmp_path / "out2", category_ids=[1, 7])
+
+
+def test_pitfalls_said_with_their_flags(caplog):
+    from detr.data.formats import Geometry
+    from detr.data.formats.report import log_classes, log_pitfalls
+
+    # image 1: 640x480 with 5 boxes; image 2: 100x2000 with one 3x3 box. At scale 800 / max 1333: image 1 grows
+    # by 800/480, image 2 by min(800/100, 1333/2000) = 0.6665; a box is small when min(w, h) * s < 32.
+    images = [{"id": 1, "width": 640, "height": 480}, {"id": 2, "width": 100, "height": 2000}]
+    sides = [30, 19, 20, 5, 100]
+    anns = [{"image_id": 1, "category_id": 0, "bbox": [0, 0, s, s]} for s in sides]
+    anns.append({"image_id": 2, "category_id": 0, "bbox": [0, 0, 3, 3]})
+    small = sum(min(a["bbox"][2:]) * min(800 / min(i["width"], i["height"]), 1333 / max(i["width"], i["height"]))
+                < 32 for a in anns for i in images if i["id"] == a["image_id"])
+    train = {"images": images, "annotations": anns}
+    with caplog.at_level(logging.INFO, logger="detr"):
+        log_pitfalls("src", train, Geometry(num_queries=4, stride=32, scales=[480, 800], max_size=1333))
+        log_classes("src", [3, 9], ["a", "b"], train, {"images": [], "annotations": []})
+    text = caplog.text
+    assert "1 training image(s) hold more boxes than --num_queries 4 (the most: 5)" in text
+    assert f"{small} of 6 training boxes are smaller than the backbone's output stride (32 px)" in text
+    assert "--scales" in text and "--dilation" in text
+    assert "no training boxes for class(es) b" in text
+    assert "fewer than 10 training boxes for a (6)" in text
+    assert "the val set has no boxes of a" in text
