@@ -120,7 +120,7 @@ def make_step(model, impl: str, device: str, bf16: bool = False):
             return sum(losses[k] * weights[k] for k in losses if k in weights)
     else:
         import detr
-        from detr.loss.reduce import float_outputs
+        from detr.loss_stats import float_outputs
 
         criterion = detr.create_criterion(num_classes=91)
 

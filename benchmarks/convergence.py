@@ -48,8 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's detr, whatever the environment has installed
 
 from detr.checkpoint import write_bytes, write_json  # noqa: E402
-from detr.config import FROM_SCRATCH, config_from_flags, recipe_options  # noqa: E402
+from detr.config import config_from_flags, recipe_options  # noqa: E402
 from detr.data import make_demo_dataset  # noqa: E402
+from detr.presets import FROM_SCRATCH  # noqa: E402
 from detr.training import engine  # noqa: E402
 from detr.training.train import train  # noqa: E402
 

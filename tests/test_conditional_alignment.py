@@ -114,7 +114,7 @@ def test_focal_loss_matches_a_float64_formula():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)
     matched, labels = (torch.tensor([0, 1, 1]), torch.tensor([3, 0, 6])), torch.tensor([4, 1, 1])
-    from detr.loss.varifocal import sigmoid_focal_loss
+    from detr.loss.focal import sigmoid_focal_loss
 
     got = sigmoid_focal_loss(logits, matched, labels, num_boxes=3.0)
     total = torch.zeros((), dtype=torch.float64)

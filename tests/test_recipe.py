@@ -123,7 +123,7 @@ def test_num_groups_zero_is_refused():
 # --- IoU-aware classification (varifocal) ---------------------------------------------------------
 
 def test_varifocal_loss_is_the_formula():
-    from detr.loss.varifocal import varifocal_loss
+    from detr.loss.focal import varifocal_loss
 
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
@@ -147,7 +147,7 @@ def test_varifocal_negatives_are_torchvisions_sigmoid_focal_loss():
     """With no matched query every score is a negative; at alpha 0.5 the two losses coincide."""
     from torchvision.ops import sigmoid_focal_loss
 
-    from detr.loss.varifocal import varifocal_loss
+    from detr.loss.focal import varifocal_loss
 
     logits = torch.randn(2, 5, 4, dtype=torch.float64)
     none = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
@@ -158,7 +158,7 @@ def test_varifocal_negatives_are_torchvisions_sigmoid_focal_loss():
 
 
 def test_focal_matching_cost_is_the_formula():
-    from detr.loss.varifocal import focal_cost
+    from detr.loss.focal import focal_cost
 
     logits = torch.randn(6, 4, dtype=torch.float64)
     labels = torch.tensor([3, 0, 3])
@@ -320,7 +320,7 @@ def test_bad_denoising_options_are_refused(option, value, message):
 
 def test_recipe_fast_sets_its_options_and_refuses_a_contradiction():
     from detr.cli.flags import build_parser, config_from_args
-    from detr.config import RECIPES
+    from detr.presets import RECIPES
 
     parse = lambda *argv: config_from_args(build_parser("t", "").parse_args(["--device", "cpu", *argv]))  # noqa: E731
     cfg = parse("--recipe", "fast", "--dn_box_noise", "0.2")

@@ -18,14 +18,13 @@ from .evaluation.panoptic import panoptic_quality
 from .inference.detector import Detections, Detector
 from .loss.criterion import SetCriterion, create_criterion
 from .loss.matcher import HungarianMatcher
-from .loss.postprocess import postprocess
-from .loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
 from .models.build import create_model, list_models
 from .models.conditional import ConditionalDETR
 from .models.detr import DETR, convert_official_state_dict
 from .models.huggingface import convert_hf_state_dict
 from .models.paddle import convert_paddle_state_dict, read_pdparams
 from .models.segmentation import DETRsegm
+from .postprocessing import postprocess, postprocess_panoptic, postprocess_segmentation
 from .registry import config_from_checkpoint
 from .training.api import TrainResult, train
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .checkpoint import check_output_folder
+from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
 from .runtime import check_amp, resolve_device
 
 
@@ -180,66 +181,6 @@ class Config:
             sub_cls = f.default_factory  # type: ignore[misc]
             parts[f.name] = dataclass_from_dict(sub_cls, d.get(f.name, {}), where=f"config.{f.name}")
         return cls(**parts)
-
-
-# --recipe NAME sets these options. "fast" is what benchmarks/convergence.py measured best (BENCHMARKS.md):
-# Group DETR with 3 groups and an average of the weights. Alone, the varifocal head and the denoising queries each
-# learned slower than vanilla there, so they are left out until a combination is shown to help. The recipe never
-# changes the architecture (official DETR weights still fine-tune with it); the best row measured is Conditional
-# DETR (--model conditional_detr_*) with this recipe, which the demo trains.
-RECIPES: dict[str, dict[str, Any]] = {
-    "official": {},
-    "fast": {"num_groups": 3},
-}
-# Starting values of --recipe fast that explicit flags replace (they depend on the run's length and data). The
-# weight average (training/ema.py) reached the benchmark's vanilla final AP about 400 iterations sooner.
-FAST_DEFAULTS: dict[str, Any] = {"ema_decay": 0.9995}
-# What --recipe fast adds for a backbone that starts from random weights (FROM_SCRATCH; also starting values): a
-# random trunk keeps DETR on its "mean box" plateau for thousands of steps. The dense warm-up (training/warmup.py)
-# breaks it (250 steps did so as well as 500, and sooner), and only then does a doubled learning rate help (at
-# 4e-4 with no warm-up the benchmark model stayed on the plateau).
-FROM_SCRATCH: dict[str, Any] = {"backbone_warmup": 250, "lr": 2e-4, "lr_backbone": 2e-4}
-
-
-# The built-in demo (`detr demo`): the convergence benchmark's best row (BENCHMARKS.md), Conditional DETR with
-# --recipe fast, on the same kind of data. A tiny conv trunk trained from scratch (no ImageNet weights can be
-# fetched here), a thin 3+3-layer transformer with its sigmoid focal head, 16 queries (demo images hold at
-# most 6 shapes), 128-px images. --recipe fast adds Group DETR and the weight average, and for a random backbone
-# the dense backbone warm-up and a doubled rate. The rate stays constant, as in the benchmark: the weight average
-# anneals (4 epochs of 5,000 images, before the tiny trunk masked its padding, on a 2-core Xeon: AP 0.542 at a
-# constant rate, 0.509 with the last epoch at a tenth). 4 epochs keep the training under 10 minutes there (5 took
-# 10.4 min; DEMO_DATA's size too).
-DEMO_PRESET: dict[str, Any] = {
-    "family": "conditional_detr", "class_loss": "focal",
-    "backbone": "tiny", "backbone_weights": "none", "hidden_dim": 128, "nheads": 8, "enc_layers": 3,
-    "dec_layers": 3, "dim_feedforward": 512, "num_queries": 16, "dropout": 0.0, "attention_dropout": 0.0,
-    "recipe": "fast", "batch_size": 8, "epochs": 4, "lr_drop": 5,
-    "scales": [128], "max_size": 192, "val_scale": 128, "random_crop": False,
-    "num_workers": 0, "device": "cpu", "output_dir": "runs/demo", "eval_every": 1,
-    "num_classes": None,  # from the data
-}
-# The score from which the demo draws a detection, by class head. The sigmoid heads score lower than the softmax one:
-# on the demo's 200 val images (705 shapes; matched at IoU 0.5 with the class) 0.4 gave the best F1, 0.806 (541
-# found, 96 false of which 60 second boxes on a found shape), against 0.740 at 0.5 (431 found, 29 false) and 0.766
-# at 0.3 (595 found, 253 false).
-DEMO_DRAW_THRESHOLDS: dict[str, float] = {"softmax": 0.5, "focal": 0.4, "varifocal": 0.4}
-# The demo's dataset (data/demo.py): enough images that the model does not overfit within the demo, and few enough
-# that its 4 epochs (2,000 steps) train within 10 minutes on 2 cores (on a 2-core Xeon 4,500 images took 10.25 min
-# with the warm-up, 5,000 took 10.1 min before the tiny trunk masked its padding).
-DEMO_DATA: dict[str, int] = {"num_train": 4000, "num_val": 200, "image_size": 128}
-# `detr demo --masks`: the official recipe on the panoptic demo data (data/demo.py, panoptic=True). The demo model is
-# trained for detection first (PANOPTIC_DEMO on DEMO_PRESET), then the mask head (hidden_dim 128 and nheads 8 suit
-# its GroupNorm) on the frozen detector (PANOPTIC_DEMO_MASKS), evaluated with PQ after each epoch. The mask head
-# at the official 1e-4 starts predicting the same mask for every query and takes ~250 steps to leave that plateau;
-# at 1e-3 it leaves it after ~100 (README, "detr demo --masks"). Neither stage averages its weights: in the short
-# mask stage the average lagged the fast-moving head (PQ 0.405 against 0.615 without it), and the detector learned
-# better on these stuff-and-things boxes with the 500-step warm-up (box AP 0.251 against 0.216 with 250 and the
-# average; one run each).
-PANOPTIC_DEMO: dict[str, Any] = {"output_dir": "runs/demo_panoptic", "epochs": 8, "lr_drop": 7,
-                                 "backbone_warmup": 500, "ema_decay": 0.0}
-PANOPTIC_DEMO_MASKS: dict[str, Any] = {"masks": True, "epochs": 4, "lr_drop": 3, "lr": 1e-3, "backbone_warmup": 0,
-                                       "ema_decay": 0.0}
-PANOPTIC_DEMO_DATA: dict[str, int] = {"num_train": 1500, "num_val": 100, "image_size": 128}
 
 
 def starts_from_scratch(values: dict[str, Any]) -> bool:

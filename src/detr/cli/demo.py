@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_checkpoint
-from ..config import (
+from ..config import config_from_flags
+from ..data import make_demo_dataset
+from ..data.images import load_image
+from ..inference.detector import Detector
+from ..inference.visualize import draw_detections, side_by_side
+from ..presets import (
     DEMO_DATA,
     DEMO_DRAW_THRESHOLDS,
     DEMO_PRESET,
@@ -18,12 +23,7 @@ from ..config import (
     PANOPTIC_DEMO,
     PANOPTIC_DEMO_DATA,
     PANOPTIC_DEMO_MASKS,
-    config_from_flags,
 )
-from ..data import make_demo_dataset
-from ..data.images import load_image
-from ..inference.detector import Detector
-from ..inference.visualize import draw_detections, side_by_side
 from ..training.train import train
 from . import show_progress
 from .demo_panoptic import run_panoptic_demo

@@ -15,21 +15,15 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from ..checkpoint import load_checkpoint, load_model_weights
-from ..config import (
-    DEMO_PRESET,
-    PANOPTIC_DEMO,
-    PANOPTIC_DEMO_DATA,
-    PANOPTIC_DEMO_MASKS,
-    Config,
-    config_from_flags,
-)
+from ..config import Config, config_from_flags
 from ..data import make_demo_dataset
 from ..data.annotations import read_json
 from ..data.images import load_image
 from ..data.transforms import preprocess, val_short_side
 from ..inference.visualize import colour, side_by_side
-from ..loss.postprocess_masks import postprocess_panoptic
 from ..models.build import build_model
+from ..postprocessing.masks import postprocess_panoptic
+from ..presets import DEMO_PRESET, PANOPTIC_DEMO, PANOPTIC_DEMO_DATA, PANOPTIC_DEMO_MASKS
 from ..training.train import train
 from . import show_progress
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import DEMO_PRESET
+from ..presets import DEMO_PRESET
 from ..training.train import train
 from . import show_progress
 from .eval import evaluate

@@ -6,19 +6,14 @@
     loader = DataLoader(train, batch_size=2, collate_fn=collate_fn)
 """
 
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..panoptic_ids import id_to_rgb, rgb_to_id
 from .annotations import class_names_from_annotations, num_classes_from_annotations
 from .coco import CocoDetection, build_dataset, coco_paths, collate_fn
 from .demo import DEMO_CLASSES, DEMO_NUM_CLASSES, make_demo_dataset
 from .errors import DatasetError
 from .images import load_image
-from .masks import (
-    coco_mask_results,
-    id_to_rgb,
-    read_id_png,
-    rgb_to_id,
-    segmentation_to_mask,
-    write_id_png,
-)
+from .masks import coco_mask_results, read_id_png, segmentation_to_mask, write_id_png
 from .panoptic import (
     CocoPanoptic,
     PanopticReport,
@@ -27,7 +22,7 @@ from .panoptic import (
     scan_panoptic,
 )
 from .scan import ScanReport, scan_dataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms, preprocess
+from .transforms import make_transforms, preprocess
 
 __all__ = [
     "DEMO_CLASSES",

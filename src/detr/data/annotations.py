@@ -52,7 +52,10 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     """A finite JSON number (bool is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    # an int is always finite (and math.isfinite overflows on one above float's range)
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def annotation_problem(ann: Any) -> str | None:

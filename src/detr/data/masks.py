@@ -18,23 +18,9 @@ from PIL import Image
 from torch import Tensor
 
 from ..checkpoint import write_bytes
+from ..panoptic_ids import id_to_rgb, rgb_to_id
+from .annotations import is_number
 from .errors import DatasetError
-
-MAX_SEGMENT_ID = 256**3 - 1  # the largest id three 8-bit channels hold
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8 colours -> [H, W] uint32 segment ids."""
-    rgb = rgb.astype(np.uint32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """[H, W] non-negative ids below 256^3 -> [H, W, 3] uint8 colours (the inverse of `rgb_to_id`)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() > MAX_SEGMENT_ID):
-        raise ValueError(f"segment ids must lie in [0, {MAX_SEGMENT_ID}], got {ids.min()}..{ids.max()}")
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
 def _open_rgb_png(path: str | Path, header_only: bool) -> np.ndarray | tuple[int, int]:
@@ -55,7 +41,7 @@ def _open_rgb_png(path: str | Path, header_only: bool) -> np.ndarray | tuple[int
 
 
 def read_id_png(path: str | Path) -> np.ndarray:
-    """The [H, W] uint32 segment ids of a panoptic PNG.
+    """The [H, W] int64 segment ids of a panoptic PNG.
 
     Raises:
         DatasetError: the file is missing, cannot be decoded, or is not an RGB(A) image (a grey or
@@ -98,17 +84,13 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     return torchvision.ops.masks_to_boxes(masks.bool())
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
 def segmentation_problem(segm: Any, height: int, width: int) -> str | None:
     """Why an instance `segmentation` cannot be turned into a mask of an image (height, width), or None."""
     if isinstance(segm, list):
         if not segm:
             return "segmentation is an empty list of polygons"
         for poly in segm:
-            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(map(_is_number, poly)):
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(map(is_number, poly)):
                 return "a polygon is not a list of at least 3 (x, y) finite numbers"
         return None
     if isinstance(segm, dict):

@@ -12,10 +12,9 @@ is found by the scan (counted in `ScanReport`'s summary), not in the middle of a
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,21 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
+from ..panoptic_ids import MAX_SEGMENT_ID
 from .annotations import category_names, is_int, is_number, read_json
 from .coco import CocoDetection, Target
 from .errors import DatasetError
 from .images import ImageProbe
-from .masks import MAX_SEGMENT_ID, coco_mask_results, id_png_size, masks_to_boxes, read_id_png
+from .masks import coco_mask_results, id_png_size, masks_to_boxes, read_id_png
+from .report import ImageRecord, ScanReport
 from .scan import (
-    ImageRecord,
-    ScanReport,
-    check_images,
+    category_in_range,
+    check_folders,
     decide_size,
     is_relative_file,
-    probe_all,
-    resolve_num_classes,
+    probe_files,
+    run_scan,
+    store_record,
 )
 from .transforms import make_transforms
 
@@ -149,10 +150,7 @@ def _check_segments(report: PanopticReport, ann: dict[str, Any]) -> list[dict[st
             report.add("segment_malformed", f"{where}: {problem}")
         elif seg["category_id"] not in known:
             report.add("segment_unknown_category", f"{where}: category_id {seg['category_id']}")
-        elif not 0 <= seg["category_id"] < report.num_classes:
-            report.add("category_out_of_range", f"{where}: category_id {seg['category_id']}, num_classes="
-                       f"{report.num_classes} (valid: 0..{report.num_classes - 1})")
-        else:
+        elif category_in_range(report, seg["category_id"], where):
             segments.append(seg)
             seen.add(seg["id"])
     return segments
@@ -176,30 +174,13 @@ def _check_annotations(report: PanopticReport, data: dict[str, Any],
     return by_image
 
 
-def _probe_png(path: Path, decode: bool) -> _PngProbe | str:
-    """Size and per-id pixel counts of a panoptic PNG, or why it cannot be used ("missing" or a message)."""
-    try:
-        if not path.is_file():
-            return "missing"
-        if not decode:
-            return _PngProbe(*id_png_size(path), None)
-        ids = read_id_png(path)  # [H, W]
-    except OSError as e:
-        return f"{path}: cannot open ({e})"
-    except DatasetError as e:
-        return str(e)
+def _probe_png(path: Path, decode: bool) -> _PngProbe:
+    """Size and per-id pixel counts of a panoptic PNG (only its size without `decode`)."""
+    if not decode:
+        return _PngProbe(*id_png_size(path), None)
+    ids = read_id_png(path)  # [H, W]
     values, counts = np.unique(ids, return_counts=True)
     return _PngProbe(ids.shape[1], ids.shape[0], dict(zip(values.tolist(), counts.tolist())))
-
-
-def _probe_pngs(paths: dict[int, Path], workers: int | None, decode: bool) -> dict[int, _PngProbe | str]:
-    """Read every PNG, in threads (PIL and numpy release the GIL for decoding and sorting)."""
-    ids = list(paths)
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(ids) < 16:
-        return {i: _probe_png(paths[i], decode) for i in ids}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(ids, pool.map(_probe_png, [paths[i] for i in ids], [decode] * len(ids), chunksize=16)))
 
 
 def _add_record(report: PanopticReport, entry: dict[str, Any], probe: ImageProbe, png_name: str,
@@ -223,8 +204,6 @@ def _add_record(report: PanopticReport, entry: dict[str, Any], probe: ImageProbe
             if s["id"] not in png.pixels:
                 report.add("segment_not_in_png", f"{path}: id {s['id']}")
         segments = [s for s in segments if s["id"] in png.pixels]
-    if not segments:
-        report.add("no_annotations", entry["file_name"])
     target = {
         "segment_ids": np.array([s["id"] for s in segments], dtype=np.int64),
         "labels": np.array([s["category_id"] for s in segments], dtype=np.int64),
@@ -232,33 +211,25 @@ def _add_record(report: PanopticReport, entry: dict[str, Any], probe: ImageProbe
         # the JSON's area, as the official target; NaN: counted from the mask when loaded
         "area": np.array([s.get("area", np.nan) for s in segments], dtype=np.float32),
     }
-    report.records[entry["id"]] = PanopticRecord(report.images_dir / entry["file_name"], width, height,
-                                                 apply_exif, target, png=path)
-    report.image_ids.append(entry["id"])
+    store_record(report, entry, PanopticRecord(report.images_dir / entry["file_name"], width, height, apply_exif,
+                                               target, png=path))
     return segments
 
 
 def _add_records(report: PanopticReport, entries: dict[int, dict[str, Any]],
-                 by_image: dict[int, tuple[str, list[dict[str, Any]]]], workers: int | None,
-                 decode: bool) -> dict[int, list[dict[str, Any]]]:
-    """Decode every image and PNG; store the records of the usable ones. Returns their kept segments."""
-    probes = probe_all(report.images_dir, entries, workers, decode)
-    for image_id, probe in probes.items():
-        name = entries[image_id]["file_name"]
-        if isinstance(probe, str):
-            report.add("image_missing" if probe == "missing" else "image_unreadable",
-                       name if probe == "missing" else probe)
-        elif image_id not in by_image:
-            report.add("panoptic_unannotated", name)
-    usable = [i for i, p in probes.items() if not isinstance(p, str) and i in by_image]
-    pngs = _probe_pngs({i: report.png_dir / by_image[i][0] for i in usable}, workers, decode)
-    kept: dict[int, list[dict[str, Any]]] = {}
+                 by_image: dict[int, tuple[str, list[dict[str, Any]]]], decoded: dict[int, ImageProbe],
+                 workers: int | None, decode: bool) -> dict[int, tuple[str, list[dict[str, Any]]]]:
+    """Read the decoded images' PNGs; store the records of the usable ones. Returns their (PNG, kept segments)."""
+    for image_id in decoded:
+        if image_id not in by_image:
+            report.add("panoptic_unannotated", entries[image_id]["file_name"])
+    usable = [i for i in decoded if i in by_image]
+    pngs = probe_files(_probe_png, {i: report.png_dir / by_image[i][0] for i in usable}, workers, decode)
+    kept = {}
     for image_id in usable:
-        probe = probes[image_id]
-        assert not isinstance(probe, str)
-        segments = _add_record(report, entries[image_id], probe, *by_image[image_id], pngs[image_id])
+        segments = _add_record(report, entries[image_id], decoded[image_id], *by_image[image_id], pngs[image_id])
         if segments is not None:
-            kept[image_id] = segments
+            kept[image_id] = (by_image[image_id][0], segments)
     return kept
 
 
@@ -284,30 +255,19 @@ def scan_panoptic(images_dir: str | Path, ann_file: str | Path, png_dir: str | P
             num_classes, duplicate image ids, or no usable image; the message names the file.
     """
     images_dir, ann_file, png_dir = Path(images_dir), Path(ann_file), Path(png_dir)
-    for folder, what in ((images_dir, "image"), (png_dir, "panoptic PNG")):
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: {what} folder not found")
+    check_folders({images_dir: "image", png_dir: "panoptic PNG"})
     data = read_json(ann_file)
     report = PanopticReport(images_dir, ann_file, num_images_listed=len(data["images"]),
                             num_annotations_listed=len(data["annotations"]), png_dir=png_dir,
                             categories=_categories(data, ann_file))
-    if not data["images"]:
-        raise DatasetError(f"{ann_file}: the dataset is empty (no images listed)")
-    report.num_classes = resolve_num_classes(data, ann_file, num_classes)
     names = {c["id"]: c["name"] for c in report.categories}
-    report.class_names = [names.get(i, "N/A") for i in range(report.num_classes)]
-    entries = check_images(report, data)
-    by_image = _check_annotations(report, data, entries)
-    if report.fatal_kinds():
-        raise DatasetError(f"{ann_file}: cannot train on this dataset:\n" + report.summary(report.fatal_kinds()))
-    kept = _add_records(report, entries, by_image, workers, decode)
-    if not report.image_ids:
-        raise DatasetError(f"{ann_file}: no usable image in {images_dir} with a PNG in {png_dir}:\n"
-                           f"{report.summary()}")
+    entries, kept = run_scan(report, data, num_classes, names, _check_annotations,
+                             functools.partial(_add_records, workers=workers, decode=decode), workers, decode,
+                             where=f" with a PNG in {png_dir}")
     if keep_gt:
         report.coco_dataset = {
             "images": [entries[i] for i in report.image_ids],
-            "annotations": [{"image_id": i, "file_name": by_image[i][0], "segments_info": kept[i]}
+            "annotations": [{"image_id": i, "file_name": kept[i][0], "segments_info": kept[i][1]}
                             for i in report.image_ids],
             "categories": report.categories}
     return report

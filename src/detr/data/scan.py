@@ -4,21 +4,21 @@
 problem whether it is handled (converted, clipped, kept) or loses data (an image skipped, a box
 dropped), or is fatal (`DatasetError` before any training). The dataset is built from the
 report: `__getitem__` only ever opens images that decoded here.
+
+`run_scan` holds the steps every format shares (image entries, fatal problems, threaded decoding,
+records); `scan_dataset` (instances) and `scan_panoptic` (data/panoptic.py) add their annotations'
+checks and targets.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 import os
-import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
-
-import numpy as np
 
 from .annotations import (
     annotation_problem,
@@ -34,124 +34,9 @@ from .annotations import (
 from .errors import DatasetError
 from .images import ImageProbe, decide_exif, displayed_size, probe_image
 from .masks import segmentation_problem
+from .report import ImageRecord, ScanReport
 
-# kind -> (what happens, description). Actions that lose data or look suspicious are warned about.
-PROBLEM_KINDS: dict[str, tuple[str, str]] = {
-    "duplicate_image_id": ("fatal", "image id listed more than once"),
-    "category_out_of_range": ("fatal", "category id outside [0, num_classes)"),
-    "image_malformed_entry": ("skipped", "malformed image entry in the JSON"),
-    "image_outside_folder": ("skipped", "file_name points outside the image folder"),
-    "image_missing": ("skipped", "image file not found"),
-    "image_unreadable": ("skipped", "image file cannot be decoded (corrupt, truncated, empty, not an image)"),
-    "annotation_malformed": ("dropped", "malformed annotation entry"),
-    "annotation_unknown_image": ("dropped", "annotation of an image id not in 'images'"),
-    "annotation_of_skipped_image": ("dropped", "annotation of a skipped image"),
-    "box_degenerate": ("dropped", "box with zero or negative width/height"),
-    "segmentation_malformed": ("dropped", "annotation whose segmentation is not polygons or an RLE of its image"),
-    # COCO panoptic (data/panoptic.py)
-    "panoptic_unannotated": ("skipped", "image without a panoptic annotation (segments_info)"),
-    "panoptic_malformed": ("dropped", "malformed panoptic annotation entry"),
-    "png_missing": ("skipped", "panoptic PNG not found"),
-    "png_unreadable": ("skipped", "panoptic PNG cannot be decoded or is not RGB"),
-    "png_size_mismatch": ("skipped", "panoptic PNG size differs from its image"),
-    "segment_malformed": ("dropped", "malformed or duplicated entry of segments_info"),
-    "segment_unknown_category": ("dropped", "segment whose category_id is not in 'categories'"),
-    "segment_not_in_png": ("dropped", "segment of segments_info with no pixel in the PNG"),
-    "segment_not_in_json": ("dropped", "segment id in the PNG but not in segments_info (pixels left unlabelled)"),
-    "box_outside": ("dropped", "box entirely outside its image"),
-    "size_mismatch": ("kept", "image size differs from width/height in the JSON (boxes clipped to the image)"),
-    "exif_ignored": ("kept", "EXIF rotation ignored: the JSON size matches the stored pixels"),
-    "category_unlisted": ("kept", "category id used by annotations but not in 'categories'"),
-    "annotation_id_fixed": ("fixed", "annotation id missing or duplicated, renumbered"),
-    "category_malformed": ("ignored", "malformed entry in 'categories'"),
-    "box_clipped": ("clipped", "box partly outside its image, clipped"),
-    "crowd": ("ignored", "crowd annotation (not trained on, kept for evaluation)"),
-    "no_annotations": ("kept", "image without boxes (kept as a negative example)"),
-    "image_converted": ("converted", "image converted to 8-bit RGB"),
-    "exif_applied": ("converted", "EXIF orientation applied"),
-}
-_WARN_ACTIONS = {"skipped", "dropped", "fixed"}
-_WARN_KINDS = {"size_mismatch", "exif_ignored", "category_unlisted"}
-MAX_EXAMPLES = 3
 MAX_NUM_CLASSES = 100_000  # a guard against absurd ids making a giant classifier
-
-
-@dataclass
-class Problem:
-    """How often one kind of problem occurred, with the first few examples."""
-
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ImageRecord:
-    """A usable image: its file, displayed size, EXIF decision and official target (numpy)."""
-
-    file: Path
-    width: int
-    height: int
-    apply_exif: bool
-    # boxes [N, 4] xyxy pixels, labels [N], area [N], iscrowd [N] (+ segmentation [N] objects with masks)
-    target: dict[str, np.ndarray]
-
-
-@dataclass
-class ScanReport:
-    """Result of `scan_dataset`: usable image ids, their records, and every problem found."""
-
-    images_dir: Path
-    ann_file: Path
-    num_classes: int = 0
-    class_names: list[str] = field(default_factory=list)
-    num_images_listed: int = 0
-    num_annotations_listed: int = 0
-    image_ids: list[int] = field(default_factory=list)
-    records: dict[int, ImageRecord] = field(default_factory=dict)
-    problems: dict[str, Problem] = field(default_factory=dict)
-    coco_dataset: dict[str, Any] = field(default_factory=dict)  # cleaned GT for COCOeval
-
-    def add(self, kind: str, example: str) -> None:
-        """Count one occurrence of `kind` (a key of PROBLEM_KINDS)."""
-        problem = self.problems.setdefault(kind, Problem())
-        problem.count += 1
-        if len(problem.examples) < MAX_EXAMPLES:
-            problem.examples.append(example)
-
-    def summary(self, kinds: set[str] | None = None) -> str:
-        """Readable report: totals, then one line per problem kind with examples."""
-        boxes = sum(len(r.target["labels"]) for r in self.records.values())
-        lines = [f"dataset scan of {self.ann_file} (images in {self.images_dir}):",
-                 f"  {self.num_images_listed} images listed, {len(self.image_ids)} usable; "
-                 f"{self.num_annotations_listed} annotations, {boxes} boxes for training; "
-                 f"{self.num_classes} classes"]
-        for kind, (action, text) in PROBLEM_KINDS.items():
-            p = self.problems.get(kind)
-            if p is None or (kinds is not None and kind not in kinds):
-                continue
-            lines.append(f"  {action:<9} {p.count:>6}  {text}  (e.g. {'; '.join(p.examples)})")
-        return "\n".join(lines)
-
-    def fatal_kinds(self) -> set[str]:
-        return {k for k in self.problems if PROBLEM_KINDS[k][0] == "fatal"}
-
-    def warn(self) -> None:
-        """One warning that counts everything skipped, dropped or suspicious (nothing if clean)."""
-        kinds = {k for k in self.problems if PROBLEM_KINDS[k][0] in _WARN_ACTIONS or k in _WARN_KINDS}
-        if kinds:
-            warnings.warn(self.summary(kinds), UserWarning, stacklevel=2)
-
-    def coco(self) -> Any:
-        """A pycocotools COCO object over the usable images (for COCOeval)."""
-        from pycocotools.coco import COCO
-
-        if not self.coco_dataset:
-            raise ValueError(f"{self.ann_file}: scanned with keep_coco=False; no ground truth kept for evaluation")
-        coco = COCO()
-        coco.dataset = self.coco_dataset
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco.createIndex()
-        return coco
 
 
 def is_relative_file(name: str) -> bool:
@@ -178,6 +63,15 @@ def check_images(report: ScanReport, data: dict[str, Any]) -> dict[int, dict[str
     return entries
 
 
+def category_in_range(report: ScanReport, category_id: int, where: str) -> bool:
+    """Whether a label lies in [0, num_classes); one outside is counted as fatal."""
+    if 0 <= category_id < report.num_classes:
+        return True
+    report.add("category_out_of_range", f"{where} has category_id {category_id}, num_classes={report.num_classes} "
+               f"(valid: 0..{report.num_classes - 1})")
+    return False
+
+
 def _check_annotations(report: ScanReport, data: dict[str, Any], images: dict[int, Any],
                        listed: set[int]) -> dict[int, list[dict[str, Any]]]:
     """Well-formed annotations grouped by image id; out-of-range categories are fatal."""
@@ -189,9 +83,7 @@ def _check_annotations(report: ScanReport, data: dict[str, Any], images: dict[in
             report.add("annotation_malformed", f"annotation {ann_id!r}: {problem}")
             continue
         cat = ann["category_id"]
-        if not 0 <= cat < report.num_classes:
-            report.add("category_out_of_range", f"annotation {ann_id!r} has category_id {cat}, "
-                       f"num_classes={report.num_classes} (valid: 0..{report.num_classes - 1})")
+        if not category_in_range(report, cat, f"annotation {ann_id!r}"):
             continue
         if ann["image_id"] not in images:
             report.add("annotation_unknown_image", f"annotation {ann_id!r} -> image {ann['image_id']}")
@@ -202,28 +94,29 @@ def _check_annotations(report: ScanReport, data: dict[str, Any], images: dict[in
     return by_image
 
 
-def _probe(path: Path, decode: bool = True) -> ImageProbe | str:
+def _guarded_probe(probe: Callable[[Path, bool], Any], path: Path, decode: bool) -> Any:
+    """`probe(path, decode)`, or why the file cannot be used: "missing" or a message naming the file."""
     try:
         if not path.is_file():
             return "missing"
-        return probe_image(path, decode)
+        return probe(path, decode)
     except OSError as e:  # e.g. a file name too long for the filesystem
         return f"{path}: cannot open ({e})"
     except DatasetError as e:
         return str(e)
 
 
-def probe_all(images_dir: Path, entries: dict[int, dict[str, Any]],
-               workers: int | None, decode: bool) -> dict[int, ImageProbe | str]:
-    """Decode every listed image, in threads (PIL releases the GIL while decoding)."""
-    ids = list(entries)
-    paths = [images_dir / entries[i]["file_name"] for i in ids]
+def probe_files(probe: Callable[[Path, bool], Any], paths: dict[int, Path], workers: int | None,
+                decode: bool) -> dict[int, Any]:
+    """`probe` every file (a str result: why it cannot be used), in threads (PIL and numpy release the GIL)."""
+    ids = list(paths)
     workers = workers or min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < 16:
-        results = [_probe(p, decode) for p in paths]
+    if workers <= 1 or len(ids) < 16:
+        results = [_guarded_probe(probe, paths[i], decode) for i in ids]
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_probe, paths, [decode] * len(paths), chunksize=16))
+            results = list(pool.map(functools.partial(_guarded_probe, probe), [paths[i] for i in ids],
+                                    [decode] * len(ids), chunksize=16))
     return dict(zip(ids, results))
 
 
@@ -273,11 +166,29 @@ def _add_record(report: ScanReport, entry: dict[str, Any], probe: ImageProbe,
         if kind != "ok":
             report.add(f"box_{kind}", f"annotation {ann.get('id')!r} in {name}: bbox {ann['bbox']}")
     target = build_target(anns, width, height, masks=masks)
-    if len(target["boxes"]) == 0:
-        report.add("no_annotations", name)
-    report.records[entry["id"]] = ImageRecord(report.images_dir / name, width, height, apply_exif, target)
-    report.image_ids.append(entry["id"])
+    store_record(report, entry, ImageRecord(report.images_dir / name, width, height, apply_exif, target))
     return anns
+
+
+def _add_records(report: ScanReport, entries: dict[int, dict[str, Any]], by_image: dict[int, list[dict[str, Any]]],
+                 decoded: dict[int, ImageProbe], masks: bool) -> dict[int, list[dict[str, Any]]]:
+    """Store the records of the decoded images; count the annotations of the others. Returns the kept ones."""
+    kept = {}
+    for image_id, entry in entries.items():
+        if image_id in decoded:
+            kept[image_id] = _add_record(report, entry, decoded[image_id], by_image.get(image_id, []), masks)
+        else:
+            for ann in by_image.get(image_id, []):
+                report.add("annotation_of_skipped_image", f"annotation {ann.get('id')!r} in {entry['file_name']}")
+    return kept
+
+
+def store_record(report: ScanReport, entry: dict[str, Any], record: ImageRecord) -> None:
+    """Keep one usable image (counted under no_annotations when its target is empty)."""
+    if len(record.target["labels"]) == 0:
+        report.add("no_annotations", entry["file_name"])
+    report.records[entry["id"]] = record
+    report.image_ids.append(entry["id"])
 
 
 def _clean_coco(report: ScanReport, data: dict[str, Any], entries: dict[int, dict[str, Any]],
@@ -317,6 +228,52 @@ def resolve_num_classes(data: dict[str, Any], ann_file: Path, num_classes: int |
     return num_classes
 
 
+def check_folders(folders: dict[Path, str]) -> None:
+    """Raise DatasetError naming the first of `folders` ({path: what it holds}) that is not a folder."""
+    for folder, what in folders.items():
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: {what} folder not found")
+
+
+# A format's own steps: its annotations checked (by image id), and the records stored of the decoded images.
+AnnotationCheck = Callable[[ScanReport, dict[str, Any], dict[int, dict[str, Any]]], dict[int, Any]]
+RecordAdder = Callable[[ScanReport, dict[int, dict[str, Any]], dict[int, Any], dict[int, ImageProbe]], dict[int, Any]]
+
+
+def run_scan(report: ScanReport, data: dict[str, Any], num_classes: int | None, names: dict[int, str],
+             check_annotations: AnnotationCheck, add_records: RecordAdder, workers: int | None, decode: bool,
+             where: str = "") -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:
+    """The scan every format shares, filling `report`; returns (image entries by id, kept annotations by id).
+
+    Resolves num_classes and the class names, checks the image entries and (`check_annotations`) the
+    annotations, raises on anything fatal, decodes every image in threads (the missing and unreadable ones
+    counted and skipped), lets `add_records` store the decoded images' records, and raises if none is usable
+    (`where` is added to that message).
+    """
+    ann_file = report.ann_file
+    if not data["images"]:
+        raise DatasetError(f"{ann_file}: the dataset is empty (no images listed)")
+    report.num_classes = resolve_num_classes(data, ann_file, num_classes)
+    report.class_names = [names.get(i, "N/A") for i in range(report.num_classes)]
+    entries = check_images(report, data)
+    by_image = check_annotations(report, data, entries)
+    if report.fatal_kinds():
+        raise DatasetError(f"{ann_file}: cannot train on this dataset:\n" + report.summary(report.fatal_kinds()))
+    paths = {i: report.images_dir / entry["file_name"] for i, entry in entries.items()}
+    decoded = {}
+    for image_id, probe in probe_files(probe_image, paths, workers, decode).items():
+        if not isinstance(probe, str):
+            decoded[image_id] = probe
+        elif probe == "missing":
+            report.add("image_missing", entries[image_id]["file_name"])
+        else:
+            report.add("image_unreadable", probe)
+    kept = add_records(report, entries, by_image, decoded)
+    if not report.image_ids:
+        raise DatasetError(f"{ann_file}: no usable image in {report.images_dir}{where}:\n{report.summary()}")
+    return entries, kept
+
+
 def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int | None = None,
                  workers: int | None = None, keep_coco: bool = True, decode: bool = True,
                  masks: bool = False) -> ScanReport:
@@ -340,8 +297,7 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
             duplicate image ids, or no usable image; the message names the file and the problem.
     """
     images_dir, ann_file = Path(images_dir), Path(ann_file)
-    if not images_dir.is_dir():
-        raise DatasetError(f"{images_dir}: image folder not found")
+    check_folders({images_dir: "image"})
     data = read_json(ann_file)
     report = ScanReport(images_dir, ann_file, num_images_listed=len(data["images"]),
                         num_annotations_listed=len(data["annotations"]))
@@ -349,26 +305,9 @@ def scan_dataset(images_dir: str | Path, ann_file: str | Path, num_classes: int 
     for cat in data.get("categories", []):
         if not (isinstance(cat, dict) and is_int(cat.get("id")) and cat["id"] >= 0):
             report.add("category_malformed", repr(cat)[:80])
-    if not data["images"]:
-        raise DatasetError(f"{ann_file}: the dataset is empty (no images listed)")
-    report.num_classes = resolve_num_classes(data, ann_file, num_classes)
-    report.class_names = [names.get(i, "N/A") for i in range(report.num_classes)]
-    entries = check_images(report, data)
-    by_image = _check_annotations(report, data, entries, set(names))
-    if report.fatal_kinds():
-        raise DatasetError(f"{ann_file}: cannot train on this dataset:\n"
-                           + report.summary(report.fatal_kinds()))
-    for image_id, result in probe_all(images_dir, entries, workers, decode).items():
-        name = entries[image_id]["file_name"]
-        if isinstance(result, str):
-            report.add("image_missing" if result == "missing" else "image_unreadable",
-                       name if result == "missing" else result)
-            for ann in by_image.pop(image_id, []):
-                report.add("annotation_of_skipped_image", f"annotation {ann.get('id')!r} in {name}")
-        else:
-            by_image[image_id] = _add_record(report, entries[image_id], result, by_image.get(image_id, []), masks)
-    if not report.image_ids:
-        raise DatasetError(f"{ann_file}: no usable image in {images_dir}:\n{report.summary()}")
+    entries, kept = run_scan(
+        report, data, num_classes, names, functools.partial(_check_annotations, listed=set(names)),
+        functools.partial(_add_records, masks=masks), workers, decode)
     if keep_coco:
-        report.coco_dataset = _clean_coco(report, data, entries, by_image, names)
+        report.coco_dataset = _clean_coco(report, data, entries, kept, names)
     return report

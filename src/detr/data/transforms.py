@@ -21,9 +21,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..config import DataConfig
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD  # importable from here too
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800: short side for training
 MAX_SIZE = 1333
 CROP = ((400, 500, 600), 384, 600)  # (resize scales before cropping, min crop side, max crop side)

@@ -21,10 +21,10 @@ from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..data.panoptic import PanopticReport
 from ..data.transforms import val_short_side
 from ..loss.criterion import create_criterion
-from ..loss.postprocess import postprocess
-from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
+from ..loss_stats import RunningMeans, float_outputs, reduce_losses
 from ..models.build import build_model
 from ..models.loading import load_weights
+from ..postprocessing.boxes import postprocess
 from ..registry import config_from_checkpoint
 from ..runtime import autocast, resolve_device
 from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections

@@ -26,7 +26,7 @@ from ..checkpoint import write_bytes, write_json
 from ..data.masks import coco_mask_results, encode_id_png
 from ..data.panoptic import PanopticReport
 from ..distributed import is_distributed, is_main_process, world_size
-from ..loss.postprocess_masks import PANOPTIC_THRESHOLDS, postprocess_panoptic, postprocess_segmentation
+from ..postprocessing.masks import PANOPTIC_THRESHOLDS, postprocess_panoptic, postprocess_segmentation
 from .coco_eval import STAT_NAMES, coco_mask_eval
 from .panoptic import panoptic_quality, pq_table
 

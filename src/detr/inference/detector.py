@@ -17,11 +17,11 @@ from ..data.coco import coco_results
 from ..data.images import load_image, to_rgb
 from ..data.masks import coco_mask_results
 from ..data.transforms import preprocess, val_short_side
-from ..loss.postprocess import postprocess
-from ..loss.postprocess_masks import postprocess_panoptic, postprocess_segmentation
 from ..models.build import Model
 from ..models.loading import load_pretrained
 from ..models.segmentation import DETRsegm
+from ..postprocessing.boxes import postprocess
+from ..postprocessing.masks import postprocess_panoptic, postprocess_segmentation
 from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thing
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
 from .panoptic import Panoptic, from_official

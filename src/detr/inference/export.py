@@ -43,10 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import output_file
-from ..loss.postprocess import SIGMOID_HEADS, select_detections
 from ..models.attention import HeadAttention
 from ..models.build import Model
 from ..models.segmentation import DETRsegm
+from ..postprocessing.boxes import SIGMOID_HEADS, select_detections
 
 OPSET = 17
 INPUT, SIZES = "pixel_values", "orig_target_sizes"

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..box_ops import box_iou_pairs, cxcywh_to_xyxy, elementwise_giou
 from ..config import CLASS_LOSS_DEFAULTS, LossConfig, dataclass_from_dict
 from ..distributed import mean_across_processes
-from .box_ops import box_iou_pairs, cxcywh_to_xyxy, elementwise_giou
+from .focal import sigmoid_focal_loss, varifocal_loss
 from .masks import mask_losses
 from .matcher import HungarianMatcher
-from .varifocal import sigmoid_focal_loss, varifocal_loss
 
 
 def aux_suffix(layer: int) -> str:

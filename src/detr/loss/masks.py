@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .varifocal import focal_terms
+from .focal import focal_terms
 
 
 def dice_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:

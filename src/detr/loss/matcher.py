@@ -8,8 +8,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .box_ops import cxcywh_to_xyxy, pairwise_giou
-from .varifocal import focal_cost
+from ..box_ops import cxcywh_to_xyxy, pairwise_giou
+from .focal import focal_cost
 
 
 class HungarianMatcher:

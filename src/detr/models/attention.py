@@ -33,8 +33,8 @@ from .dropout import drop_mask, kept_scale
 
 # Attention of at most KEEP_WEIGHTS weights (32 MiB in fp32; R50's encoder at 800 px) runs as one
 # chunk whose weights are kept for backward. Larger attention (DC5: 112M weights) runs in chunks of
-# at most MAX_CHUNK_WEIGHTS (8 MiB): measured on DC5, 32 MiB chunks made glibc's heap grow by
-# ~0.5 GiB of freed-but-kept memory, 8 MiB chunks do not, at the same speed.
+# at most MAX_CHUNK_WEIGHTS (8 MiB): larger chunks grow glibc's heap with freed-but-kept memory at no
+# gain in speed (BENCHMARKS.md, "What is on by default").
 KEEP_WEIGHTS = 2**23
 MAX_CHUNK_WEIGHTS = 2**21
 

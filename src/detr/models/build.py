@@ -36,8 +36,8 @@ def build_model(cfg: ModelConfig) -> Model:
 
 # Parameters used only in training (Group DETR's extra queries, the denoising embeddings): kept in training checkpoints so
 # that --resume is exact, dropped when a model is loaded for inference.
-TRAINING_ONLY = ("group_query_embed.", "denoising.")
-TRAINING_ONLY = (*TRAINING_ONLY, *(f"detr.{p}" for p in TRAINING_ONLY))  # the same inside a segmentation model
+# The "detr." copies are the same parameters inside a segmentation model.
+TRAINING_ONLY = ("group_query_embed.", "denoising.", "detr.group_query_embed.", "detr.denoising.")
 
 
 def inference_parts(cfg: ModelConfig, state_dict: Mapping[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:

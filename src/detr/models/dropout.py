@@ -1,8 +1,8 @@
 """Dropout whose CPU masks come from 15-bit random integers.
 
 On CPU, comparing 15-bit random integers with a threshold, four of them cut from each 63-bit
-draw, makes dropout ~3x faster than `F.dropout` and its float Bernoulli draws (measured: 17 ms
-against 49 ms for 7.7M floats on two cores); DETR drops ~100M values per DC5 training step and
+draw, makes dropout ~3x faster than `F.dropout` and its float Bernoulli draws (BENCHMARKS.md,
+"What is on by default"); DETR drops ~100M values per DC5 training step and
 draws ~1.4G attention-mask values. The price is a drop rate rounded to a multiple of 2^-15
 (0.1 -> 0.100006); kept values are scaled by 1 / (1 - that rate), so the expectation is exact.
 On other devices `Dropout` is `F.dropout` itself (one fused kernel there).

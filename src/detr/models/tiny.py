@@ -11,11 +11,9 @@ No pretrained weights exist for it, so two things differ from the ResNet trunks:
   frozen BatchNorm at its initial values would be the identity. (The batch statistics include the
   zero padding of smaller images of a batch, as a ResNet trained with BatchNorm would.)
 - the padding of a batch stays zero through the trunk, and its mask marks exactly the cells that an image
-  alone does not have (`TinyBackbone.features`). Without that the trunk's features at padding fed the image
-  edge's cells, the model learned where the padding started, and an image alone gave other boxes: the
-  demo's model had val AP 0.535 in padded batches of 8 and 0.304 one image at a time (boxes a few pixels
-  too wide towards the right and bottom, shapes missed). The official ResNet trunks keep the official code's
-  behaviour.
+  alone does not have (`TinyBackbone.features`): otherwise the padding's features leak into the image edge's
+  cells, the model learns where the padding starts, and an image alone gets other boxes than in a batch
+  (BENCHMARKS.md, "Demo presets"). The official ResNet trunks keep the official code's behaviour.
 - every layer trains when the backbone trains; the ResNets keep their ImageNet stem and layer1.
   With `train_backbone=False` the weights are frozen and so are the BatchNorm statistics (the
   BatchNorms stay in eval mode).

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DEMO_PRESET, Config
+from ..config import Config
+from ..presets import DEMO_PRESET
 from .options import NEGATED, config_from_options
 from .train import train as train_config
 

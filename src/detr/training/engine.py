@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..data.coco import move_batch
-from ..loss.reduce import RunningMeans, float_outputs, reduce_losses
+from ..loss_stats import RunningMeans, float_outputs, reduce_losses
 from ..models.segmentation import DETRsegm
 from ..runtime import autocast
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..loss.box_ops import cxcywh_to_xyxy, scale_boxes
+from ..box_ops import cxcywh_to_xyxy, scale_boxes
 from ..models.backbone import Backbone, InplaceFrozenBatchNorm2d
 from ..models.detr import pad_images
 from ..models.tiny import TinyBackbone

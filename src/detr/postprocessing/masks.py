@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..panoptic_ids import id_to_rgb, rgb_to_id
 from ..registry import coco_panoptic_is_thing
-from .postprocess import postprocess
+from .boxes import postprocess
 
 Sizes = Tensor | Sequence[Sequence[int]]
 # Least class score of a query kept in the panoptic output, per class head: the official 0.85 for the softmax head.
-# A sigmoid head has no "no object" column and its scores run lower: on the panoptic demo's focal head 1% of the
-# queries score above 0.81, and its PQ at thresholds 0.2 / 0.3 / 0.4 / 0.5 / 0.85 was 0.57 / 0.62 / 0.57 / 0.45 /
-# 0.002 (README). The varifocal head is given the same value, not measured.
+# A sigmoid head has no "no object" column and scores lower; 0.3 is the best of the thresholds swept on the
+# panoptic demo's focal head (BENCHMARKS.md, "Demo presets"); varifocal takes the same value untested.
 PANOPTIC_THRESHOLDS = {"softmax": 0.85, "focal": 0.3, "varifocal": 0.3}
 
 
@@ -165,18 +165,6 @@ def _segment_ids(masks: Tensor, size: tuple[int, int], target: tuple[int, int],
     ids_np = rgb_to_id(np.asarray(rgb))
     area = torch.bincount(torch.from_numpy(ids_np).flatten(), minlength=len(masks))[: len(masks)]
     return ids_np, area
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Segment ids [H, W] -> the COCO panoptic RGB encoding [H, W, 3] uint8 (id = R + 256 G + 256^2 B)."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """The COCO panoptic RGB encoding [H, W, 3] -> segment ids [H, W] int64."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
 
 
 def _panoptic_result(ids: np.ndarray, labels: list[int], area: list[int],

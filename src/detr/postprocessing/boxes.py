@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .box_ops import cxcywh_to_xyxy, scale_boxes
+from ..box_ops import cxcywh_to_xyxy, scale_boxes
 
 SIGMOID_HEADS = ("varifocal", "focal")
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import distributed
+from . import distributed
 
 
 def float_outputs(outputs: Any) -> Any:
