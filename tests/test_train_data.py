@@ -115,6 +115,8 @@ def test_defaults_with_data_fine_tune(tmp_path):
     assert parse(["--data", root, "--weights", "none"]).train.weights == ""
     assert parse(["--data", root, "--epochs", "7"]).train.epochs == 7
     assert parse(["--data", root, "--model", "detr_r101"]).train.weights == "detr_r101"
+    assert parse(["--data", root, "--backbone", "resnet101", "--dilation"]).train.weights == "detr_r101_dc5"
+    assert parse(["--data", root, "--backbone", "tiny", "--backbone_weights", "none"]).train.weights == ""
     assert parse(["--data", root, "--model", "conditional_detr_r50"]).train.weights == ""
     with pytest.raises(ValueError, match="either --data or --coco_path"):
         validate_config(parse(["--data", root, "--coco_path", root]))

@@ -22,15 +22,20 @@ NEGATED = {"no_aux_loss": "aux_loss", "no_random_crop": "random_crop"}
 
 
 def finetune_preset(given: dict[str, Any]) -> dict[str, Any]:
-    """FINETUNE_PRESET for a `--data` run with these options; the starting weights follow --model (a published
-    model of that name), and a model with no published weights starts from its backbone's."""
+    """FINETUNE_PRESET for a `--data` run with these options: the published COCO model of the architecture asked
+    for (--model, or DETR's --backbone resnet50/resnet101 with or without --dilation); an architecture with none
+    (Conditional DETR, the tiny trunk, ...) starts from its backbone's weights (logged)."""
     preset = dict(FINETUNE_PRESET)
     model = given.get("model")
-    if model in PUBLISHED:
+    if model is None and given.get("family", "detr") == "detr":
+        depth = {"resnet50": "r50", "resnet101": "r101"}.get(given.get("backbone", "resnet50"))
+        model = f"detr_{depth}{'_dc5' if given.get('dilation') else ''}" if depth else None
+    if model in PUBLISHED and not MODELS[model].get("masks"):
         preset["weights"] = model
-    elif model is not None or given.get("backbone", "resnet50") != "resnet50" or given.get("dilation") \
-            or given.get("family", "detr") != "detr":
-        preset.pop("weights")  # no published COCO model of this architecture
+    else:
+        preset.pop("weights")
+        if "weights" not in given:
+            log.info("--data: no published COCO model of this architecture; starting from --backbone_weights")
     return preset
 
 
