@@ -145,12 +145,15 @@ def test_yolo_zero_area_and_orphan_label_warned(tmp_path, caplog):
     root = write_yolo(tmp_path / "ds", reference())
     (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0 0.2\n1 0.5 0.5 0.2 0.2\n")
     (root / "labels" / "val" / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (root / "labels" / "val" / "d.txt").unlink()  # an image without a label file has no boxes
     with caplog.at_level(logging.WARNING, logger="detr"):
         cfg = resolved(root, tmp_path / "run")
     text = "\n".join(r.message for r in caplog.records)
     assert f"{root / 'labels' / 'train' / 'a.txt'}:1" in text and "zero area" in text
     assert str(root / "labels" / "val" / "ghost.txt") in text
     assert sum(len(v) for k, v in read_back(cfg, "train")[1].items() if k[0] == "a.png") == 1
+    sizes, boxes = read_back(cfg, "val")
+    assert "d.png" in sizes and not any(k[0] == "d.png" for k in boxes)
 
 
 def test_voc_malformed_xml_named(tmp_path):
