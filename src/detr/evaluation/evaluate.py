@@ -90,10 +90,14 @@ def _broadcast(values: list[float]) -> list[float]:
     return box[0]
 
 
-def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: list[dict[str, Any]]) -> None:
-    """Save the detections (COCO results format) and the 12 COCO numbers of the last evaluation."""
+def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: list[dict[str, Any]],
+                       category_ids: list[int] | None = None) -> None:
+    """Save the detections (COCO results format; with `category_ids`, --data's label -> category id mapping,
+    in the dataset's own ids) and the 12 COCO numbers of the last evaluation."""
     if out_dir is None:
         return
+    if category_ids is not None:
+        detections = [{**d, "category_id": dataset_category(d["category_id"], category_ids)} for d in detections]
     save_detections(out_dir / "detections_val.json", detections)
     summary = {k: stats[k] for k in ("coco_eval_bbox", "AP", "AP50", "AP75", "coco_eval_masks", "mask_AP", "PQ_all",
                                      "PQ_th", "PQ_st") if k in stats}
@@ -101,6 +105,11 @@ def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: 
 
 
 SIZE_FIELDS = ("scales", "max_size", "val_scale")  # DataConfig's image sizes
+
+
+def dataset_category(label: int, category_ids: list[int] | None) -> int:
+    """The dataset's category id of a label (--data's mapping; without one, or beyond it, the label itself)."""
+    return category_ids[label] if category_ids is not None and 0 <= label < len(category_ids) else label
 
 
 def _val_size(data: DataConfig) -> tuple[int, int]:
@@ -126,7 +135,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     data_cfg = cfg.data
     ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
     if ours:
-        own_data = not (data_cfg.coco_path or data_cfg.val_annotations)  # the data the checkpoint was trained on
+        own_data = not (data_cfg.data or data_cfg.coco_path or data_cfg.val_annotations)  # the checkpoint's data
         if sizes_from_checkpoint is None:
             sizes_from_checkpoint = SIZE_FIELDS if own_data else ()
         sizes = {k: getattr(saved.data if k in sizes_from_checkpoint else data_cfg, k) for k in SIZE_FIELDS}
@@ -134,11 +143,14 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         if _val_size(data_cfg) != _val_size(saved.data):
             log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags "
                         "to match)", path, *_val_size(saved.data), *_val_size(data_cfg))
-    cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
+    # --data: the checkpoint's label -> category id mapping numbers the new folder's classes as in training
+    mapping = saved.data.category_ids if data_cfg.data else data_cfg.category_ids
+    cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None,
+                                                                               category_ids=mapping))
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
-        cfg = resolve_data(cfg)
+        cfg = resolve_data(cfg, data_subdir="eval_data")  # --data: not over the training's data/ files
         if not cfg.data.val_annotations:
             raise ValueError("no validation data: give --val_images and --val_annotations (or --coco_path)")
         data = build_datasets(cfg, with_train=False)
@@ -152,7 +164,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         out_dir = output_folder(cfg.train.output_dir, "--output_dir") if cfg.train.output_dir and main else None
         stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress,
                                      data.panoptic, out_dir)
-        write_eval_outputs(out_dir, stats, detections)
+        write_eval_outputs(out_dir, stats, detections, cfg.data.category_ids)
         if distributed.is_main_process():
             log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val), eval_summary(stats))
             if out_dir:

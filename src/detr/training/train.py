@@ -232,7 +232,7 @@ def _maybe_evaluate(cfg: Config, run: Run, epoch: int, progress: bool) -> dict[s
     model = run.ddp_model if run.ema is None else run.ema.module  # the average: what the checkpoint saves
     stats, detections = evaluate(model, run.criterion, run.val_loader, run.data.coco_gt, run.device,
                                  t.amp, progress, run.data.panoptic, run.out_dir)
-    write_eval_outputs(run.out_dir, stats, detections)
+    write_eval_outputs(run.out_dir, stats, detections, cfg.data.category_ids)
     return stats
 
 
