@@ -225,3 +225,45 @@ def test_detr_plot_draws_per_class_ap_of_two_runs(tmp_path, capsys):
     valid_png(out)
     assert valid_png(tmp_path / "curves_per_class.png")[1] > 300
     assert "curves_per_class.png" in capsys.readouterr().out
+
+
+def test_confusion_matrix_equals_supervision_on_unambiguous_scenes():
+    """Objects on a grid, each with at most one detection near it and some detections on empty cells: every
+    matching rule agrees there, so supervision's ConfusionMatrix is an independent count."""
+    from supervision.metrics.detection import ConfusionMatrix
+
+    rng = np.random.default_rng(3)
+    cats, images, anns, dets = [1, 3, 7], [], [], []
+    expected = np.zeros((4, 4), dtype=np.int64)
+    for image_id in range(1, 9):
+        images.append({"id": image_id, "width": 400, "height": 400})
+        gt_rows, det_rows = [], []
+        for cell in range(16):  # 100-px cells, objects of 40-60 px: no box overlaps a neighbour
+            x, y = 100 * (cell % 4) + 20, 100 * (cell // 4) + 20
+            w, h = rng.uniform(40, 60, 2)
+            kind = rng.integers(4)  # 0 empty, 1 object alone, 2 object + close detection, 3 far detection only
+            if kind in (1, 2):
+                cat = int(rng.choice(cats))
+                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h],
+                             "area": w * h, "iscrowd": 0})
+                gt_rows.append([x, y, x + w, y + h, cats.index(cat)])
+            if kind in (2, 3):
+                shift = rng.uniform(-3, 3, 2) if kind == 2 else np.array([0.0, 0.0])
+                dw, dh = (w, h) if kind == 2 else (10.0, 10.0)
+                label, score = int(rng.choice(cats)), float(rng.uniform(0, 1))
+                box = [x + shift[0], y + shift[1], dw, dh]
+                if kind == 3:
+                    box = [x + 65, y + 65, 10.0, 10.0]  # in the cell's empty corner
+                dets.append({"image_id": image_id, "category_id": label, "bbox": box, "score": score})
+                det_rows.append([box[0], box[1], box[0] + box[2], box[1] + box[3], cats.index(label), score])
+        expected += ConfusionMatrix.evaluate_detection_batch(
+            np.array(det_rows, dtype=np.float32).reshape(-1, 6), np.array(gt_rows, dtype=np.float32).reshape(-1, 5),
+            num_classes=3, conf_threshold=0.5, iou_threshold=0.5)
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": CATS[:3]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    matrix = confusion_matrix(gt, dets, sorted(gt.imgs), cats, 0.5)
+    assert matrix.tolist() == expected.tolist()
+    assert np.diag(matrix)[:3].sum() > 0 and matrix[:3, :3].sum() > np.trace(matrix[:3, :3])  # right and wrong
+    assert matrix[3].sum() > 0 and matrix[:, 3].sum() > 0

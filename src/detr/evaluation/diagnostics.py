@@ -83,7 +83,14 @@ def confusion_matrix(coco_gt: Any, detections: list[dict[str, Any]], image_ids: 
                      cat_ids: Sequence[int], score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                      iou_threshold: float = 0.5) -> np.ndarray:
     """Counts [K + 1, K + 1]: rows the ground-truth class, columns the predicted class, in the order of
-    `cat_ids`; the last row and column are the background. The matching rule is `CONFUSION_RULE`.
+    `cat_ids`; the last row and column are the background.
+
+    The rule (`CONFUSION_RULE`), per image: detections with score >= `score_threshold` are taken by decreasing
+    score; each is matched to the still unmatched ground-truth box of largest IoU >= `iou_threshold`, whatever
+    the two classes (crowd boxes are left out). A matched pair counts at [gt class, predicted class], a
+    detection matched to nothing at [background, predicted class], a gt box left unmatched at
+    [gt class, background]. Matching by IoU regardless of class is the rule of ultralytics and supervision;
+    they visit pairs by IoU rather than detections by score, which differs only where a box overlaps several.
     Detections of a category outside `cat_ids` are left out (COCOeval ignores them too).
     """
     index = {int(c): i for i, c in enumerate(cat_ids)}
