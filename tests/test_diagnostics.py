@@ -180,6 +180,22 @@ def test_data_picture_leaves_the_random_state_alone(tmp_path):
     assert valid_png(tmp_path / "data.png")[0] > 500
 
 
+def test_data_picture_of_panoptic_data(tmp_path, caplog):
+    from detr.cli.flags import build_parser, config_from_args
+    from detr.data import make_demo_dataset
+    from detr.data.loaders import build_datasets
+
+    from .train_helpers import TINY_FLAGS
+
+    p = make_demo_dataset(tmp_path / "pan", num_train=2, num_val=1, image_size=64, seed=1, panoptic=True)
+    flags = [f"--{s}_{kind}={p[f'{s}_{key}']}" for s in ("train", "val") for kind, key in
+             (("images", "images"), ("annotations", "panoptic_annotations"), ("panoptic", "panoptic"))]
+    cfg = config_from_args(build_parser("test", "").parse_args([*TINY_FLAGS, *flags]))
+    train = build_datasets(cfg).train
+    assert write_data_picture(train, tmp_path / "data.png", num_images=2) == tmp_path / "data.png"
+    assert "could not draw" not in caplog.text and valid_png(tmp_path / "data.png")
+
+
 def test_a_failing_picture_warns_and_returns_none(tmp_path, caplog):
     assert write_data_picture(object(), tmp_path / "data.png") is None  # type: ignore[arg-type]
     assert "could not draw" in caplog.text and not (tmp_path / "data.png").exists()

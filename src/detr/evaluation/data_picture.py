@@ -24,16 +24,17 @@ NUM_IMAGES = 4
 def data_stats(records: Iterable[Any], names: list[str]) -> dict[str, Any]:
     """Counts of the non-crowd boxes of scanned image records (`detr.data.scan.ImageRecord`): "labels",
     "names" and "per_class" for each label that has a box or a name other than "N/A", "wh" [N, 2] box
-    sizes in pixels and "per_image" boxes of each image."""
+    sizes in pixels (of the records that hold boxes) and "per_image" boxes of each image."""
     counts: dict[int, int] = {}
     sizes, per_image = [], []
     for rec in records:
         t = rec.target
         keep = t["iscrowd"] == 0  # [N]
-        boxes = t["boxes"][keep].reshape(-1, 4)  # [N, 4] xyxy pixels
         for label in t["labels"][keep].tolist():
             counts[label] = counts.get(label, 0) + 1
-        sizes.append(boxes[:, 2:] - boxes[:, :2])  # [N, 2]
+        if "boxes" in t:  # panoptic records have none: their boxes come from the masks when loaded
+            boxes = t["boxes"][keep].reshape(-1, 4)  # [N, 4] xyxy pixels
+            sizes.append(boxes[:, 2:] - boxes[:, :2])  # [N, 2]
         per_image.append(int(keep.sum()))
     labels = sorted(set(counts) | {i for i, n in enumerate(names) if n != "N/A"})
     return {"labels": labels, "names": [names[i] if 0 <= i < len(names) else str(i) for i in labels],

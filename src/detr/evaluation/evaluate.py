@@ -163,7 +163,8 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         if distributed.is_main_process():
             log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val), eval_summary(stats))
             if out_dir:
-                log.info("detections (COCO results format) in %s", out_dir / "detections_val.json")
+                log.info("detections (COCO results format) in %s; per-class AP, precision-recall curves and the "
+                         "confusion matrix in %s", out_dir / "detections_val.json", out_dir / "eval")
         return stats
     finally:
         if started:
