@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import load_model_weights, output_folder, write_json
-from ..config import Config, DataConfig, validate_config
+from ..config import DEMO_DRAW_THRESHOLDS, Config, DataConfig, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..data.panoptic import PanopticReport
@@ -27,7 +27,8 @@ from ..postprocessing.boxes import postprocess
 from ..runtime import autocast, resolve_device
 from ..weights.identify import config_from_checkpoint
 from ..weights.loading import load_weights
-from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
+from .coco_eval import STAT_NAMES, bbox_cocoeval, gather_detections, save_detections, to_coco_detections
+from .diagnostics import write_diagnostics
 from .segm_eval import MaskEvaluator
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,10 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
     """Losses and COCO bbox AP on `loader`, with detections gathered from every process.
 
     Returns the stats (mean losses, "coco_eval_bbox": the 12 COCOeval numbers, "AP", "AP50",
-    ..., and "coco_summary": COCOeval's printed table) and the detections in COCO results format.
+    ..., "coco_summary": COCOeval's printed table and, on the main process, "per_class_ap": the
+    `diagnostics.per_class_ap` records) and the detections in COCO results format. With `out_dir` the main
+    process writes the per-class diagnostics to `out_dir`/eval (`diagnostics.write_diagnostics`; the confusion
+    matrix at the head's drawing threshold, `DEMO_DRAW_THRESHOLDS`).
     A model with masks ("pred_masks") adds `MaskEvaluator.summarize`'s mask AP and, with `panoptic` (the
     validation set's ground truth), PQ; its panoptic predictions go to `out_dir`/panoptic_eval when given.
     """
@@ -70,10 +74,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
 
     detections, image_ids = gather_detections(detections, image_ids)
     stats = averages.means()
+    coco_stats, summary = [], ""
     if distributed.is_main_process():
-        coco_stats, summary = coco_bbox_eval(coco_gt, detections, image_ids)
-    else:
-        coco_stats, summary = [], ""
+        coco_eval, summary = bbox_cocoeval(coco_gt, detections, image_ids)
+        coco_stats = [float(s) for s in coco_eval.stats]
+        class_loss = getattr(criterion, "class_loss", "softmax")
+        stats["per_class_ap"] = write_diagnostics(out_dir / "eval" if out_dir else None, coco_eval, detections,
+                                                  DEMO_DRAW_THRESHOLDS.get(class_loss, 0.5))
     coco_stats = _broadcast(coco_stats)
     stats.update({"coco_eval_bbox": coco_stats, "coco_summary": summary, **dict(zip(STAT_NAMES, coco_stats))})
     if masks is not None:
@@ -168,7 +175,8 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         if distributed.is_main_process():
             log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val), eval_summary(stats))
             if out_dir:
-                log.info("detections (COCO results format) in %s", out_dir / "detections_val.json")
+                log.info("detections (COCO results format) in %s; per-class AP, precision-recall curves and the "
+                         "confusion matrix in %s", out_dir / "detections_val.json", out_dir / "eval")
         return stats
     finally:
         if started:

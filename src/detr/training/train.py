@@ -27,6 +27,7 @@ from .. import distributed
 from ..checkpoint import output_folder
 from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
+from ..evaluation.data_picture import write_data_picture
 from ..evaluation.evaluate import eval_summary, evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
 from ..models.build import Model, build_model
@@ -179,6 +180,8 @@ def _prepare(cfg: Config, device: torch.device, weights: dict[str, Tensor] | Non
         log.info("training %s parameters on %d images (%d process(es), %s); epochs %d..%d, output: %s",
                  f"{run.n_parameters:,}", len(data.train), distributed.world_size(), device, start.epoch,
                  t.epochs - 1, t.output_dir or "(not saved)")
+    if out_dir and not t.resume:  # what the model will see: class balance, box sizes, augmented images
+        write_data_picture(data.train, out_dir / "data.png", title=f"training data: {cfg.data.train_annotations}")
     return run, start
 
 
