@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import load_model_weights, output_folder, write_json
-from ..config import DEMO_DRAW_THRESHOLDS, Config, DataConfig, validate_config
+from ..config import Config, DataConfig, validate_config
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..data.panoptic import PanopticReport
@@ -24,6 +24,7 @@ from ..loss.criterion import create_criterion
 from ..loss_stats import RunningMeans, float_outputs, reduce_losses
 from ..models.build import build_model
 from ..postprocessing.boxes import postprocess
+from ..presets import DEMO_DRAW_THRESHOLDS
 from ..runtime import autocast, resolve_device
 from ..weights.identify import config_from_checkpoint
 from ..weights.loading import load_weights
