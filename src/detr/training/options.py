@@ -14,6 +14,7 @@ import torch
 from ..config import Config, config_from_flags
 from ..presets import FINETUNE_PRESET
 from ..registry import MODELS, PUBLISHED
+from ..weights.architecture import architecture_of
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,19 @@ def finetune_preset(given: dict[str, Any]) -> dict[str, Any]:
     return preset
 
 
+def weights_architecture(given: dict[str, Any]) -> dict[str, Any]:
+    """The architecture of the --weights given (our checkpoint's Config, a transformers config.json, a published
+    name), so that fine-tuning restates nothing; flags given explicitly replace any of it, and --model all of it."""
+    weights = given.get("weights")
+    if not weights or str(weights).lower() == "none":
+        return {}
+    arch = architecture_of(weights)
+    if arch:
+        log.info("--weights %s: building its architecture (%s); flags given win", weights,
+                 ", ".join(f"{k} {v}" for k, v in arch.items()))
+    return arch
+
+
 def config_from_options(given: dict[str, Any], preset: dict[str, Any] | None = None) -> Config:
     """A Config from the options given (flag names; `model` a --model name). `preset` values, then --model's,
     replace the defaults of options not given; with `data` and no preset, FINETUNE_PRESET is the preset.
@@ -54,7 +68,8 @@ def config_from_options(given: dict[str, Any], preset: dict[str, Any] | None = N
         preset = finetune_preset({**given, "model": model})
         log.info("--data: fine-tuning defaults (flags given win): %s",
                  ", ".join(f"--{k} {v}" for k, v in preset.items() if k not in given))
-    values = {**(preset or {}), **(MODELS[model] if model else {}), **given}
+    arch = weights_architecture(given) if model is None else {}  # --model names the architecture itself
+    values = {**(preset or {}), **arch, **(MODELS[model] if model else {}), **given}
     if str(values.get("weights", "")).lower() == "none":
         values["weights"] = ""
     values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
