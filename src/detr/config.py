@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .checkpoint import check_output_folder
 from .runtime import check_amp, resolve_device
@@ -115,6 +115,10 @@ class DataConfig:
     random_crop: bool = True  # the paper's random resize + crop augmentation
 
 
+LoggerName = Literal["tensorboard", "wandb", "mlflow"]
+LOGGERS: tuple[LoggerName, ...] = ("tensorboard", "wandb", "mlflow")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and run options (official flag names)."""
@@ -150,6 +154,11 @@ class TrainConfig:
     recipe: str = "official"
     # > 0: evaluate and save an exponential moving average of the weights with this decay (training/ema.py); 0: off.
     ema_decay: float = 0.0
+    # Early stopping: stop after this many evaluations without a better value of the metric best.pth follows
+    # (PQ, mask AP or box AP: training/state.py selection_metric); None: train all --epochs.
+    patience: int | None = None
+    # Experiment loggers (training/loggers.py), each from its extra: tensorboard, wandb, mlflow.
+    logger: list[LoggerName] = field(default_factory=list)
 
 
 @dataclass
@@ -313,6 +322,11 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.eval_every >= 1, f"--eval_every must be >= 1, got {t.eval_every}"),
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
         (0 <= t.ema_decay < 1, f"--ema_decay must be in [0, 1) (0: no weight average), got {t.ema_decay}"),
+        (t.patience is None or t.patience >= 1, f"--patience must be >= 1 (or unset: no early stopping), got {t.patience}"),
+        (all(name in LOGGERS for name in t.logger),
+         f"--logger must be among {', '.join(LOGGERS)}, got {' '.join(map(str, t.logger))}"),
+        (not t.logger or bool(t.output_dir) or not training,
+         f"--logger {' '.join(map(str, t.logger))} writes under --output_dir: give one"),
         (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
          f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
         (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),

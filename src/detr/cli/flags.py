@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..config import Config, config_from_flags
+from ..config import LOGGERS, Config, config_from_flags
 from ..registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),
     ("steps_per_epoch", int, "make an epoch this many training steps, drawn in order from consecutive shuffled "
                              "passes over the data (default: one pass); --epochs, --lr_drop, --eval_every count them"),
+    ("patience", int, "early stopping: stop after this many evaluations without a better val AP (PQ or mask AP "
+                      "when evaluated; the metric best.pth follows); default: off"),
     ("max_size", int, "longest image side"),
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]
@@ -112,6 +114,11 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
                              "weights file: the model it is, for what its shapes cannot tell (DC5)")
     parser.add_argument("--scales", type=int, nargs="+", default=None, metavar="N",
                         help="training short sides (default: the paper's 480 512 ... 800)")
+    parser.add_argument("--logger", choices=LOGGERS, nargs="+", action="extend", default=None, metavar="NAME",
+                        help="experiment logging under --output_dir, one or several (the flag may repeat): "
+                             "tensorboard, wandb (offline unless WANDB_MODE says otherwise), mlflow (a local store "
+                             "unless MLFLOW_TRACKING_URI is set); each needs its extra, e.g. "
+                             "pip install 'detr-aligned[tensorboard]'")
     for name, text in SWITCHES:
         parser.add_argument(f"--{name}", action="store_true", help=text)
     for name in IGNORED:
