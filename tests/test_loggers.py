@@ -3,6 +3,7 @@ failing backend changes nothing in training; a missing package fails before trai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import struct
@@ -13,6 +14,7 @@ import pytest
 
 from detr.checkpoint import load_checkpoint
 from detr.cli.flags import build_parser
+from detr.config import validate_config
 from detr.training import loggers as loggers_module
 from detr.training import train as train_module
 from detr.training.loggers import LoggerUnavailableError
@@ -237,3 +239,15 @@ def test_logger_flag_takes_several_names_and_repeats(data, tmp_path):
     assert config(data, tmp_path, []).train.logger == []
     with pytest.raises(SystemExit):
         parser.parse_args(["--logger", "comet"])
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"logger": ["comet"]}, "--logger must be among tensorboard, wandb, mlflow, got comet"),
+    ({"logger": "tensorboard"}, "--logger takes a list of names"),
+    ({"logger": ["tensorboard"], "output_dir": ""}, "--logger tensorboard writes under --output_dir"),
+])
+def test_logger_options_are_checked(data, tmp_path, changes, message):
+    cfg = config(data, tmp_path, [])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))  # as the Python API may
+    with pytest.raises(ValueError, match=message):
+        validate_config(cfg)

@@ -310,6 +310,7 @@ def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
 def validate_config(cfg: Config, training: bool = True) -> None:
     """Raise ValueError naming the argument for any option that cannot work."""
     t, m = cfg.train, cfg.model
+    loggers = t.logger if isinstance(t.logger, (list, tuple)) else []
     checks = [
         (t.batch_size >= 1, f"--batch_size must be >= 1, got {t.batch_size}"),
         (t.lr >= 0, f"--lr must be >= 0, got {t.lr}"),
@@ -323,10 +324,11 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
         (0 <= t.ema_decay < 1, f"--ema_decay must be in [0, 1) (0: no weight average), got {t.ema_decay}"),
         (t.patience is None or t.patience >= 1, f"--patience must be >= 1 (or unset: no early stopping), got {t.patience}"),
-        (all(name in LOGGERS for name in t.logger),
-         f"--logger must be among {', '.join(LOGGERS)}, got {' '.join(map(str, t.logger))}"),
-        (not t.logger or bool(t.output_dir) or not training,
-         f"--logger {' '.join(map(str, t.logger))} writes under --output_dir: give one"),
+        (isinstance(t.logger, (list, tuple)), f"--logger takes a list of names, got {t.logger!r}"),
+        (all(name in LOGGERS for name in loggers),
+         f"--logger must be among {', '.join(LOGGERS)}, got {' '.join(map(str, loggers))}"),
+        (not loggers or bool(t.output_dir) or not training,
+         f"--logger {' '.join(map(str, loggers))} writes under --output_dir: give one"),
         (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
          f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
         (t.backbone_weights in ("imagenet", "none") or Path(t.backbone_weights).is_file(),

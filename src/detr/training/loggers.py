@@ -38,17 +38,13 @@ class LoggerUnavailableError(ValueError):
     """A --logger backend whose package is not installed; the message names the extra to install."""
 
 
-def _import(module: str) -> Any:
-    return importlib.import_module(module)
-
-
 def check_loggers(names: Sequence[str]) -> None:
     """Import each backend's package now (before training); raise LoggerUnavailableError naming its extra."""
     for name in dict.fromkeys(names):
         if name not in MODULES:
             raise ValueError(f"--logger {name}: unknown; choose among {', '.join(MODULES)}")
         try:
-            _import(MODULES[name])
+            importlib.import_module(MODULES[name])
         except ImportError as e:
             raise LoggerUnavailableError(f"--logger {name} needs its package ({e}): "
                                          f"pip install 'detr-aligned[{name}]'") from None
@@ -155,9 +151,6 @@ class ExperimentLoggers:
         self.sinks = list(sinks)
         self.picture_failed = False
 
-    def __bool__(self) -> bool:
-        return bool(self.sinks)
-
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Log finite numbers under their tags at global training step `step`."""
         values = {k: float(v) for k, v in values.items() if math.isfinite(float(v))}
@@ -224,14 +217,19 @@ def train_scalars(train_stats: dict[str, float], lrs: Sequence[float]) -> dict[s
 
 def val_scalars(test_stats: dict[str, Any]) -> dict[str, float]:
     """Every number of an evaluation as val/<name> (the 12 COCO numbers, losses, mask AP, PQ), and per-class AP
-    (the stats' "per_class_ap" {class name: AP}, where the evaluation gives it) as val/AP_per_class/<name>."""
-    values = {f"val/{k}": float(v) for k, v in test_stats.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    per_class = test_stats.get("per_class_ap") or {}
-    if isinstance(per_class, dict):
-        values.update({f"val/AP_per_class/{name}": float(ap) for name, ap in per_class.items()
-                       if isinstance(ap, (int, float)) and ap >= 0})  # COCOeval: -1 where a class has no boxes
+    (the stats' "per_class_ap" {class name: AP, or {"AP": AP, ...}}, where the evaluation gives it) as
+    val/AP_per_class/<name>."""
+    values = {f"val/{k}": float(v) for k, v in test_stats.items() if _is_number(v)}
+    per_class = test_stats.get("per_class_ap") or test_stats.get("test_per_class_ap") or {}
+    for name, ap in (per_class.items() if isinstance(per_class, dict) else []):
+        ap = ap.get("AP") if isinstance(ap, dict) else ap
+        if _is_number(ap) and ap >= 0:  # COCOeval: -1 where a class has no boxes
+            values[f"val/AP_per_class/{name}"] = float(ap)
     return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def prediction_picture(model: Any, dataset: Any, cfg: Config, device: Any, count: int = 4) -> Image.Image:
