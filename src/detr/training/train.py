@@ -2,7 +2,8 @@
 
 Read top to bottom: check the options, join torchrun's process group (if any), resolve the
 data, build model / criterion / optimizer / scheduler, load --weights or --resume, then for
-every epoch train, evaluate, log and checkpoint. Only the main process prints and writes.
+every epoch train, evaluate, log (log.txt, and --logger's backends: loggers.py) and checkpoint, until
+--epochs or --patience (early stopping) ends the run. Only the main process prints and writes.
 
 Resuming is exact (for num_workers=0 and deterministic kernels): the data order and the
 random state at the start of every epoch depend only on (seed, epoch, rank), and a run
