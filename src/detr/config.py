@@ -136,6 +136,10 @@ class DataConfig:
     random_crop: bool = True  # the paper's random resize + crop augmentation
 
 
+LoggerName = Literal["tensorboard", "wandb", "mlflow"]
+LOGGERS: tuple[LoggerName, ...] = ("tensorboard", "wandb", "mlflow")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and run options (official flag names)."""
@@ -171,6 +175,11 @@ class TrainConfig:
     recipe: Recipe = "official"
     # > 0: evaluate and save an exponential moving average of the weights with this decay (training/ema.py); 0: off.
     ema_decay: float = 0.0
+    # Early stopping: stop after this many evaluations without a better value of the metric best.pth follows
+    # (PQ, mask AP or box AP: training/state.py selection_metric); None: train all --epochs.
+    patience: int | None = None
+    # Experiment loggers (training/loggers.py), each from its extra: tensorboard, wandb, mlflow.
+    logger: list[LoggerName] = field(default_factory=list)
 
 
 @dataclass
@@ -296,6 +305,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     """Raise ValueError naming the argument for any option that cannot work."""
     check_choices(cfg)
     t, m = cfg.train, cfg.model
+    loggers = t.logger if isinstance(t.logger, (list, tuple)) else []
     checks = [
         (t.batch_size >= 1, f"--batch_size must be >= 1, got {t.batch_size}"),
         (t.lr >= 0, f"--lr must be >= 0, got {t.lr}"),
@@ -308,6 +318,12 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.eval_every >= 1, f"--eval_every must be >= 1, got {t.eval_every}"),
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
         (0 <= t.ema_decay < 1, f"--ema_decay must be in [0, 1) (0: no weight average), got {t.ema_decay}"),
+        (t.patience is None or t.patience >= 1, f"--patience must be >= 1 (or unset: no early stopping), got {t.patience}"),
+        (isinstance(t.logger, (list, tuple)), f"--logger takes a list of names, got {t.logger!r}"),
+        (all(name in LOGGERS for name in loggers),
+         f"--logger must be among {', '.join(LOGGERS)}, got {' '.join(map(str, loggers))}"),
+        (not loggers or bool(t.output_dir) or not training,
+         f"--logger {' '.join(map(str, loggers))} writes under --output_dir: give one"),
         (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
          f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
         (t.backbone_weights in get_args(BackboneSource) or Path(t.backbone_weights).is_file(),

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, get_args
 
-from ..config import Config, DatasetFile, literal_choices
+from ..config import LOGGERS, Config, DatasetFile, literal_choices
 from ..registry import MODELS
 from ..training.options import config_from_options
 
@@ -88,6 +88,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),
     ("steps_per_epoch", int, "make an epoch this many training steps, drawn in order from consecutive shuffled "
                              "passes over the data (default: one pass); --epochs, --lr_drop, --eval_every count them"),
+    ("patience", int, "early stopping: stop after this many evaluations without a better val AP (PQ or mask AP "
+                      "when evaluated; the metric best.pth follows); default: off"),
     ("max_size", int, "longest image side"),
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]
@@ -218,6 +220,11 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     add_size_flags(parser)
     grouped = {*WEIGHTS_FLAGS, *FILE_MODEL_FLAGS, *MODEL_FLAGS, *DATA_FLAGS, *SIZE_FLAGS}
     add_flags(parser.add_argument_group("training"), [n for n in [*_SPEC, *SWITCHES] if n not in grouped])
+    parser.add_argument("--logger", choices=LOGGERS, nargs="+", action="extend", default=None, metavar="NAME",
+                        help="experiment logging under --output_dir, one or several (the flag may repeat): "
+                             "tensorboard, wandb (offline unless WANDB_MODE says otherwise), mlflow (a local store "
+                             "unless MLFLOW_TRACKING_URI is set); each needs its extra, e.g. "
+                             "pip install 'detr-aligned[tensorboard]'")
     for name in IGNORED:
         parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS,
                             **({"action": "store_true"} if name == "remove_difficult" else {}))
