@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..config import DEMO_DRAW_THRESHOLDS, Config
+from ..config import Config
 from ..data.images import load_image
 from ..data.transforms import val_short_side
 from ..inference.detector import Detector
 from ..inference.visualize import draw_detections, draw_masks, side_by_side
+from ..presets import DEMO_DRAW_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
