@@ -40,7 +40,8 @@ class Detections:
     Attributes:
         boxes: [N, 4] float (x0, y0, x1, y1) in pixels of the original image.
         scores: [N] class probability of each box.
-        labels: [N] class ids (COCO category ids for the official weights).
+        labels: [N] class ids: the dataset's category ids (COCO's for the official weights; for a model trained
+            with --data, its folder's own ids).
         names: the class name of each box.
         image_size: (height, width) of the original image.
         queries: [N] the decoder query that found each box (for attention maps).
@@ -114,6 +115,8 @@ class Detector:
     Args:
         model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
+        category_ids: the dataset's category id of each label (a --data model's mapping, from its checkpoint;
+            `class_names` then follow the labels); None: labels are the category ids.
         device: "cpu", "cuda", "cuda:1", ...
         threshold: keep detections whose score is at least this, in [0, 1].
         size: short side of the resized image (validation: 800).
@@ -134,13 +137,15 @@ class Detector:
     """
 
     def __init__(self, model: Model, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                 threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none"):
+                 threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none",
+                 category_ids: Sequence[int] | None = None):
         self.device = resolve_device(device)
         self.amp = check_amp(amp, self.device)
         self.model = model.eval().to(self.device)
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
         self.class_names = list(class_names) if class_names is not None else default_class_names(model.num_classes)
+        self.category_ids = list(category_ids) if category_ids is not None else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
@@ -180,7 +185,7 @@ class Detector:
         d = cfg.data
         size = size or val_short_side(d)
         return cls(net, d.class_names, device=device, threshold=threshold, size=size,
-                   max_size=max_size or d.max_size, amp=amp)
+                   max_size=max_size or d.max_size, amp=amp, category_ids=d.category_ids)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  batch_size: int = 1) -> Detections | list[Detections]:
@@ -321,6 +326,9 @@ class Detector:
         keep = keep[result["scores"][keep].argsort(descending=True, stable=True)]
         scores, labels, boxes, queries = (result[k][keep].cpu() for k in ("scores", "labels", "boxes", "queries"))
         names = [self.label_name(int(i)) for i in labels]
+        if self.category_ids is not None:  # --data: labels 0..K-1 -> the dataset's ids
+            ids = self.category_ids
+            labels = torch.tensor([ids[i] if 0 <= i < len(ids) else i for i in labels.tolist()], dtype=labels.dtype)
         masks = result["masks"][keep].cpu() if "masks" in result else None  # [N, H, W] bool
         return Detections(boxes, scores, labels, names, size, queries, masks)
 
