@@ -18,6 +18,7 @@ from ..inference.visualize import draw_detections, draw_segmentation
 from . import show_progress
 from .common import add_detector_flags, collect_images, detector_from_args
 from .flags import add_flags, parse_and_run
+from .predict_video import add_video_arguments, run_video, wants_video
 
 
 def _image_ids(paths: list[Path]) -> list[int]:
@@ -38,7 +39,8 @@ def _unique_name(path: Path, used: set[str]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO",
+                        help="image files and/or folders of images; or one video file, webcam index or stream URL")
     add_detector_flags(parser)
     add_flags(parser, ["output_dir", "amp"], {"output_dir": "predictions", "amp": "none"},
               {"output_dir": "folder for the results (default ./predictions)",
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", action="store_true",
                         help="segmentation model (e.g. --weights detr_r50_panoptic): draw translucent masks; also "
                              "write masks.json (COCO RLE results), panoptic/NAME.png and panoptic.json (COCO panoptic)")
+    add_video_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 0 when every image was processed, 1 when some were skipped (reported on stderr).
     """
+    if wants_video(args):  # a video, webcam or stream: annotated.mp4 and frames.jsonl
+        return run_video(args)
     pixel = parse_pixel(args.pixel) if args.pixel else None
     paths = collect_images(args.inputs)
     out = output_folder(args.output_dir, "--output_dir")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thi
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
 from ..weights.loading import load_pretrained
 from .panoptic import Panoptic, from_official
+
+if TYPE_CHECKING:
+    from .video import Tracker, VideoSource
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 Sizes = list[tuple[int, int]]  # (height, width) per image
@@ -84,6 +87,26 @@ class Detections:
             mask=None if self.masks is None else self.masks.detach().cpu().numpy().astype(bool),
             data={"class_name": np.array(self.names, dtype=str)},
         )
+
+
+@dataclass
+class VideoFrame:
+    """One frame of a video run through `Detector.video`.
+
+    Attributes:
+        index: the frame's number in the source, from 0 (with a stride, every stride-th).
+        time: seconds from the source's first frame.
+        image: [H, W, 3] uint8 RGB pixels.
+        detections: the objects found in it.
+        track_ids: [N] int ByteTrack ids of the detections (-1: a track's first, unconfirmed sighting);
+            None without tracking.
+    """
+
+    index: int
+    time: float
+    image: np.ndarray
+    detections: Detections
+    track_ids: np.ndarray | None = None
 
 
 class Detector:
@@ -185,6 +208,49 @@ class Detector:
             chunk = [to_image_tensor(x) for x in items[start:start + batch_size]]
             results += self.detect(chunk, thr)
         return results[0] if single else results
+
+    def video(self, source: str | int | os.PathLike | VideoSource, stride: int = 1, track: bool = False,
+              threshold: float | None = None) -> Iterator[VideoFrame]:
+        """Detect (and with `track` follow) objects in a video file, a webcam or a stream, frame by frame.
+
+        Args:
+            source: a video file, a webcam index (0), a stream URL (rtsp://, http://, ...) or an open
+                `VideoSource` (left open); needs the `video` extra (PyAV).
+            stride: detect every `stride`-th frame; the others are decoded and skipped.
+            track: add ByteTrack ids (the `track` extra), the tracker running at the detected frames' rate.
+            threshold: overrides the detector's threshold (and the tracker's) for this video.
+
+        Returns:
+            An iterator of `VideoFrame`s in order; a damaged file or a dropped stream ends it with a warning.
+
+        Example:
+            >>> for frame in detector.video("street.mp4", stride=2, track=True):
+            ...     print(frame.index, frame.time, frame.detections.names, frame.track_ids)
+        """
+        from .video import Tracker, VideoSource, check_stride
+
+        check_stride(stride)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        src = source if isinstance(source, VideoSource) else VideoSource(source)  # errors now, not at next()
+        try:
+            tracker = Tracker(src.rate / stride, thr) if track else None
+        except BaseException:
+            if src is not source:
+                src.close()
+            raise
+        return self._video_frames(src, src is not source, stride, thr, tracker)
+
+    def _video_frames(self, src: VideoSource, owned: bool, stride: int, threshold: float,
+                      tracker: Tracker | None) -> Iterator[VideoFrame]:
+        try:
+            for index, time, image in src.frames(stride):
+                found = self.detect([torch.from_numpy(image).permute(2, 0, 1)], threshold)[0]  # [3, H, W] uint8
+                ids = None if tracker is None else tracker.update(found.boxes.numpy(), found.scores.numpy(),
+                                                                   found.labels.numpy())
+                yield VideoFrame(index, time, image, found, ids)
+        finally:
+            if owned:
+                src.close()
 
     @property
     def has_masks(self) -> bool:
