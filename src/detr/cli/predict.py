@@ -17,10 +17,12 @@ from ..runtime import resolve_device
 from . import show_progress
 from .common import add_detector_flags, collect_images, detector_from_args
 from .flags import add_flags, parse_and_run
+from .predict_video import add_video_arguments, run_video, wants_video
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO",
+                        help="image files and/or folders of images; or one video file, webcam index or stream URL")
     add_detector_flags(parser)
     add_flags(parser, ["output_dir", "amp"], {"output_dir": "predictions", "amp": "none"},
               {"output_dir": "folder for the results (default ./predictions)",
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", action="store_true",
                         help="segmentation model (e.g. --weights detr_r50_panoptic): draw translucent masks; also "
                              "write masks.json (COCO RLE results), panoptic/NAME.png and panoptic.json (COCO panoptic)")
+    add_video_arguments(parser)
     add_job_flags(parser.add_argument_group("large jobs"))
 
 
@@ -52,7 +55,9 @@ def add_job_flags(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Detect objects in images (the files and folders of `args.inputs`)."""
+    """Detect objects in a video, webcam or stream (`predict_video`), or in the images of `args.inputs`."""
+    if wants_video(args):  # a video, webcam or stream: annotated.mp4 and frames.jsonl
+        return run_video(args)
     return predict_folder(args)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from ..runtime import autocast, check_amp, check_threshold, resolve_device
 from ..weights.loading import load_pretrained
 from .panoptic import Panoptic, from_official
 
+if TYPE_CHECKING:
+    from .video import Tracker, VideoSource
+
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 Sizes = list[tuple[int, int]]  # (height, width) per image
 
@@ -37,7 +40,8 @@ class Detections:
     Attributes:
         boxes: [N, 4] float (x0, y0, x1, y1) in pixels of the original image.
         scores: [N] class probability of each box.
-        labels: [N] class ids (COCO category ids for the official weights).
+        labels: [N] class ids: the dataset's category ids (COCO's for the official weights; for a model trained
+            with --data, its folder's own ids).
         names: the class name of each box.
         image_size: (height, width) of the original image.
         queries: [N] the decoder query that found each box (for attention maps).
@@ -85,12 +89,34 @@ class Detections:
         )
 
 
+@dataclass
+class VideoFrame:
+    """One frame of a video run through `Detector.video`.
+
+    Attributes:
+        index: the frame's number in the source, from 0 (with a stride, every stride-th).
+        time: seconds from the source's first frame.
+        image: [H, W, 3] uint8 RGB pixels.
+        detections: the objects found in it.
+        track_ids: [N] int ByteTrack ids of the detections (-1: a track's first, unconfirmed sighting);
+            None without tracking.
+    """
+
+    index: int
+    time: float
+    image: np.ndarray
+    detections: Detections
+    track_ids: np.ndarray | None = None
+
+
 class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
 
     Args:
         model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
+        category_ids: the dataset's category id of each label (a --data model's mapping, from its checkpoint;
+            `class_names` then follow the labels); None: labels are the category ids.
         device: "cpu", "cuda", "cuda:1", ...
         threshold: keep detections whose score is at least this, in [0, 1].
         size: short side of the resized image (validation: 800).
@@ -111,13 +137,15 @@ class Detector:
     """
 
     def __init__(self, model: Model, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                 threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none"):
+                 threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none",
+                 category_ids: Sequence[int] | None = None):
         self.device = resolve_device(device)
         self.amp = check_amp(amp, self.device)
         self.model = model.eval().to(self.device)
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
         self.class_names = list(class_names) if class_names is not None else default_class_names(model.num_classes)
+        self.category_ids = list(category_ids) if category_ids is not None else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
@@ -157,7 +185,7 @@ class Detector:
         d = cfg.data
         size = size or val_short_side(d)
         return cls(net, d.class_names, device=device, threshold=threshold, size=size,
-                   max_size=max_size or d.max_size, amp=amp)
+                   max_size=max_size or d.max_size, amp=amp, category_ids=d.category_ids)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  batch_size: int = 1) -> Detections | list[Detections]:
@@ -180,6 +208,49 @@ class Detector:
             chunk = [to_image_tensor(x) for x in items[start:start + batch_size]]
             results += self.detect(chunk, thr)
         return results[0] if single else results
+
+    def video(self, source: str | int | os.PathLike | VideoSource, stride: int = 1, track: bool = False,
+              threshold: float | None = None) -> Iterator[VideoFrame]:
+        """Detect (and with `track` follow) objects in a video file, a webcam or a stream, frame by frame.
+
+        Args:
+            source: a video file, a webcam index (0), a stream URL (rtsp://, http://, ...) or an open
+                `VideoSource` (left open); needs the `video` extra (PyAV).
+            stride: detect every `stride`-th frame; the others are decoded and skipped.
+            track: add ByteTrack ids (the `track` extra), the tracker running at the detected frames' rate.
+            threshold: overrides the detector's threshold (and the tracker's) for this video.
+
+        Returns:
+            An iterator of `VideoFrame`s in order; a damaged file or a dropped stream ends it with a warning.
+
+        Example:
+            >>> for frame in detector.video("street.mp4", stride=2, track=True):
+            ...     print(frame.index, frame.time, frame.detections.names, frame.track_ids)
+        """
+        from .video import Tracker, VideoSource, check_stride
+
+        check_stride(stride)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        src = source if isinstance(source, VideoSource) else VideoSource(source)  # errors now, not at next()
+        try:
+            tracker = Tracker(src.rate / stride, thr) if track else None
+        except BaseException:
+            if src is not source:
+                src.close()
+            raise
+        return self._video_frames(src, src is not source, stride, thr, tracker)
+
+    def _video_frames(self, src: VideoSource, owned: bool, stride: int, threshold: float,
+                      tracker: Tracker | None) -> Iterator[VideoFrame]:
+        try:
+            for index, time, image in src.frames(stride):
+                found = self.detect([torch.from_numpy(image).permute(2, 0, 1)], threshold)[0]  # [3, H, W] uint8
+                ids = None if tracker is None else tracker.update(found.boxes.numpy(), found.scores.numpy(),
+                                                                   found.labels.numpy())
+                yield VideoFrame(index, time, image, found, ids)
+        finally:
+            if owned:
+                src.close()
 
     @property
     def has_masks(self) -> bool:
@@ -255,6 +326,9 @@ class Detector:
         keep = keep[result["scores"][keep].argsort(descending=True, stable=True)]
         scores, labels, boxes, queries = (result[k][keep].cpu() for k in ("scores", "labels", "boxes", "queries"))
         names = [self.label_name(int(i)) for i in labels]
+        if self.category_ids is not None:  # --data: labels 0..K-1 -> the dataset's ids
+            ids = self.category_ids
+            labels = torch.tensor([ids[i] if 0 <= i < len(ids) else i for i in labels.tolist()], dtype=labels.dtype)
         masks = result["masks"][keep].cpu() if "masks" in result else None  # [N, H, W] bool
         return Detections(boxes, scores, labels, names, size, queries, masks)
 
