@@ -59,8 +59,17 @@ from ..models.attention import HeadAttention
 from ..models.build import Model
 from ..models.segmentation import DETRsegm
 from ..postprocessing.boxes import SIGMOID_HEADS, select_detections
-from .runtimes import (DETECTIONS, INPUT, MASKS, METADATA_KEY, OUTPUTS, SIZES, ExportedFileError,  # noqa: F401
-                       OnnxRuntime, import_openvino, load_runtime)
+from .runtimes import (
+    DETECTIONS,
+    INPUT,
+    MASKS,
+    METADATA_KEY,
+    OUTPUTS,
+    SIZES,
+    OnnxRuntime,
+    import_openvino,
+    load_runtime,
+)
 
 OPSET = 17
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
