@@ -143,3 +143,31 @@ def test_missing_openvino_names_the_extra(model, exported, tmp_path, monkeypatch
     with pytest.raises(ImportError, match=r"detr-aligned\[openvino\]"):
         detr.Detector.from_pretrained(exported[1]["openvino"])
     assert not (tmp_path / "m.xml").exists()
+
+
+def test_detector_on_exported_segmentation_model(tmp_path):
+    """The plain graph of a mask model through Detector: PyTorch's boxes and masks image by image; in a padded
+    batch, masks as close to the single-image ones as PyTorch's own padded batch gets (the official
+    postprocessing upsamples a batch's masks to the batch's size, so batch and single differ at the edges)."""
+    from .test_predict_masks import NAMES as SEGM_NAMES
+    from .test_predict_masks import model as segm_model
+    from .test_predict_masks import uint8_image
+
+    net = segm_model.__wrapped__()
+    path = export_openvino(net, tmp_path / "segm.xml", height=64, width=96, class_names=SEGM_NAMES, size=SIZE,
+                           max_size=MAX_SIZE)
+    images = [uint8_image(70, 110, 0), uint8_image(120, 64, 1)]
+    ours = detr.Detector(net, SEGM_NAMES, threshold=0.5, size=SIZE, max_size=MAX_SIZE)
+    expected = ours(images)  # one image at a time
+    exported = detr.Detector.from_pretrained(path, threshold=0.5)
+    for batch, padded in ((1, None), (2, ours(images, batch_size=2))):
+        got = exported(images, batch_size=batch)
+        assert sum(len(d) for d in got) > 0
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert torch.equal(g.labels, e.labels) and g.names == e.names
+            torch.testing.assert_close(g.boxes, e.boxes, atol=1e-3, rtol=0)
+            wrong = float((g.masks != e.masks).float().mean())
+            if padded is None:
+                assert wrong < 1e-3  # a border pixel may flip on float noise
+            else:
+                assert wrong <= float((padded[i].masks != e.masks).float().mean()) + 1e-3

@@ -112,11 +112,12 @@ class ExportedRuntime:
                 parts.append(self.run(image[None, :, :h, :w]))
         outputs = {"pred_logits": torch.cat([p[OUTPUTS[0]] for p in parts]),
                    "pred_boxes": torch.cat([p[OUTPUTS[1]] for p in parts])}
-        if MASKS in parts[0]:  # [1, Q, h/4, w/4] each: padded to the batch's size (the padding is never read)
+        if MASKS in parts[0]:  # [1, Q, h/4, w/4] each, padded to the batch's size by repeating the edge, so
+            # that the upsampling of the batch reads no made-up logits at an image's border
             height = max(p[MASKS].shape[-2] for p in parts)
             width = max(p[MASKS].shape[-1] for p in parts)
             outputs["pred_masks"] = torch.cat([F.pad(p[MASKS], (0, width - p[MASKS].shape[-1], 0,
-                                                                height - p[MASKS].shape[-2]), value=-1e4)
+                                                                height - p[MASKS].shape[-2]), mode="replicate")
                                                for p in parts])
         return {k: v.to(images.device) for k, v in outputs.items()}
 
