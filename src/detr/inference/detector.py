@@ -90,7 +90,8 @@ class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
 
     Args:
-        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
+        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`), or an exported file's
+            runtime (`detr.inference.runtimes.load_runtime`; it computes on the CPU).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
         device: "cpu", "cuda", "cuda:1", ...
         threshold: keep detections whose score is at least this, in [0, 1].
@@ -118,9 +119,9 @@ class Detector:
         self.amp = check_amp(amp, self.device)
         self.model: Model | None  # None for an exported file: explain and export need the PyTorch model
         if isinstance(model, ExportedRuntime):
-            if self.device.type != "cpu" or self.amp != "none":
-                raise ValueError(f"{model.path}: an exported file runs on the CPU at its own precision "
-                                 f"(device='cpu', amp='none'), got device={device!r}, amp={amp!r}")
+            if self.amp != "none":  # its runtime computes on the CPU; `device` holds the tensors around it
+                raise ValueError(f"{model.path}: an exported file runs at the precision its runtime was given "
+                                 f"(OpenVINO: precision='bf16'), not under amp; got amp={amp!r}")
             model.check_detector()
             self.model, self.runtime = None, model
             num_classes = int(model.metadata["num_classes"])
@@ -153,7 +154,7 @@ class Detector:
                 size (800, 1333 for the published models; a transformers folder's preprocessor_config.json).
             amp: "none", "bf16" or "fp16" (GPU): see the class docstring.
             backend: run an exported plain graph (`detr export` without --postprocess) in "onnxruntime" or
-                "openvino" (CPU only); None: by suffix (.onnx: onnxruntime, .xml: OpenVINO), else PyTorch.
+                "openvino", on the CPU; None: by suffix (.onnx: onnxruntime, .xml: OpenVINO), else PyTorch.
                 Class names and resize come from the file's metadata.
             **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads; for an
                 exported file, the runtime's options (OpenVINO: precision="f32" or "bf16"; num_threads).
@@ -167,6 +168,7 @@ class Detector:
 
         Example:
             >>> detector = Detector.from_pretrained("runs/voc/checkpoint.pth", device="cuda")
+            >>> on_cpu = Detector.from_pretrained("detr.xml")       # `detr export --format openvino`
         """
         check_threshold(threshold)
         check_amp(amp, resolve_device(device))
