@@ -40,7 +40,7 @@ def test_sparse_ids_train_a_contiguous_head_and_predict_reports_them(tmp_path):
 
     out = tmp_path / "pred"
     assert cli_main(["predict", str(root / "val2017"), "--weights", str(run / "checkpoint.pth"), "--threshold", "0",
-                     "--output", str(out)]) == 0
+                     "--output_dir", str(out)]) == 0
     found = json.loads((out / "detections.json").read_text())
     assert found and {d["category_id"] for d in found} <= {1, 7, 1000}
 
@@ -49,6 +49,12 @@ def test_sparse_ids_train_a_contiguous_head_and_predict_reports_them(tmp_path):
     assert len(detections) == 8
     for cid, name in zip(detections.labels.tolist(), detections.names):
         assert ref.categories[cid] == name  # each id with its own name
+
+    # an exported graph keeps the mapping too (its metadata), so the ONNX Detector reports the same ids and names
+    onnx_file = tmp_path / "m.onnx"
+    assert cli_main(["export", "--weights", str(run / "checkpoint.pth"), "--output", str(onnx_file)]) == 0
+    exported = detr.Detector.from_pretrained(onnx_file, threshold=0.0)(root / "val2017" / "c.png")
+    assert exported.labels.tolist() == detections.labels.tolist() and exported.names == detections.names
 
     assert cli_main(["eval", "--weights", str(run / "checkpoint.pth"), "--device", "cpu", "--num_workers", "0"]) == 0
     val = json.loads((run / "detections_val.json").read_text())

@@ -18,13 +18,14 @@ from ..data.images import load_image, to_rgb
 from ..data.masks import coco_mask_results
 from ..data.transforms import preprocess, val_short_side
 from ..models.build import Model
-from ..models.segmentation import DETRsegm
+from ..models.detr import pad_images
 from ..postprocessing.boxes import postprocess
 from ..postprocessing.masks import postprocess_panoptic, postprocess_segmentation
 from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thing
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
 from ..weights.loading import load_pretrained
 from .panoptic import Panoptic, from_official
+from .runtimes import ExportedRuntime, TorchRuntime, backend_for, load_runtime
 
 if TYPE_CHECKING:
     from .video import Tracker, VideoSource
@@ -113,7 +114,8 @@ class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
 
     Args:
-        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
+        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`), or an exported file's
+            runtime (`detr.inference.runtimes.load_runtime`; it computes on the CPU).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
         category_ids: the dataset's category id of each label (a --data model's mapping, from its checkpoint;
             `class_names` then follow the labels); None: labels are the category ids.
@@ -136,24 +138,35 @@ class Detector:
         >>> segm.panoptic("street.jpg").segments_info                  # COCO panoptic segments, named
     """
 
-    def __init__(self, model: Model, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                 threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none",
-                 category_ids: Sequence[int] | None = None):
+    def __init__(self, model: Model | ExportedRuntime, class_names: Sequence[str] | None = None,
+                 device: str | torch.device = "cpu", threshold: float = 0.7, size: int = 800, max_size: int = 1333,
+                 amp: str = "none", category_ids: Sequence[int] | None = None):
         self.device = resolve_device(device)
         self.amp = check_amp(amp, self.device)
-        self.model = model.eval().to(self.device)
+        self.model: Model | None  # None for an exported file: explain and export need the PyTorch model
+        if isinstance(model, ExportedRuntime):
+            if self.amp != "none":  # its runtime computes on the CPU; `device` holds the tensors around it
+                raise ValueError(f"{model.path}: an exported file runs at the precision its runtime was given "
+                                 f"(OpenVINO: precision='bf16'), not under amp; got amp={amp!r}")
+            model.check_detector()
+            self.model, self.runtime = None, model
+            num_classes = int(model.metadata["num_classes"])
+        else:
+            self.model = model.eval().to(self.device)
+            self.runtime = TorchRuntime(self.model)
+            num_classes = model.num_classes
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
-        self.class_names = list(class_names) if class_names is not None else default_class_names(model.num_classes)
+        self.class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
         self.category_ids = list(category_ids) if category_ids is not None else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
                         threshold: float = 0.7, model: str | None = None, progress: bool = True,
                         size: int | None = None, max_size: int | None = None, amp: str = "none",
-                        **overrides: Any) -> Detector:
-        """Load a published model by name, one of our checkpoints, an official weights file, or a transformers
-        DETR / Conditional DETR folder or hub id.
+                        backend: str | None = None, **overrides: Any) -> Detector:
+        """Load a published model by name, one of our checkpoints, an official weights file, a transformers
+        DETR / Conditional DETR folder or hub id, or a file written by `detr export`.
 
         Args:
             name_or_path: "detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", a file path, a transformers
@@ -167,7 +180,11 @@ class Detector:
             size, max_size: resize of the input images; default: the checkpoint's validation
                 size (800, 1333 for the published models; a transformers folder's preprocessor_config.json).
             amp: "none", "bf16" or "fp16" (GPU): see the class docstring.
-            **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads.
+            backend: run an exported plain graph (`detr export` without --postprocess) in "onnxruntime" or
+                "openvino", on the CPU; None: by suffix (.onnx: onnxruntime, .xml: OpenVINO), else PyTorch.
+                Class names and resize come from the file's metadata.
+            **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads; for an
+                exported file, the runtime's options (OpenVINO: precision="f32" or "bf16"; num_threads).
 
         Returns:
             A ready Detector.
@@ -178,9 +195,17 @@ class Detector:
 
         Example:
             >>> detector = Detector.from_pretrained("runs/voc/checkpoint.pth", device="cuda")
+            >>> on_cpu = Detector.from_pretrained("detr.xml")       # `detr export --format openvino`
         """
         check_threshold(threshold)
         check_amp(amp, resolve_device(device))
+        if backend_for(name_or_path, backend) is not None:
+            runtime = load_runtime(name_or_path, backend, **overrides)
+            runtime.check_detector()
+            meta = runtime.metadata
+            return cls(runtime, meta["class_names"], device=device, threshold=threshold,
+                       size=size or meta["size"], max_size=max_size or meta["max_size"], amp=amp,
+                       category_ids=meta.get("category_ids"))
         net, cfg = load_pretrained(name_or_path, model=model, progress=progress, **overrides)
         d = cfg.data
         size = size or val_short_side(d)
@@ -255,7 +280,7 @@ class Detector:
     @property
     def has_masks(self) -> bool:
         """Whether the model has the mask head: `Detections.masks` and `panoptic` need it."""
-        return isinstance(self.model, DETRsegm)
+        return self.runtime.has_masks
 
     def panoptic(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  is_thing: Callable[[int], bool] = coco_panoptic_is_thing) -> Panoptic | list[Panoptic]:
@@ -282,13 +307,14 @@ class Detector:
         """Detections with masks and the panoptic segmentation of images converted by `to_image_tensor`, from
         one forward pass; arguments as `__call__` and `panoptic`."""
         if not self.has_masks:
-            raise ValueError(f"panoptic segmentation needs a model with the mask head; this {type(self.model).__name__}"
-                             " has none (load a segmentation model, e.g. detr_r50_panoptic)")
+            raise ValueError(f"panoptic segmentation needs a model with the mask head; this "
+                             f"{type(self.model or self.runtime).__name__} has none (load a segmentation model, "
+                             f"e.g. detr_r50_panoptic)")
         thr = self.threshold if threshold is None else check_threshold(threshold)
         outputs, sizes, processed = self._forward(images)
         with torch.inference_mode():
             pans = postprocess_panoptic(outputs, processed, sizes, is_thing=is_thing, threshold=panoptic_threshold,
-                                        class_loss=self.model.class_loss, crop_padding=True)
+                                        class_loss=self.runtime.class_loss, crop_padding=True)
         return list(zip(self._detections(outputs, sizes, processed, thr),
                         [from_official(p, self.label_name) for p in pans]))
 
@@ -305,8 +331,9 @@ class Detector:
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         inputs = [self.preprocess(img) for img in images]
         with torch.inference_mode():
+            batch, mask = pad_images(inputs)  # [B, 3, H, W], [B, H, W] True on padding
             with autocast(self.device, self.amp):
-                outputs = self.model(inputs)
+                outputs = self.runtime(batch, mask)
             outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes", "pred_masks")}
         return outputs, sizes, [(int(x.shape[1]), int(x.shape[2])) for x in inputs]
 
@@ -315,10 +342,10 @@ class Detector:
         targets = torch.tensor(sizes, device=self.device)
         with torch.inference_mode():
             if "pred_masks" in outputs:  # masks made for the detections kept only (memory)
-                results = postprocess_segmentation(outputs, targets, processed, self.model.class_loss,
+                results = postprocess_segmentation(outputs, targets, processed, self.runtime.class_loss,
                                                    min_score=threshold)
             else:
-                results = postprocess(outputs, targets, self.model.class_loss)
+                results = postprocess(outputs, targets, self.runtime.class_loss)
         return [self._select(r, size, threshold) for r, size in zip(results, sizes)]
 
     def _select(self, result: dict[str, Tensor], size: tuple[int, int], threshold: float) -> Detections:
