@@ -89,6 +89,8 @@ def test_python_train_equals_the_command(tmp_path):
 
 def test_python_train_validates_as_the_flags(tmp_path, capsys):
     root = write_roboflow(tmp_path / "ds", reference())
+    with pytest.raises(ValueError, match=r"no data: give data=DIR.*detr demo"):
+        detr.train(epochs=1)  # as `detr train` with no data flag
     with pytest.raises(ValueError, match="epochs: expected int"):
         detr.train(data=root, epochs="5")
     with pytest.raises(ValueError, match="unknown option"):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..presets import DEMO_PRESET
 from .options import NEGATED, config_from_options
 from .train import train as train_config
 
@@ -41,18 +40,22 @@ def train(data: str | Path | None = None, weights: str | None = None, epochs: in
     `data_format="yolo"`, `no_random_crop=True`, ...); None leaves an option at its default.
 
     With `data` (a COCO 2017, Roboflow, YOLO or VOC folder) the run fine-tunes detr_r50 (presets/finetune.py;
-    `weights="none"`: the backbone's weights alone); with no data option the demo dataset and preset are used.
+    `weights="none"`: the backbone's weights alone). With no data it refuses, as `detr train` does.
 
     Raises:
-        ValueError: an unknown option, a value of the wrong type, or one `detr train` refuses (same messages).
+        ValueError: no data, an unknown option, a value of the wrong type, or one `detr train` refuses (same
+            messages).
     """
     given = {k: v for k, v in options.items() if v is not None}
     for name, value in (("data", data), ("weights", weights), ("epochs", epochs), ("output_dir", output_dir)):
         if value is not None:
             given[name] = str(value) if isinstance(value, Path) else value
     _check_types(given)
-    has_data = any(given.get(k) for k in DATA_OPTIONS)
-    cfg = config_from_options(given, None if has_data else DEMO_PRESET)
+    if not any(given.get(k) for k in DATA_OPTIONS):
+        raise ValueError("no data: give data=DIR (COCO 2017, Roboflow, YOLO or VOC), coco_path=DIR, or "
+                         "train_images/train_annotations and val_images/val_annotations; to try DETR on the "
+                         "built-in demo dataset, run `detr demo`")
+    cfg = config_from_options(given)
     summary = train_config(cfg, progress=progress)
     return _result(cfg, summary)
 
