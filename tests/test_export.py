@@ -202,7 +202,7 @@ def test_metadata_and_openvino_postprocessing_from_the_command(model, tmp_path, 
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     meta = json.loads(props["detr"])
     assert meta == {"class_loss": "softmax", "num_classes": 91, "num_queries": 10, "masks": False,
-                    "class_names": list(COCO_CLASSES), "size": 96, "max_size": 1333, "graph": "plain"}
+                    "class_names": list(COCO_CLASSES), "size": 96, "max_size": 1333, "graph": "plain", "category_ids": None}
     ir = tmp_path / "post.xml"
     assert export_command(["--weights", str(weights), "--nheads", "2", "--format", "openvino", "--output", str(ir),
                            "--postprocess", "--top_k", "4", "--verify"]) == 0

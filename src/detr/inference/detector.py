@@ -154,7 +154,7 @@ class Detector:
         else:
             self.model = model.eval().to(self.device)
             self.runtime = TorchRuntime(self.model)
-            num_classes = model.num_classes
+            num_classes = getattr(model, "num_classes", 0)  # only read when no class names are given
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
         self.class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
