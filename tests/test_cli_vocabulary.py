@@ -27,7 +27,8 @@ TRAINING_FLAGS = {"--lr", "--lr_backbone", "--epochs", "--batch_size", "--weight
 EVAL_FLAGS = {"--weights", "--model", "--dilation", "--nheads", "--val_scale", "--max_size", "--device",
               "--output_dir", "--masks", "--coco_path", "--val_images", "--val_annotations", "--num_workers"}
 # The closed choices, written out here (not read from the code under test).
-CHOICES = {("model", "class_loss"): ("softmax", "varifocal", "focal"), ("model", "family"): ("detr", "conditional_detr"),
+CHOICES = {("model", "class_loss"): ("softmax", "varifocal", "focal", "mal"),
+           ("model", "family"): ("detr", "conditional_detr"),
            ("model", "position_embedding"): ("sine", "learned"), ("train", "amp"): ("none", "bf16", "fp16"),
            ("train", "recipe"): ("official", "fast")}
 
@@ -180,7 +181,7 @@ def test_closed_choices_are_literals_checked_in_one_place():
 
 @pytest.mark.parametrize("argv, message", [
     (["--position_embedding", "sinus"], "--position_embedding must be one of sine, learned, got 'sinus'"),
-    (["--class_loss", "sigmoid"], "--class_loss must be one of softmax, varifocal, focal, got 'sigmoid'"),
+    (["--class_loss", "sigmoid"], "--class_loss must be one of softmax, varifocal, focal, mal, got 'sigmoid'"),
     (["--recipe", "faster"], "--recipe must be one of official, fast, got 'faster'"),
     (["--dataset_file", "voc"], "--dataset_file voc: must be one of coco, coco_panoptic"),
 ])
@@ -191,6 +192,6 @@ def test_bad_choice_on_the_command_line(argv, message, monkeypatch, capsys, tmp_
 
 
 def test_uses_sigmoid():
-    assert [uses_sigmoid(h) for h in ("softmax", "varifocal", "focal")] == [False, True, True]
-    with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal, focal, got 'sigmoid'"):
+    assert [uses_sigmoid(h) for h in ("softmax", "varifocal", "focal", "mal")] == [False, True, True, True]
+    with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal, focal, mal, got 'sigmoid'"):
         uses_sigmoid("sigmoid")

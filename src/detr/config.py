@@ -16,7 +16,7 @@ from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
 from .runtime import check_amp, resolve_device
 
 # The closed choices of the options; `check_choices` checks every Literal-typed field against its values.
-ClassLoss = Literal["softmax", "varifocal", "focal"]
+ClassLoss = Literal["softmax", "varifocal", "focal", "mal"]
 Family = Literal["detr", "conditional_detr"]
 PositionEmbedding = Literal["sine", "learned"]
 Amp = Literal["none", "bf16", "fp16"]
@@ -66,7 +66,8 @@ class ModelConfig:
     dn_label_noise: float = 0.5
     # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing; focal: a sigmoid
-    # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k.
+    # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k;
+    # mal: a sigmoid head trained with DEIM's matchability-aware loss (loss_mal; IoU^gamma targets, positives weight 1).
     class_loss: ClassLoss = "softmax"
     # Segmentation (official --masks): the mask head on top of the detector (models/segmentation.py), which adds
     # "pred_masks" [B, Q, H/4, W/4]; its parameters are `bbox_attention.*`, `mask_head.*` and the detector's `detr.*`.
@@ -88,6 +89,7 @@ class LossConfig:
     # The sigmoid heads' focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    mal_gamma: float = 1.5  # --class_loss mal: the exponent of its IoU target and of its negatives' weight (DEIM's)
     # With masks: weights of the sigmoid focal loss (loss_mask) and the dice loss (loss_dice) of the matched masks.
     mask_loss_coef: float = 1.0
     dice_loss_coef: float = 1.0
@@ -96,9 +98,9 @@ class LossConfig:
 FAMILIES: tuple[str, ...] = get_args(Family)
 CLASS_LOSSES: tuple[str, ...] = get_args(ClassLoss)
 # The heads of C independent sigmoid outputs (no "no object" class): focal matching cost, top-k postprocessing.
-SIGMOID_HEADS: tuple[str, ...] = ("varifocal", "focal")
+SIGMOID_HEADS: tuple[str, ...] = ("varifocal", "focal", "mal")
 # The class cost and class loss weight each head was published with (Conditional DETR: 2 and 2).
-CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0}
+CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0, "mal": 1.0}
 
 
 @dataclass

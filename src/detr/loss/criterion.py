@@ -18,7 +18,7 @@ from ..config import (
     dataclass_from_dict,
 )
 from ..distributed import mean_across_processes
-from .focal import sigmoid_focal_loss, varifocal_loss
+from .focal import mal_loss, sigmoid_focal_loss, varifocal_loss
 from .masks import mask_losses
 from .matcher import HungarianMatcher
 
@@ -29,7 +29,7 @@ def aux_suffix(layer: int) -> str:
 
 
 # --class_loss -> the name of its loss term (the focal head's is Conditional DETR's official name)
-CLASS_LOSS_TERMS = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce"}
+CLASS_LOSS_TERMS = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce", "mal": "loss_mal"}
 
 
 def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
@@ -52,7 +52,7 @@ class SetCriterion(nn.Module):
     """Computes the loss dict for DETR outputs against a list of targets.
 
     Returns `loss_ce` (softmax head, or the sigmoid focal loss of the focal head; `loss_vfl` for the
-    varifocal sigmoid head), `loss_bbox`,
+    varifocal sigmoid head, `loss_mal` for the MAL one), `loss_bbox`,
     `loss_giou` (weighted by `weight_dict` into the total), the logging-only `class_error` and
     `cardinality_error`, and for each auxiliary decoder layer i the three losses and the
     cardinality error suffixed `_i`. With "pred_masks" in the outputs (the segmentation model), also `loss_mask`
@@ -63,13 +63,14 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  eos_coef: float = 0.1, class_loss: str = "softmax", focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0):
+                 focal_gamma: float = 2.0, mal_gamma: float = 1.5):
         super().__init__()
         check_choice(class_loss, ClassLoss, "class_loss")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.class_loss, self.focal_alpha, self.focal_gamma = class_loss, focal_alpha, focal_gamma
+        self.mal_gamma = mal_gamma
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef  # down-weight the many "no object" queries
         self.register_buffer("class_weight", class_weight)
@@ -118,10 +119,12 @@ class SetCriterion(nn.Module):
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
         src_boxes = outputs["pred_boxes"][batch_idx, query_idx]  # [N, 4]
         tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src_boxes)  # [N, 4]
-        if self.class_loss == "varifocal":
+        if self.class_loss in ("varifocal", "mal"):
             ious = box_iou_pairs(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
-            losses = {"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
-                                                 self.focal_alpha, self.focal_gamma)}
+            losses = ({"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
+                                                  self.focal_alpha, self.focal_gamma)} if self.class_loss == "varifocal"
+                      else {"loss_mal": mal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
+                                                 self.mal_gamma)})
         elif self.class_loss == "focal":
             losses = {"loss_ce": sigmoid_focal_loss(logits, (batch_idx, query_idx), matched_labels, num_boxes,
                                                     self.focal_alpha, self.focal_gamma)}
@@ -187,7 +190,7 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
         denoising: the model has denoising queries (dn_number > 0): their `_dn` losses are weighted too.
         masks: the model has the mask head: `loss_mask` and `loss_dice` are weighted too.
         **overrides: set_cost_class, set_cost_bbox, set_cost_giou, cls_loss_coef, bbox_loss_coef, giou_loss_coef,
-            eos_coef, focal_alpha, focal_gamma, mask_loss_coef, dice_loss_coef. set_cost_class and cls_loss_coef default to the class head's
+            eos_coef, focal_alpha, focal_gamma, mal_gamma, mask_loss_coef, dice_loss_coef. set_cost_class and cls_loss_coef default to the class head's
             published value (`config.CLASS_LOSS_DEFAULTS`: 2 for "focal", as Conditional DETR; else 1).
 
     Example:
@@ -204,4 +207,5 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
     weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0,
                                 class_loss, denoising, cls_loss_coef,
                                 (cfg.mask_loss_coef, cfg.dice_loss_coef) if masks else None)
-    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma)
+    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma,
+                        cfg.mal_gamma)
