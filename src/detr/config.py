@@ -90,6 +90,12 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     mal_gamma: float = 1.5  # --class_loss mal: the exponent of its IoU target and of its negatives' weight (DEIM's)
+    # > 0: the matcher's class cost reads the IoU-modulated score p * IoU^power (Stable-DINO, Align-DETR); 0: p.
+    matcher_iou_power: float = 0.0
+    # > 0: MS-DETR's one-to-many loss, each layer's outputs matched again to K copies of the ground truth, its terms
+    # (`_o2m`) weighted one2many_loss_coef times the one-to-one ones; 0: off.
+    k_one2many: int = 0
+    one2many_loss_coef: float = 1.0
     # With masks: weights of the sigmoid focal loss (loss_mask) and the dice loss (loss_dice) of the matched masks.
     mask_loss_coef: float = 1.0
     dice_loss_coef: float = 1.0
@@ -319,6 +325,8 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.family != "conditional_detr" or m.dn_number == 0,
          f"--dn_number {m.dn_number}: denoising queries do not apply to Conditional DETR yet; use --dn_number 0"),
         (m.family != "conditional_detr" or not m.pre_norm, "--pre_norm: Conditional DETR's decoder is post-norm only"),
+        (cfg.loss.matcher_iou_power >= 0, f"--matcher_iou_power must be >= 0 (0: off), got {cfg.loss.matcher_iou_power}"),
+        (cfg.loss.k_one2many >= 0, f"--k_one2many must be >= 0 (0: off), got {cfg.loss.k_one2many}"),
     ]
     for ok, message in checks:
         if not ok:

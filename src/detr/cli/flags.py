@@ -50,6 +50,11 @@ FLAGS: list[tuple[str, Any, str]] = [
                         "sigmoid loss, IoU^gamma targets)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
     ("mal_gamma", float, "--class_loss mal: exponent of the IoU target and of the negatives' weight"),
+    ("matcher_iou_power", float, "IoU-aware matching: the class cost reads the score times IoU^this "
+                                 "(Stable-DINO, Align-DETR; 0: off)"),
+    ("k_one2many", int, "one-to-many loss: each decoder layer also matched to K copies of the ground truth "
+                        "(MS-DETR; 0: off)"),
+    ("one2many_loss_coef", float, "weight of the one-to-many loss terms relative to the one-to-one ones"),
     ("set_cost_class", float, "matcher: class cost (default: 2 for --class_loss focal, else 1)"),
     ("set_cost_bbox", float, "matcher: L1 box cost"),
     ("set_cost_giou", float, "matcher: GIoU cost"),

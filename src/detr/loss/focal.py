@@ -20,7 +20,11 @@ def focal_cost(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float
 
     The focal loss of calling the query positive for that class minus the loss of calling it negative.
     """
-    prob = logits.sigmoid()[:, labels]  # [N, T]
+    return focal_cost_of_scores(logits.sigmoid()[:, labels], alpha, gamma)
+
+
+def focal_cost_of_scores(prob: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """`focal_cost` of given scores [N, T] (each query's score of each target's class, perhaps IoU-modulated)."""
     positive = alpha * (1 - prob) ** gamma * -(prob + EPS).log()
     negative = (1 - alpha) * prob**gamma * -(1 - prob + EPS).log()
     return positive - negative
