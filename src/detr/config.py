@@ -133,6 +133,9 @@ class DataConfig:
     max_size: int = 1333
     val_scale: int | None = None  # None: max(scales)
     random_crop: bool = True  # the paper's random resize + crop augmentation
+    # Shares of the training images made a mosaic of 4 / mixed up with another (DEIM; data/mosaic.py); 0: off.
+    mosaic_prob: float = 0.0
+    mixup_prob: float = 0.0
 
 
 @dataclass
@@ -326,6 +329,10 @@ def validate_config(cfg: Config, training: bool = True) -> None:
          f"--dn_number {m.dn_number}: denoising queries do not apply to Conditional DETR yet; use --dn_number 0"),
         (m.family != "conditional_detr" or not m.pre_norm, "--pre_norm: Conditional DETR's decoder is post-norm only"),
         (cfg.loss.matcher_iou_power >= 0, f"--matcher_iou_power must be >= 0 (0: off), got {cfg.loss.matcher_iou_power}"),
+        (0 <= cfg.data.mosaic_prob <= 1, f"--mosaic_prob must be in [0, 1] (0: off), got {cfg.data.mosaic_prob}"),
+        (0 <= cfg.data.mixup_prob <= 1, f"--mixup_prob must be in [0, 1] (0: off), got {cfg.data.mixup_prob}"),
+        (not m.masks or cfg.data.mosaic_prob == cfg.data.mixup_prob == 0,
+         "--mosaic_prob / --mixup_prob do not apply to --masks (the instance masks are not combined)"),
         (cfg.loss.k_one2many >= 0, f"--k_one2many must be >= 0 (0: off), got {cfg.loss.k_one2many}"),
     ]
     for ok, message in checks:

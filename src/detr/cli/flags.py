@@ -93,6 +93,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),
     ("steps_per_epoch", int, "make an epoch this many training steps, drawn in order from consecutive shuffled "
                              "passes over the data (default: one pass); --epochs, --lr_drop, --eval_every count them"),
+    ("mosaic_prob", float, "share of the training images made a 2x2 mosaic with 3 others (DEIM; 0: off)"),
+    ("mixup_prob", float, "share of the training images blended with another, both sets of boxes kept (DEIM; 0: off)"),
     ("max_size", int, "longest image side"),
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]
