@@ -72,6 +72,8 @@ class ModelConfig:
     # Segmentation (official --masks): the mask head on top of the detector (models/segmentation.py), which adds
     # "pred_masks" [B, Q, H/4, W/4]; its parameters are `bbox_attention.*`, `mask_head.*` and the detector's `detr.*`.
     masks: bool = False
+    # Plain DETR's box-to-pixel relative position bias in the decoder's cross-attention (models/box_rpb.py); detr only.
+    box_rpb: bool = False
 
 
 @dataclass
@@ -328,6 +330,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.family != "conditional_detr" or m.dn_number == 0,
          f"--dn_number {m.dn_number}: denoising queries do not apply to Conditional DETR yet; use --dn_number 0"),
         (m.family != "conditional_detr" or not m.pre_norm, "--pre_norm: Conditional DETR's decoder is post-norm only"),
+        (m.family == "detr" or not m.box_rpb, f"--box_rpb is for plain DETR, not {m.family}: drop --box_rpb"),
         (cfg.loss.matcher_iou_power >= 0, f"--matcher_iou_power must be >= 0 (0: off), got {cfg.loss.matcher_iou_power}"),
         (0 <= cfg.data.mosaic_prob <= 1, f"--mosaic_prob must be in [0, 1] (0: off), got {cfg.data.mosaic_prob}"),
         (0 <= cfg.data.mixup_prob <= 1, f"--mixup_prob must be in [0, 1] (0: off), got {cfg.data.mixup_prob}"),

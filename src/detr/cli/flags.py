@@ -102,6 +102,8 @@ SWITCHES = {"dilation": "DC5: dilate the last backbone stage (for an official we
                         "its shapes cannot tell)",
             "pre_norm": "pre-norm transformer layers",
             "masks": "segmentation: the mask head on the detector (pred_masks; loss_mask, loss_dice)",
+            "box_rpb": "Plain DETR's box-to-pixel relative position bias in the decoder's cross-attention (plain "
+                       "DETR only; changes the inference network)",
             "no_aux_loss": "no auxiliary decoder losses", "eval": "only evaluate --resume/--weights",
             "no_random_crop": "no random-crop augmentation"}
 # Official flags that do not apply here: accepted so old command lines run, and reported.
@@ -113,7 +115,7 @@ PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "v
 WEIGHTS_FLAGS = ("weights", "device")
 FILE_MODEL_FLAGS = ("dilation", "nheads")  # with --model: what an official weights file cannot tell
 MODEL_FLAGS = ("backbone", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
-               "num_queries", "class_loss", "num_classes", "pre_norm", "masks")
+               "num_queries", "class_loss", "num_classes", "pre_norm", "masks", "box_rpb")
 DATA_FLAGS = ("coco_path", "dataset_file", "coco_panoptic_path", "train_images", "train_annotations", "val_images",
               "val_annotations", "train_panoptic", "val_panoptic", "num_workers")
 SIZE_FLAGS = ("max_size", "val_scale")
