@@ -73,3 +73,31 @@ def test_the_flags_are_checked():
         validate_config(Config(data=DataConfig(mixup_prob=-0.1), train=cpu))
     with pytest.raises(ValueError, match="do not apply to --masks"):
         validate_config(Config(model=ModelConfig(masks=True), data=DataConfig(mosaic_prob=0.5), train=cpu))
+
+
+def test_every_lever_trains_through_the_flags(tmp_path):
+    """`detr train`'s flags reach the data, the criterion and the model: one tiny epoch with all of them on, then
+    the checkpoint runs for inference."""
+    import json
+
+    from detr.checkpoint import load_checkpoint
+    from detr.data.loaders import build_datasets, resolve_data
+    from detr.inference.detector import Detector
+    from detr.training.train import train
+
+    from .train_helpers import config, tiny_data
+
+    argv = ["--epochs", "1", "--dec_layers", "2", "--class_loss", "mal", "--matcher_iou_power", "1",
+            "--k_one2many", "2", "--mosaic_prob", "0.5", "--mixup_prob", "0.5", "--box_rpb"]
+    cfg = config(tiny_data(tmp_path / "data"), tmp_path / "run", argv)
+    assert (cfg.loss.matcher_iou_power, cfg.loss.k_one2many, cfg.data.mosaic_prob, cfg.model.box_rpb) == (1, 2, 0.5,
+                                                                                                          True)
+    assert isinstance(build_datasets(resolve_data(cfg)).train, MosaicMixup)
+    train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.txt").read_text().splitlines()]
+    assert {"train_loss_mal", "train_loss_mal_o2m", "train_loss_bbox_o2m_0"} <= log[-1].keys()
+    assert all(torch.isfinite(torch.tensor(log[-1][k])) for k in ("train_loss", "train_loss_mal_o2m"))
+    assert any("box_rpb" in k for k in load_checkpoint(tmp_path / "run" / "checkpoint.pth")["model"])
+    found = Detector.from_pretrained(tmp_path / "run" / "checkpoint.pth", threshold=0.0, size=64, max_size=96)(
+        torch.rand(3, 70, 90))
+    assert len(found) > 0
