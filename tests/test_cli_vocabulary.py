@@ -18,7 +18,8 @@ from detr.cli import train as train_cli
 from detr.config import Config, uses_sigmoid, validate_config
 
 # What only training reads: none of these may appear in `detr eval --help`.
-TRAINING_FLAGS = {"--lr", "--lr_backbone", "--epochs", "--batch_size", "--weight_decay", "--lr_drop",
+TRAINING_FLAGS = {"--mal_gamma", "--matcher_iou_power", "--k_one2many", "--one2many_loss_coef", "--mosaic_prob",
+                  "--mixup_prob", "--lr", "--lr_backbone", "--epochs", "--batch_size", "--weight_decay", "--lr_drop",
                   "--clip_max_norm", "--dn_number", "--dn_box_noise", "--dn_label_noise", "--recipe", "--ema_decay",
                   "--num_groups", "--set_cost_class", "--set_cost_bbox", "--cls_loss_coef", "--eos_coef",
                   "--frozen_weights", "--backbone_weights", "--backbone_warmup", "--steps_per_epoch", "--eval_every",
@@ -39,7 +40,7 @@ def help_flags(argv: list[str], capsys) -> set[str]:
         cli.main(argv)
     assert e.value.code == 0
     usage = capsys.readouterr().out.split("\n\n")[0]  # the usage lines: every option, once
-    return set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", usage))
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", usage))
 
 
 def test_eval_help_offers_no_training_flag(capsys):
