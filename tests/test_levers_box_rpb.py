@@ -124,3 +124,17 @@ def test_plain_detr_weights_fine_tune_a_box_rpb_model():
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in plain.state_dict().items())
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_box_rpb_runs_with_query_groups_and_denoising_and_is_not_a_transformers_model():
+    from detr.config import ModelConfig
+    from detr.weights.to_hf import check_hf_exportable
+
+    torch.manual_seed(0)
+    model = detr.create_model("detr_r50", num_classes=3, box_rpb=True, num_groups=2, dn_number=2,
+                              **TINY).double().train()
+    t = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]], dtype=torch.float64)}] * 2
+    out = model([torch.randn(3, 64, 96, dtype=torch.float64), torch.randn(3, 80, 48, dtype=torch.float64)], targets=t)
+    assert len(out["groups"]) == 1 and out["dn"]["pred_boxes"].shape[:2] == (2, 2)
+    with pytest.raises(ValueError, match="box_rpb: transformers' DETR has no box-to-pixel attention bias"):
+        check_hf_exportable(ModelConfig(box_rpb=True))
