@@ -68,7 +68,8 @@ def test_mal_head_is_a_sigmoid_head_end_to_end():
     net = detr.create_model("detr_r50", num_classes=NUM_CLASSES, class_loss="mal", **TINY).double().train()
     assert net.class_embed.out_features == NUM_CLASSES
     criterion = detr.create_criterion(NUM_CLASSES, dec_layers=2, class_loss="mal")
-    assert criterion.matcher.focal and criterion.weight_dict["loss_mal"] == 1.0 and "loss_mal_0" in criterion.weight_dict
+    assert criterion.matcher.focal and criterion.weight_dict["loss_mal"] == 1.0
+    assert "loss_mal_0" in criterion.weight_dict
     losses = criterion(net(images()), targets())
     assert "loss_ce" not in losses and "loss_vfl" not in losses
     criterion.total_loss(losses).backward()

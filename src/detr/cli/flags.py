@@ -46,8 +46,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("dn_label_noise", float, "denoising: twice the probability that a label is replaced by a random class"),
     ("class_loss", str, "class head: softmax (the paper's, with a no-object class), varifocal (IoU-aware "
                         "sigmoid head, focal matching cost, top-k postprocessing) or focal (Conditional DETR's "
-                        "sigmoid focal loss, focal matching cost, top-k postprocessing) or mal (DEIM's matchability-aware "
-                        "sigmoid loss, IoU^gamma targets)"),
+                        "sigmoid focal loss, focal matching cost, top-k postprocessing) or mal (DEIM's "
+                        "matchability-aware sigmoid loss, IoU^gamma targets)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
     ("mal_gamma", float, "--class_loss mal: exponent of the IoU target and of the negatives' weight"),
     ("matcher_iou_power", float, "IoU-aware matching: the class cost reads the score times IoU^this "

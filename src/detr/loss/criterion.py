@@ -117,7 +117,8 @@ class SetCriterion(nn.Module):
         outputs matched again to K copies of the ground truth (up to K queries per object), averaged over the
         K * N boxes. Chosen over H-DETR's extra query branch: no extra queries to decode, nothing to drop."""
         losses = {}
-        for suffix, layer in [("", outputs), *[(aux_suffix(i), a) for i, a in enumerate(outputs.get("aux_outputs", []))]]:
+        aux = [(aux_suffix(i), a) for i, a in enumerate(outputs.get("aux_outputs", []))]
+        for suffix, layer in [("", outputs), *aux]:
             indices = self.matcher(layer, targets, repeats=self.k_one2many)
             part = self._layer_losses(layer, targets, num_boxes * self.k_one2many, log=False, indices=indices)
             losses.update({f"{k}_o2m{suffix}": v for k, v in part.items() if k in self.base_terms})
