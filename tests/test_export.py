@@ -13,6 +13,7 @@ import torch
 import detr
 from detr.cli.export import main as export_command
 from detr.inference.export import export_onnx, onnx_outputs, run_onnx, verify_onnx
+from detr.registry import COCO_CLASSES
 
 from .helpers_predict import one_thread, save_official  # noqa: F401  (autouse fixture)
 
@@ -203,3 +204,23 @@ def test_box_rpb_model_keeps_parity(shape, tmp_path):
         ref = net(images)
     torch.testing.assert_close(logits, ref["pred_logits"], atol=1e-4, rtol=0)
     torch.testing.assert_close(boxes, ref["pred_boxes"], atol=1e-4, rtol=0)
+
+
+def test_metadata_and_openvino_postprocessing_from_the_command(model, tmp_path, capsys):
+    """The ONNX file carries the JSON Detector reads; --format openvino --postprocess --verify writes an IR."""
+    import json
+
+    weights = save_official(model, tmp_path / "w.pth")
+    out = tmp_path / "m.onnx"
+    assert export_command(["--weights", str(weights), "--nheads", "2", "--val_scale", "96", "--output", str(out)]) == 0
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    meta = json.loads(props["detr"])
+    assert meta == {"class_loss": "softmax", "num_classes": 91, "num_queries": 10, "masks": False,
+                    "class_names": list(COCO_CLASSES), "size": 96, "max_size": 1333, "graph": "plain", "category_ids": None}
+    ir = tmp_path / "post.xml"
+    assert export_command(["--weights", str(weights), "--nheads", "2", "--format", "openvino", "--output", str(ir),
+                           "--postprocess", "--top_k", "4", "--verify"]) == 0
+    assert "OpenVINO vs PyTorch max abs difference" in capsys.readouterr().out
+    assert ir.is_file() and ir.with_suffix(".bin").is_file()
+    with pytest.raises(ValueError, match="an OpenVINO IR is a .xml file"):
+        export_command(["--weights", str(weights), "--format", "openvino", "--output", str(tmp_path / "m.onnx")])

@@ -7,6 +7,7 @@ The public API:
     results = detr.postprocess(model(images), target_sizes)
     panoptic = detr.postprocess_panoptic(segm_model(images), processed_sizes)   # "detr_r50_panoptic", masks=True
     detector = detr.Detector.from_pretrained("detr_r50")
+    result = detr.train(data="datasets/pets", epochs=20, output_dir="runs/pets")  # COCO/Roboflow/YOLO/VOC folder
     state, model_config = detr.convert_hf_state_dict(hf_model.state_dict(), hf_model.config)  # transformers weights
     results = detr.panoptic_quality(gt_json, gt_folder, pred_json, pred_folder)  # PQ / SQ / RQ as panopticapi
     state, model_config = detr.convert_paddle_state_dict(detr.read_pdparams("detr.pdparams"))  # PaddleDetection
@@ -22,6 +23,7 @@ from .models.conditional import ConditionalDETR
 from .models.detr import DETR
 from .models.segmentation import DETRsegm
 from .postprocessing import postprocess, postprocess_panoptic, postprocess_segmentation
+from .training.api import TrainResult, train
 from .weights.from_hf import convert_hf_state_dict
 from .weights.from_official import convert_official_state_dict
 from .weights.from_paddle import convert_paddle_state_dict, read_pdparams
@@ -42,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "SetCriterion",
     "TrainConfig",
+    "TrainResult",
     "config_from_checkpoint",
     "convert_hf_state_dict",
     "convert_official_state_dict",
@@ -52,6 +55,7 @@ __all__ = [
     "panoptic_quality",
     "postprocess",
     "read_pdparams",
+    "train",
     "postprocess_panoptic",
     "postprocess_segmentation",
 ]

@@ -22,6 +22,7 @@ PositionEmbedding = Literal["sine", "learned"]
 Amp = Literal["none", "bf16", "fp16"]
 Recipe = Literal["official", "fast"]
 DatasetFile = Literal["coco", "coco_panoptic"]  # the official --dataset_file (a flag, not a field)
+DataFormat = Literal["coco", "roboflow", "yolo", "voc"]  # --data_format: how --data DIR is laid out
 BackboneSource = Literal["imagenet", "none"]  # --backbone_weights' names; anything else is a state-dict file
 
 
@@ -107,6 +108,7 @@ FAMILIES: tuple[str, ...] = get_args(Family)
 CLASS_LOSSES: tuple[str, ...] = get_args(ClassLoss)
 # The heads of C independent sigmoid outputs (no "no object" class): focal matching cost, top-k postprocessing.
 SIGMOID_HEADS: tuple[str, ...] = ("varifocal", "focal", "mal")
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 # The class cost and class loss weight each head was published with (Conditional DETR: 2 and 2).
 CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0, "mal": 1.0}
 
@@ -115,6 +117,13 @@ CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "foca
 class DataConfig:
     """Where the data lives. With nothing set, the built-in demo dataset is used."""
 
+    # --data DIR: a COCO 2017, Roboflow COCO, YOLO or Pascal VOC folder (data/formats/), written as COCO JSON
+    # files under the output folder; those files' paths then fill train_images ... val_annotations.
+    data: str | None = None
+    data_format: DataFormat | None = None  # None: detected from the layout
+    # --data: label i is the dataset's category id category_ids[i] (sparse ids get a contiguous head);
+    # None: labels are the category ids (the official flags).
+    category_ids: list[int] | None = None
     coco_path: str | None = None
     train_images: str | None = None
     train_annotations: str | None = None
@@ -138,6 +147,10 @@ class DataConfig:
     # Shares of the training images made a mosaic of 4 / mixed up with another (DEIM; data/mosaic.py); 0: off.
     mosaic_prob: float = 0.0
     mixup_prob: float = 0.0
+
+
+LoggerName = Literal["tensorboard", "wandb", "mlflow"]
+LOGGERS: tuple[LoggerName, ...] = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -175,6 +188,11 @@ class TrainConfig:
     recipe: Recipe = "official"
     # > 0: evaluate and save an exponential moving average of the weights with this decay (training/ema.py); 0: off.
     ema_decay: float = 0.0
+    # Early stopping: stop after this many evaluations without a better value of the metric best.pth follows
+    # (PQ, mask AP or box AP: training/state.py selection_metric); None: train all --epochs.
+    patience: int | None = None
+    # Experiment loggers (training/loggers.py), each from its extra: tensorboard, wandb, mlflow.
+    logger: list[LoggerName] = field(default_factory=list)
 
 
 @dataclass
@@ -300,6 +318,7 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     """Raise ValueError naming the argument for any option that cannot work."""
     check_choices(cfg)
     t, m = cfg.train, cfg.model
+    loggers = t.logger if isinstance(t.logger, (list, tuple)) else []
     checks = [
         (t.batch_size >= 1, f"--batch_size must be >= 1, got {t.batch_size}"),
         (t.lr >= 0, f"--lr must be >= 0, got {t.lr}"),
@@ -312,6 +331,12 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (t.eval_every >= 1, f"--eval_every must be >= 1, got {t.eval_every}"),
         (t.backbone_warmup >= 0, f"--backbone_warmup must be >= 0, got {t.backbone_warmup}"),
         (0 <= t.ema_decay < 1, f"--ema_decay must be in [0, 1) (0: no weight average), got {t.ema_decay}"),
+        (t.patience is None or t.patience >= 1, f"--patience must be >= 1 (or unset: no early stopping), got {t.patience}"),
+        (isinstance(t.logger, (list, tuple)), f"--logger takes a list of names, got {t.logger!r}"),
+        (all(name in LOGGERS for name in loggers),
+         f"--logger must be among {', '.join(LOGGERS)}, got {' '.join(map(str, loggers))}"),
+        (not loggers or bool(t.output_dir) or not training,
+         f"--logger {' '.join(map(str, loggers))} writes under --output_dir: give one"),
         (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
          f"--steps_per_epoch must be >= 1 (or unset: one pass over the data), got {t.steps_per_epoch}"),
         (t.backbone_weights in get_args(BackboneSource) or Path(t.backbone_weights).is_file(),
@@ -358,6 +383,25 @@ def validate_config(cfg: Config, training: bool = True) -> None:
     _validate_data_paths(cfg)
 
 
+def _validate_data_folder(d: DataConfig) -> None:
+    """--data: an existing folder, a known --data_format, and no other data flag (until resolved)."""
+    if d.data_format is not None and d.data_format not in DATA_FORMATS:
+        raise ValueError(f"--data_format must be one of {', '.join(DATA_FORMATS)}, got {d.data_format!r}")
+    if d.data_format is not None and not d.data:
+        raise ValueError("--data_format says how to read --data DIR: give --data as well")
+    if not d.data:
+        return
+    if not Path(d.data).is_dir():
+        raise ValueError(f"--data {d.data}: folder not found")
+    others = [f"--{k}" for k in ("coco_path", "coco_panoptic_path", "train_panoptic", "val_panoptic")
+              if getattr(d, k)]
+    if d.category_ids is None:  # resolved configs (in checkpoints) hold the written files' paths
+        others += [f"--{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")
+                   if getattr(d, k)]
+    if others:
+        raise ValueError(f"give either --data or {', '.join(others)}, not both")
+
+
 def _is_file_name(text: str) -> bool:
     """Whether --weights `text` can only be a local path: a file suffix, or an absolute or explicitly relative path
     (a published name such as detr_r50 or a hub id such as facebook/detr-resnet-50 has neither)."""
@@ -366,6 +410,7 @@ def _is_file_name(text: str) -> bool:
 
 def _validate_data_paths(cfg: Config) -> None:
     d = cfg.data
+    _validate_data_folder(d)
     custom = {"--train_images": d.train_images, "--train_annotations": d.train_annotations,
               "--val_images": d.val_images, "--val_annotations": d.val_annotations}
     if d.coco_path and any(custom.values()):

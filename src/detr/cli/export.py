@@ -1,4 +1,5 @@
-"""`detr export`: a model as ONNX with dynamic batch and image size, optionally checked with onnxruntime."""
+"""`detr export`: a model as ONNX or OpenVINO IR with dynamic batch and image size, optionally checked against
+PyTorch (onnxruntime for ONNX, OpenVINO for the IR)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from .flags import parse_and_run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_detector_flags(parser)
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
-    parser.add_argument("--output", default="detr.onnx", help="file to write (default detr.onnx)")
+    parser.add_argument("--format", choices=list(onnx_export.FORMATS), default="onnx",
+                        help="onnx, or openvino: an IR .xml with its .bin beside it (needs the openvino extra)")
+    parser.add_argument("--output", default=None, help="file to write (default detr.onnx, or detr.xml for openvino)")
     parser.add_argument("--postprocess", action="store_true",
                         help="build postprocessing in: inputs pixel_values, orig_target_sizes [B, 2] (height, "
                              "width); outputs boxes (xyxy pixels), scores, labels, best first (not for segmentation models: "
@@ -21,25 +23,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top_k", type=int, default=None,
                         help="detections per image with --postprocess (default: every query for the softmax head, "
                              "100 for sigmoid heads)")
-    parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch on random inputs")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare the runtime (onnxruntime, or OpenVINO at fp32) with PyTorch on random inputs")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export the model to ONNX (dynamic batch and image size), optionally checking parity."""
+    """Export the model to ONNX or OpenVINO (dynamic batch and image size), optionally checking parity."""
     if args.top_k is not None and not args.postprocess:
         raise ValueError("--top_k applies with --postprocess only")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {args.top_k}")
-    output_file(args.output)
-    model = detector_from_args(args).model.cpu()
-    path = onnx_export.export_onnx(model, args.output, postprocess=args.postprocess, top_k=args.top_k)
+    output = args.output or f"detr{onnx_export.FORMATS[args.format]}"
+    if args.format == "openvino":
+        if not output.endswith(".xml"):
+            raise ValueError(f"--output: an OpenVINO IR is a .xml file (its .bin is written beside it), got {output}")
+        onnx_export.import_openvino()  # a missing package named before the model is loaded
+    output_file(output)
+    detector = detector_from_args(args)
+    if detector.model is None:
+        raise ValueError(f"--weights {args.weights}: an exported file; export from the PyTorch weights it came from")
+    model = detector.model.cpu()
+    path = onnx_export.export_model(model, output, args.format, postprocess=args.postprocess, top_k=args.top_k,
+                                    class_names=detector.class_names, size=detector.size,
+                                    max_size=detector.max_size, category_ids=detector.category_ids)
     inputs = [onnx_export.INPUT] + [onnx_export.SIZES] * args.postprocess
     outputs = onnx_export.DETECTIONS if args.postprocess else onnx_export.output_names(model)
     k = f" [B, {onnx_export.detections_per_image(model, args.top_k)}]" if args.postprocess else ""
     print(f"detr export: wrote {path} (inputs {', '.join(inputs)}; outputs {', '.join(outputs)}{k})")
     if args.verify:
-        diff = onnx_export.verify_onnx(model, path)
-        print(f"detr export: onnxruntime vs PyTorch max abs difference {diff:.2e}")
+        diff = onnx_export.verify_export(model, path)
+        runtime = "OpenVINO" if args.format == "openvino" else "onnxruntime"
+        print(f"detr export: {runtime} vs PyTorch max abs difference {diff:.2e}")
     return 0
 
 

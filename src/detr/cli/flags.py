@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, get_args
 
-import torch
-
-from ..config import Config, DatasetFile, config_from_flags, literal_choices
+from ..config import LOGGERS, Config, DatasetFile, literal_choices
 from ..registry import MODELS
+from ..training.options import config_from_options
 
 log = logging.getLogger(__name__)
 # (flag, type, help); the section a flag belongs to is the dataclass that has the field.
@@ -65,6 +64,9 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("mask_loss_coef", float, "with --masks: weight of the sigmoid focal loss of the masks (loss_mask)"),
     ("dice_loss_coef", float, "with --masks: weight of the dice loss of the masks (loss_dice)"),
     ("frozen_weights", str, "with --masks: a trained detector, loaded and frozen; only the mask head trains"),
+    ("data", str, "a dataset folder: COCO 2017, Roboflow COCO export, YOLO (data.yaml) or Pascal VOC, recognised "
+                  "from its layout; fine-tunes detr_r50 (50 epochs) unless --weights/--epochs say otherwise"),
+    ("data_format", str, "read --data as coco, roboflow, yolo or voc (default: recognised from the layout)"),
     ("coco_path", str, "COCO 2017 folder (train2017/, val2017/, annotations/)"),
     ("dataset_file", str, "coco (instances; with --masks their polygon/RLE masks) or coco_panoptic (with "
                           "--coco_panoptic_path)"),
@@ -95,6 +97,8 @@ FLAGS: list[tuple[str, Any, str]] = [
                              "passes over the data (default: one pass); --epochs, --lr_drop, --eval_every count them"),
     ("mosaic_prob", float, "share of the training images made a 2x2 mosaic with 3 others (DEIM; 0: off)"),
     ("mixup_prob", float, "share of the training images blended with another, both sets of boxes kept (DEIM; 0: off)"),
+    ("patience", int, "early stopping: stop after this many evaluations without a better val AP (PQ or mask AP "
+                      "when evaluated; the metric best.pth follows); default: off"),
     ("max_size", int, "longest image side"),
     ("val_scale", int, "validation short side (default: the largest of --scales)"),
 ]
@@ -109,19 +113,19 @@ SWITCHES = {"dilation": "DC5: dilate the last backbone stage (for an official we
 # Official flags that do not apply here: accepted so old command lines run, and reported.
 IGNORED = {"world_size": None, "dist_url": None, "start_epoch": None, "remove_difficult": None}
 DATASET_FILES = get_args(DatasetFile)
-PATH_FLAGS = {"coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
+PATH_FLAGS = {"data", "coco_path", "train_images", "train_annotations", "val_images", "val_annotations", "output_dir",
               "resume", "weights", "frozen_weights", "coco_panoptic_path", "train_panoptic", "val_panoptic"}
 # The groups commands are built from; a FLAGS row in no group is a training flag (only `detr train` reads it).
 WEIGHTS_FLAGS = ("weights", "device")
 FILE_MODEL_FLAGS = ("dilation", "nheads")  # with --model: what an official weights file cannot tell
 MODEL_FLAGS = ("backbone", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
                "num_queries", "class_loss", "num_classes", "pre_norm", "masks", "box_rpb")
-DATA_FLAGS = ("coco_path", "dataset_file", "coco_panoptic_path", "train_images", "train_annotations", "val_images",
-              "val_annotations", "train_panoptic", "val_panoptic", "num_workers")
+DATA_FLAGS = ("data", "data_format", "coco_path", "dataset_file", "coco_panoptic_path", "train_images",
+              "train_annotations", "val_images", "val_annotations", "train_panoptic", "val_panoptic", "num_workers")
 SIZE_FLAGS = ("max_size", "val_scale")
 # The flags that give `detr train` its data; `has_data` reads those the parser has (a `--data DIR` added to
 # DATA_FLAGS and FLAGS counts once it is here).
-DATA_SOURCES = ("coco_path", "train_annotations", "val_annotations", "data")
+DATA_SOURCES = ("data", "coco_path", "train_annotations", "val_annotations")
 # Old spellings -> the flag they stand for. One spelling per idea: underscores, as the official flags.
 OLD_SPELLINGS = {"--max-size": "max_size", "--size": "val_scale", "--output": "output_dir"}
 _SPEC = {name: (kind, text) for name, kind, text in FLAGS}
@@ -227,6 +231,11 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     add_size_flags(parser)
     grouped = {*WEIGHTS_FLAGS, *FILE_MODEL_FLAGS, *MODEL_FLAGS, *DATA_FLAGS, *SIZE_FLAGS}
     add_flags(parser.add_argument_group("training"), [n for n in [*_SPEC, *SWITCHES] if n not in grouped])
+    parser.add_argument("--logger", choices=LOGGERS, nargs="+", action="extend", default=None, metavar="NAME",
+                        help="experiment logging under --output_dir, one or several (the flag may repeat): "
+                             "tensorboard, wandb (offline unless WANDB_MODE says otherwise), mlflow (a local store "
+                             "unless MLFLOW_TRACKING_URI is set); each needs its extra, e.g. "
+                             "pip install 'detr-aligned[tensorboard]'")
     for name in IGNORED:
         parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS,
                             **({"action": "store_true"} if name == "remove_difficult" else {}))
@@ -249,13 +258,7 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
     """A Config from the parsed flags; `preset` values, then --model's, replace the defaults of flags not given."""
-    given = given_flags(args)
-    model = given.pop("model", None)
-    values = {**(preset or {}), **(MODELS[model] if model else {}), **given}
-    values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
-    values.setdefault("output_dir", "runs/train")
-    values.setdefault("num_classes", None)  # resolved from the data
-    return config_from_flags(values)
+    return config_from_options(given_flags(args), preset)
 
 
 def _check_dataset_file(args: argparse.Namespace) -> None:

@@ -12,15 +12,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
-from ..config import Config
+from ..config import Config, DataConfig
 from .annotations import class_names_from_annotations, num_classes_from_annotations
 from .coco import CocoDetection, build_dataset, coco_paths, collate_fn
 from .demo import make_demo_dataset
 from .errors import DatasetError
+from .formats import Geometry, PreparedData, prepare_data
 from .mosaic import MosaicMixup
 from .panoptic import CocoPanoptic, PanopticReport, build_panoptic_dataset, coco_panoptic_paths
 from .sampler import EpochBatchSampler
-from .transforms import make_transforms
+from .transforms import SCALES, make_transforms
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,18 @@ class RunData:
     panoptic: PanopticReport | None = None
 
 
-def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
+def resolve_data(cfg: Config, demo_root: str | None = None, data_subdir: str = "data") -> Config:
     """A copy of `cfg` with concrete data paths, num_classes and class names.
 
     --coco_path gives the COCO 2017 layout and 91 classes (with --coco_panoptic_path: the panoptic layout
     and 250 classes, as the official code); custom data gives num_classes = largest category id + 1 unless
     set; with no data at all the demo dataset is generated (by the main process only) under `demo_root`.
+    --data DIR is written as COCO files under the output folder's `data_subdir` (`prepare_folder`), with
+    labels 0..K-1 and `category_ids` mapping them to the dataset's ids.
     """
     d = cfg.data
+    if d.data and not (d.train_annotations or d.val_annotations):
+        d = prepare_folder(cfg, data_subdir)
     if d.coco_path and d.coco_panoptic_path:
         d = dataclasses.replace(d, **{k: str(v) for k, v in coco_panoptic_paths(d.coco_path, d.coco_panoptic_path)
                                       .items()})
@@ -67,6 +72,25 @@ def resolve_data(cfg: Config, demo_root: str | None = None) -> Config:
         d = dataclasses.replace(d, class_names=class_names_from_annotations(ann_files[0]))
     model = dataclasses.replace(cfg.model, num_classes=num_classes)
     return dataclasses.replace(cfg, data=d, model=model)
+
+
+def prepare_folder(cfg: Config, data_subdir: str = "data") -> DataConfig:
+    """cfg.data with the COCO files written from --data into the output folder's `data_subdir` (by the main
+    process; the others reuse them)."""
+    d, m = cfg.data, cfg.model
+    out = Path(cfg.train.output_dir or "runs/train") / data_subdir
+    geometry = Geometry(m.num_queries, 16 if m.backbone == "tiny" or m.dilation else 32, d.scales or SCALES,
+                        d.max_size)
+    made = None
+    if distributed.is_main_process():
+        made = prepare_data(d.data, out, d.data_format, d.category_ids, geometry)
+    box: list[PreparedData | None] = [made]
+    if distributed.is_distributed():
+        torch.distributed.broadcast_object_list(box, src=0)
+    prepared = box[0]
+    assert prepared is not None
+    return dataclasses.replace(d, **prepared.paths, data_format=prepared.format, category_ids=prepared.category_ids,
+                               class_names=prepared.class_names)
 
 
 def _default_demo_root(cfg: Config) -> str:
@@ -121,7 +145,7 @@ def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
             raise ValueError("no training data: give --train_images and --train_annotations (or --coco_path)")
         train = _dataset(cfg, True)
         most = max((len(r.target["labels"]) for r in train.report.records.values()), default=0)
-        if most > cfg.model.num_queries and distributed.is_main_process():
+        if most > cfg.model.num_queries and distributed.is_main_process() and not d.data:  # --data: said before
             log.warning("--num_queries %d is smaller than the %d objects of the most crowded image in %s; at most "
                         "%d objects per image can be detected", cfg.model.num_queries, most, d.train_annotations,
                         cfg.model.num_queries)

@@ -56,6 +56,12 @@ def coco_bbox_eval(coco_gt: Any, detections: list[dict[str, Any]], image_ids: Se
     return _coco_eval(coco_gt, detections, image_ids, "bbox")
 
 
+def bbox_cocoeval(coco_gt: Any, detections: list[dict[str, Any]], image_ids: Sequence[int]) -> tuple[Any, str]:
+    """The summarized pycocotools COCOeval (bbox) of `image_ids` and its printed summary; its
+    `eval["precision"]` [T, R, K, A, M] gives the per-class numbers (`detr.evaluation.diagnostics`)."""
+    return _run_cocoeval(coco_gt, detections, image_ids, "bbox")
+
+
 def coco_mask_eval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]) -> tuple[list[float], str]:
     """Mask AP: COCOeval (segm) on `image_ids`; returns the 12 summary numbers and the printed summary.
 
@@ -67,6 +73,12 @@ def coco_mask_eval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Seque
 
 def _coco_eval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int],
                iou_type: str) -> tuple[list[float], str]:
+    coco_eval, summary = _run_cocoeval(coco_gt, results, image_ids, iou_type)
+    return [float(s) for s in coco_eval.stats], summary
+
+
+def _run_cocoeval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int],
+                  iou_type: str) -> tuple[Any, str]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -79,7 +91,7 @@ def _coco_eval(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[
         coco_eval.accumulate()
         coco_eval.summarize()
     summary = "\n".join(line for line in buffer.getvalue().splitlines() if line.lstrip().startswith("Average"))
-    return [float(s) for s in coco_eval.stats], summary
+    return coco_eval, summary
 
 
 def save_detections(path: str | os.PathLike, detections: list[dict[str, Any]]) -> None:

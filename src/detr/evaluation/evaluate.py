@@ -24,10 +24,12 @@ from ..loss.criterion import create_criterion
 from ..loss_stats import RunningMeans, float_outputs, reduce_losses
 from ..models.build import build_model
 from ..postprocessing.boxes import postprocess
+from ..presets import DEMO_DRAW_THRESHOLDS
 from ..runtime import autocast, resolve_device
 from ..weights.identify import config_from_checkpoint
 from ..weights.loading import load_weights
-from .coco_eval import STAT_NAMES, coco_bbox_eval, gather_detections, save_detections, to_coco_detections
+from .coco_eval import STAT_NAMES, bbox_cocoeval, gather_detections, save_detections, to_coco_detections
+from .diagnostics import write_diagnostics
 from .segm_eval import MaskEvaluator
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,10 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
     """Losses and COCO bbox AP on `loader`, with detections gathered from every process.
 
     Returns the stats (mean losses, "coco_eval_bbox": the 12 COCOeval numbers, "AP", "AP50",
-    ..., and "coco_summary": COCOeval's printed table) and the detections in COCO results format.
+    ..., "coco_summary": COCOeval's printed table and, on the main process, "per_class_ap": the
+    `diagnostics.per_class_ap` records) and the detections in COCO results format. With `out_dir` the main
+    process writes the per-class diagnostics to `out_dir`/eval (`diagnostics.write_diagnostics`; the confusion
+    matrix at the head's drawing threshold, `DEMO_DRAW_THRESHOLDS`).
     A model with masks ("pred_masks") adds `MaskEvaluator.summarize`'s mask AP and, with `panoptic` (the
     validation set's ground truth), PQ; its panoptic predictions go to `out_dir`/panoptic_eval when given.
     """
@@ -70,10 +75,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Iterable, coco_gt: 
 
     detections, image_ids = gather_detections(detections, image_ids)
     stats = averages.means()
+    coco_stats, summary = [], ""
     if distributed.is_main_process():
-        coco_stats, summary = coco_bbox_eval(coco_gt, detections, image_ids)
-    else:
-        coco_stats, summary = [], ""
+        coco_eval, summary = bbox_cocoeval(coco_gt, detections, image_ids)
+        coco_stats = [float(s) for s in coco_eval.stats]
+        class_loss = getattr(criterion, "class_loss", "softmax")
+        stats["per_class_ap"] = write_diagnostics(out_dir / "eval" if out_dir else None, coco_eval, detections,
+                                                  DEMO_DRAW_THRESHOLDS.get(class_loss, 0.5))
     coco_stats = _broadcast(coco_stats)
     stats.update({"coco_eval_bbox": coco_stats, "coco_summary": summary, **dict(zip(STAT_NAMES, coco_stats))})
     if masks is not None:
@@ -90,10 +98,14 @@ def _broadcast(values: list[float]) -> list[float]:
     return box[0]
 
 
-def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: list[dict[str, Any]]) -> None:
-    """Save the detections (COCO results format) and the 12 COCO numbers of the last evaluation."""
+def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: list[dict[str, Any]],
+                       category_ids: list[int] | None = None) -> None:
+    """Save the detections (COCO results format; with `category_ids`, --data's label -> category id mapping,
+    in the dataset's own ids) and the 12 COCO numbers of the last evaluation."""
     if out_dir is None:
         return
+    if category_ids is not None:
+        detections = [{**d, "category_id": dataset_category(d["category_id"], category_ids)} for d in detections]
     save_detections(out_dir / "detections_val.json", detections)
     summary = {k: stats[k] for k in ("coco_eval_bbox", "AP", "AP50", "AP75", "coco_eval_masks", "mask_AP", "PQ_all",
                                      "PQ_th", "PQ_st") if k in stats}
@@ -101,6 +113,11 @@ def write_eval_outputs(out_dir: Path | None, stats: dict[str, Any], detections: 
 
 
 SIZE_FIELDS = ("scales", "max_size", "val_scale")  # DataConfig's image sizes
+
+
+def dataset_category(label: int, category_ids: list[int] | None) -> int:
+    """The dataset's category id of a label (--data's mapping; without one, or beyond it, the label itself)."""
+    return category_ids[label] if category_ids is not None and 0 <= label < len(category_ids) else label
 
 
 def _val_size(data: DataConfig) -> tuple[int, int]:
@@ -126,7 +143,7 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
     data_cfg = cfg.data
     ours = isinstance(ckpt.get("config"), dict) and bool(ckpt["config"].get("model"))
     if ours:
-        own_data = not (data_cfg.coco_path or data_cfg.val_annotations)  # the data the checkpoint was trained on
+        own_data = not (data_cfg.data or data_cfg.coco_path or data_cfg.val_annotations)  # the checkpoint's data
         if sizes_from_checkpoint is None:
             sizes_from_checkpoint = SIZE_FIELDS if own_data else ()
         sizes = {k: getattr(saved.data if k in sizes_from_checkpoint else data_cfg, k) for k in SIZE_FIELDS}
@@ -134,11 +151,14 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         if _val_size(data_cfg) != _val_size(saved.data):
             log.warning("%s was validated at --val_scale %d --max_size %d; evaluating at %d / %d (give those flags "
                         "to match)", path, *_val_size(saved.data), *_val_size(data_cfg))
-    cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None))
+    # --data: the checkpoint's label -> category id mapping numbers the new folder's classes as in training
+    mapping = saved.data.category_ids if data_cfg.data else data_cfg.category_ids
+    cfg = dataclasses.replace(cfg, model=saved.model, data=dataclasses.replace(data_cfg, class_names=None,
+                                                                               category_ids=mapping))
     device = resolve_device(cfg.train.device, "--device")
     started = distributed.init_from_env(device)
     try:
-        cfg = resolve_data(cfg)
+        cfg = resolve_data(cfg, data_subdir="eval_data")  # --data: not over the training's data/ files
         if not cfg.data.val_annotations:
             raise ValueError("no validation data: give --val_images and --val_annotations (or --coco_path)")
         data = build_datasets(cfg, with_train=False)
@@ -152,11 +172,12 @@ def evaluate_checkpoint(cfg: Config, path: str, model: str | None = None, progre
         out_dir = output_folder(cfg.train.output_dir, "--output_dir") if cfg.train.output_dir and main else None
         stats, detections = evaluate(net, criterion, loader, data.coco_gt, device, cfg.train.amp, progress,
                                      data.panoptic, out_dir)
-        write_eval_outputs(out_dir, stats, detections)
+        write_eval_outputs(out_dir, stats, detections, cfg.data.category_ids)
         if distributed.is_main_process():
             log.info("%s on %s (%d images):\n%s", path, cfg.data.val_annotations, len(data.val), eval_summary(stats))
             if out_dir:
-                log.info("detections (COCO results format) in %s", out_dir / "detections_val.json")
+                log.info("detections (COCO results format) in %s; per-class AP, precision-recall curves and the "
+                         "confusion matrix in %s", out_dir / "detections_val.json", out_dir / "eval")
         return stats
     finally:
         if started:

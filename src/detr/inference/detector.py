@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,13 +18,17 @@ from ..data.images import load_image, to_rgb
 from ..data.masks import coco_mask_results
 from ..data.transforms import preprocess, val_short_side
 from ..models.build import Model
-from ..models.segmentation import DETRsegm
+from ..models.detr import pad_images
 from ..postprocessing.boxes import postprocess
 from ..postprocessing.masks import postprocess_panoptic, postprocess_segmentation
 from ..registry import COCO_CLASSES, COCO_PANOPTIC_CLASSES, coco_panoptic_is_thing
 from ..runtime import autocast, check_amp, check_threshold, resolve_device
 from ..weights.loading import load_pretrained
 from .panoptic import Panoptic, from_official
+from .runtimes import ExportedRuntime, TorchRuntime, backend_for, load_runtime
+
+if TYPE_CHECKING:
+    from .video import Tracker, VideoSource
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 Sizes = list[tuple[int, int]]  # (height, width) per image
@@ -37,7 +41,8 @@ class Detections:
     Attributes:
         boxes: [N, 4] float (x0, y0, x1, y1) in pixels of the original image.
         scores: [N] class probability of each box.
-        labels: [N] class ids (COCO category ids for the official weights).
+        labels: [N] class ids: the dataset's category ids (COCO's for the official weights; for a model trained
+            with --data, its folder's own ids).
         names: the class name of each box.
         image_size: (height, width) of the original image.
         queries: [N] the decoder query that found each box (for attention maps).
@@ -85,12 +90,35 @@ class Detections:
         )
 
 
+@dataclass
+class VideoFrame:
+    """One frame of a video run through `Detector.video`.
+
+    Attributes:
+        index: the frame's number in the source, from 0 (with a stride, every stride-th).
+        time: seconds from the source's first frame.
+        image: [H, W, 3] uint8 RGB pixels.
+        detections: the objects found in it.
+        track_ids: [N] int ByteTrack ids of the detections (-1: a track's first, unconfirmed sighting);
+            None without tracking.
+    """
+
+    index: int
+    time: float
+    image: np.ndarray
+    detections: Detections
+    track_ids: np.ndarray | None = None
+
+
 class Detector:
     """A DETR model with its preprocessing, postprocessing and class names.
 
     Args:
-        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`).
+        model: a DETR or ConditionalDETR (put in eval mode and moved to `device`), or an exported file's
+            runtime (`detr.inference.runtimes.load_runtime`; it computes on the CPU).
         class_names: name of each class id; None: COCO names for 91 classes, else the ids.
+        category_ids: the dataset's category id of each label (a --data model's mapping, from its checkpoint;
+            `class_names` then follow the labels); None: labels are the category ids.
         device: "cpu", "cuda", "cuda:1", ...
         threshold: keep detections whose score is at least this, in [0, 1].
         size: short side of the resized image (validation: 800).
@@ -110,22 +138,35 @@ class Detector:
         >>> segm.panoptic("street.jpg").segments_info                  # COCO panoptic segments, named
     """
 
-    def __init__(self, model: Model, class_names: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                 threshold: float = 0.7, size: int = 800, max_size: int = 1333, amp: str = "none"):
+    def __init__(self, model: Model | ExportedRuntime, class_names: Sequence[str] | None = None,
+                 device: str | torch.device = "cpu", threshold: float = 0.7, size: int = 800, max_size: int = 1333,
+                 amp: str = "none", category_ids: Sequence[int] | None = None):
         self.device = resolve_device(device)
         self.amp = check_amp(amp, self.device)
-        self.model = model.eval().to(self.device)
+        self.model: Model | None  # None for an exported file: explain and export need the PyTorch model
+        if isinstance(model, ExportedRuntime):
+            if self.amp != "none":  # its runtime computes on the CPU; `device` holds the tensors around it
+                raise ValueError(f"{model.path}: an exported file runs at the precision its runtime was given "
+                                 f"(OpenVINO: precision='bf16'), not under amp; got amp={amp!r}")
+            model.check_detector()
+            self.model, self.runtime = None, model
+            num_classes = int(model.metadata["num_classes"])
+        else:
+            self.model = model.eval().to(self.device)
+            self.runtime = TorchRuntime(self.model)
+            num_classes = model.num_classes
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
-        self.class_names = list(class_names) if class_names is not None else default_class_names(model.num_classes)
+        self.class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
+        self.category_ids = list(category_ids) if category_ids is not None else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "detr_r50", device: str | torch.device = "cpu",
                         threshold: float = 0.7, model: str | None = None, progress: bool = True,
                         size: int | None = None, max_size: int | None = None, amp: str = "none",
-                        **overrides: Any) -> Detector:
-        """Load a published model by name, one of our checkpoints, an official weights file, or a transformers
-        DETR / Conditional DETR folder or hub id.
+                        backend: str | None = None, **overrides: Any) -> Detector:
+        """Load a published model by name, one of our checkpoints, an official weights file, a transformers
+        DETR / Conditional DETR folder or hub id, or a file written by `detr export`.
 
         Args:
             name_or_path: "detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", a file path, a transformers
@@ -139,7 +180,11 @@ class Detector:
             size, max_size: resize of the input images; default: the checkpoint's validation
                 size (800, 1333 for the published models; a transformers folder's preprocessor_config.json).
             amp: "none", "bf16" or "fp16" (GPU): see the class docstring.
-            **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads.
+            backend: run an exported plain graph (`detr export` without --postprocess) in "onnxruntime" or
+                "openvino", on the CPU; None: by suffix (.onnx: onnxruntime, .xml: OpenVINO), else PyTorch.
+                Class names and resize come from the file's metadata.
+            **overrides: model options an official file's shapes cannot tell, e.g. dilation, nheads; for an
+                exported file, the runtime's options (OpenVINO: precision="f32" or "bf16"; num_threads).
 
         Returns:
             A ready Detector.
@@ -150,14 +195,22 @@ class Detector:
 
         Example:
             >>> detector = Detector.from_pretrained("runs/voc/checkpoint.pth", device="cuda")
+            >>> on_cpu = Detector.from_pretrained("detr.xml")       # `detr export --format openvino`
         """
         check_threshold(threshold)
         check_amp(amp, resolve_device(device))
+        if backend_for(name_or_path, backend) is not None:
+            runtime = load_runtime(name_or_path, backend, **overrides)
+            runtime.check_detector()
+            meta = runtime.metadata
+            return cls(runtime, meta["class_names"], device=device, threshold=threshold,
+                       size=size or meta["size"], max_size=max_size or meta["max_size"], amp=amp,
+                       category_ids=meta.get("category_ids"))
         net, cfg = load_pretrained(name_or_path, model=model, progress=progress, **overrides)
         d = cfg.data
         size = size or val_short_side(d)
         return cls(net, d.class_names, device=device, threshold=threshold, size=size,
-                   max_size=max_size or d.max_size, amp=amp)
+                   max_size=max_size or d.max_size, amp=amp, category_ids=d.category_ids)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  batch_size: int = 1) -> Detections | list[Detections]:
@@ -181,10 +234,53 @@ class Detector:
             results += self.detect(chunk, thr)
         return results[0] if single else results
 
+    def video(self, source: str | int | os.PathLike | VideoSource, stride: int = 1, track: bool = False,
+              threshold: float | None = None) -> Iterator[VideoFrame]:
+        """Detect (and with `track` follow) objects in a video file, a webcam or a stream, frame by frame.
+
+        Args:
+            source: a video file, a webcam index (0), a stream URL (rtsp://, http://, ...) or an open
+                `VideoSource` (left open); needs the `video` extra (PyAV).
+            stride: detect every `stride`-th frame; the others are decoded and skipped.
+            track: add ByteTrack ids (the `track` extra), the tracker running at the detected frames' rate.
+            threshold: overrides the detector's threshold (and the tracker's) for this video.
+
+        Returns:
+            An iterator of `VideoFrame`s in order; a damaged file or a dropped stream ends it with a warning.
+
+        Example:
+            >>> for frame in detector.video("street.mp4", stride=2, track=True):
+            ...     print(frame.index, frame.time, frame.detections.names, frame.track_ids)
+        """
+        from .video import Tracker, VideoSource, check_stride
+
+        check_stride(stride)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        src = source if isinstance(source, VideoSource) else VideoSource(source)  # errors now, not at next()
+        try:
+            tracker = Tracker(src.rate / stride, thr) if track else None
+        except BaseException:
+            if src is not source:
+                src.close()
+            raise
+        return self._video_frames(src, src is not source, stride, thr, tracker)
+
+    def _video_frames(self, src: VideoSource, owned: bool, stride: int, threshold: float,
+                      tracker: Tracker | None) -> Iterator[VideoFrame]:
+        try:
+            for index, time, image in src.frames(stride):
+                found = self.detect([torch.from_numpy(image).permute(2, 0, 1)], threshold)[0]  # [3, H, W] uint8
+                ids = None if tracker is None else tracker.update(found.boxes.numpy(), found.scores.numpy(),
+                                                                   found.labels.numpy())
+                yield VideoFrame(index, time, image, found, ids)
+        finally:
+            if owned:
+                src.close()
+
     @property
     def has_masks(self) -> bool:
         """Whether the model has the mask head: `Detections.masks` and `panoptic` need it."""
-        return isinstance(self.model, DETRsegm)
+        return self.runtime.has_masks
 
     def panoptic(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None,
                  is_thing: Callable[[int], bool] = coco_panoptic_is_thing) -> Panoptic | list[Panoptic]:
@@ -211,13 +307,14 @@ class Detector:
         """Detections with masks and the panoptic segmentation of images converted by `to_image_tensor`, from
         one forward pass; arguments as `__call__` and `panoptic`."""
         if not self.has_masks:
-            raise ValueError(f"panoptic segmentation needs a model with the mask head; this {type(self.model).__name__}"
-                             " has none (load a segmentation model, e.g. detr_r50_panoptic)")
+            raise ValueError(f"panoptic segmentation needs a model with the mask head; this "
+                             f"{type(self.model or self.runtime).__name__} has none (load a segmentation model, "
+                             f"e.g. detr_r50_panoptic)")
         thr = self.threshold if threshold is None else check_threshold(threshold)
         outputs, sizes, processed = self._forward(images)
         with torch.inference_mode():
             pans = postprocess_panoptic(outputs, processed, sizes, is_thing=is_thing, threshold=panoptic_threshold,
-                                        class_loss=self.model.class_loss, crop_padding=True)
+                                        class_loss=self.runtime.class_loss, crop_padding=True)
         return list(zip(self._detections(outputs, sizes, processed, thr),
                         [from_official(p, self.label_name) for p in pans]))
 
@@ -234,8 +331,9 @@ class Detector:
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         inputs = [self.preprocess(img) for img in images]
         with torch.inference_mode():
+            batch, mask = pad_images(inputs)  # [B, 3, H, W], [B, H, W] True on padding
             with autocast(self.device, self.amp):
-                outputs = self.model(inputs)
+                outputs = self.runtime(batch, mask)
             outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes", "pred_masks")}
         return outputs, sizes, [(int(x.shape[1]), int(x.shape[2])) for x in inputs]
 
@@ -244,10 +342,10 @@ class Detector:
         targets = torch.tensor(sizes, device=self.device)
         with torch.inference_mode():
             if "pred_masks" in outputs:  # masks made for the detections kept only (memory)
-                results = postprocess_segmentation(outputs, targets, processed, self.model.class_loss,
+                results = postprocess_segmentation(outputs, targets, processed, self.runtime.class_loss,
                                                    min_score=threshold)
             else:
-                results = postprocess(outputs, targets, self.model.class_loss)
+                results = postprocess(outputs, targets, self.runtime.class_loss)
         return [self._select(r, size, threshold) for r, size in zip(results, sizes)]
 
     def _select(self, result: dict[str, Tensor], size: tuple[int, int], threshold: float) -> Detections:
@@ -255,6 +353,9 @@ class Detector:
         keep = keep[result["scores"][keep].argsort(descending=True, stable=True)]
         scores, labels, boxes, queries = (result[k][keep].cpu() for k in ("scores", "labels", "boxes", "queries"))
         names = [self.label_name(int(i)) for i in labels]
+        if self.category_ids is not None:  # --data: labels 0..K-1 -> the dataset's ids
+            ids = self.category_ids
+            labels = torch.tensor([ids[i] if 0 <= i < len(ids) else i for i in labels.tolist()], dtype=labels.dtype)
         masks = result["masks"][keep].cpu() if "masks" in result else None  # [N, H, W] bool
         return Detections(boxes, scores, labels, names, size, queries, masks)
 

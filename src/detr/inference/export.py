@@ -29,15 +29,27 @@ Postprocessing graph (`postprocess=True`, a graph a runtime can use as is, as RT
 The postprocessing graph of a segmentation model is refused: it would need a per-image resize to each
 original size inside the graph; export the plain graph and postprocess its pred_masks outside.
 
-Needs the `export` extra (onnx; onnxruntime to run or verify).
+Both graphs carry, as JSON in the ONNX metadata_props under "detr", what `Detector` needs to run them
+(class_loss, num_classes, masks, class_names, size, max_size, graph): `Detector.from_pretrained("m.onnx")`.
+
+OpenVINO (`export_openvino`): the same ONNX graph converted by `openvino.convert_model` and saved as an IR
+(.xml + .bin) with fp32 weights (OpenVINO's default fp16 compression would cost parity), the metadata in its
+rt_info. Converting the ONNX graph rather than tracing the PyTorch model again keeps one traced graph, its
+dynamic axes and its tested parity for both runtimes.
+
+Needs the `export` extra (onnx; onnxruntime to run or verify), and the `openvino` extra for OpenVINO.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
+import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,12 +59,20 @@ from ..models.attention import HeadAttention
 from ..models.build import Model
 from ..models.segmentation import DETRsegm
 from ..postprocessing.boxes import SIGMOID_HEADS, select_detections
+from .runtimes import (
+    DETECTIONS,
+    INPUT,
+    MASKS,
+    METADATA_KEY,
+    OUTPUTS,
+    SIZES,
+    OnnxRuntime,
+    import_openvino,
+    load_runtime,
+)
 
 OPSET = 17
-INPUT, SIZES = "pixel_values", "orig_target_sizes"
-OUTPUTS = ("logits", "pred_boxes")  # the plain graph
-MASKS = "pred_masks"  # and its third output for a segmentation model
-DETECTIONS = ("boxes", "scores", "labels")  # the postprocessing graph
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
 
 def output_names(model: Model) -> tuple[str, ...]:
@@ -105,8 +125,21 @@ def detections_per_image(model: Model, top_k: int | None = None) -> int:
     return min(top_k or (100 if sigmoid else model.num_queries), candidates)
 
 
+def export_metadata(model: Model, postprocess: bool = False, class_names: Sequence[str] | None = None,
+                    size: int = 800, max_size: int = 1333,
+                    category_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """What `Detector` needs besides the graph: the head, the classes, their names and dataset ids (a --data
+    model's label -> category id mapping), the resize."""
+    return {"class_loss": model.class_loss, "num_classes": model.num_classes, "num_queries": model.num_queries,
+            "masks": isinstance(model, DETRsegm), "class_names": None if class_names is None else list(class_names),
+            "size": size, "max_size": max_size, "graph": "postprocess" if postprocess else "plain",
+            "category_ids": None if category_ids is None else list(category_ids)}
+
+
 def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, width: int = 1066,
-                opset: int = OPSET, postprocess: bool = False, top_k: int | None = None) -> Path:
+                opset: int = OPSET, postprocess: bool = False, top_k: int | None = None,
+                class_names: Sequence[str] | None = None, size: int = 800, max_size: int = 1333,
+                category_ids: Sequence[int] | None = None) -> Path:
     """Write `model` as an ONNX file with dynamic batch, height and width (layout: the module docstring).
 
     Args:
@@ -116,6 +149,8 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
         opset: ONNX opset version.
         postprocess: write the graph with postprocessing (boxes, scores, labels) instead of the raw outputs.
         top_k: detections per image of the postprocessing graph (see `detections_per_image`).
+        class_names, size, max_size: stored in the file's metadata for `Detector.from_pretrained` (None:
+            the default names for the number of classes).
 
     Returns:
         The written path.
@@ -132,7 +167,7 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
                          "would resize each mask to its original size); export without it: the plain graph outputs "
                          "logits, pred_boxes and pred_masks, for detr.postprocess_segmentation")
     try:
-        import onnx  # noqa: F401  (the exporter needs it; fail early with a clear message)
+        import onnx  # the exporter needs it; fail early with a clear message
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install 'detr-aligned[export]'") from None
     output = output_file(output)
@@ -153,7 +188,43 @@ def export_onnx(model: Model, output: str | os.PathLike, height: int = 800, widt
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the TorchScript exporter
         torch.onnx.export(net, example, str(output), dynamo=False, opset_version=opset,
                           input_names=inputs, output_names=outputs, dynamic_axes=axes)
+    proto = onnx.load(str(output))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(model, postprocess, class_names, size, max_size,
+                                                                            category_ids))
+    onnx.save(proto, str(output))
     return output
+
+
+def export_openvino(model: Model, output: str | os.PathLike, height: int = 800, width: int = 1066,
+                    postprocess: bool = False, top_k: int | None = None, class_names: Sequence[str] | None = None,
+                    size: int = 800, max_size: int = 1333, category_ids: Sequence[int] | None = None) -> Path:
+    """Write `model` as an OpenVINO IR (.xml + .bin beside it) with dynamic batch, height and width.
+
+    The graph is `export_onnx`'s (same inputs, outputs and arguments), converted by OpenVINO with fp32
+    weights; the metadata goes into the IR's rt_info.
+
+    Returns:
+        The written .xml path.
+    """
+    if Path(output).suffix != ".xml":
+        raise ValueError(f"output: an OpenVINO IR is a .xml file (with its .bin beside it), got {output}")
+    ov = import_openvino()
+    output = output_file(output)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", height, width, postprocess=postprocess, top_k=top_k)
+        net = ov.convert_model(str(onnx_path))
+    meta = export_metadata(model, postprocess, class_names, size, max_size, category_ids)
+    net.set_rt_info(json.dumps(meta), [METADATA_KEY, "metadata"])
+    ov.save_model(net, str(output), compress_to_fp16=False)
+    return output
+
+
+def export_model(model: Model, output: str | os.PathLike, format: str = "onnx", **options: Any) -> Path:
+    """`export_onnx` or `export_openvino` by `format` ("onnx" or "openvino"), with the same options."""
+    if format not in FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    return (export_onnx if format == "onnx" else export_openvino)(model, output, **options)
 
 
 def run_onnx(path: str | os.PathLike, pixel_values: Tensor, orig_target_sizes: Tensor | None = None
@@ -165,20 +236,7 @@ def run_onnx(path: str | os.PathLike, pixel_values: Tensor, orig_target_sizes: T
         pixel_values: [B, 3, H, W] normalised images.
         orig_target_sizes: [B, 2] (height, width); required by the postprocessing graph only.
     """
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError("running ONNX models needs onnxruntime: pip install 'detr-aligned[export]'") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    feed = {INPUT: pixel_values.detach().cpu().float().numpy()}
-    if SIZES in names:
-        if orig_target_sizes is None:
-            raise ValueError(f"orig_target_sizes: {path} is a postprocessing graph; pass the [B, 2] (height, "
-                             f"width) of the original images")
-        feed[SIZES] = torch.as_tensor(orig_target_sizes).to(torch.int64).cpu().numpy()
-    outputs = [o.name for o in session.get_outputs()]
-    return {name: torch.from_numpy(value) for name, value in zip(outputs, session.run(outputs, feed))}
+    return OnnxRuntime(path, metadata={}).run(pixel_values, orig_target_sizes)
 
 
 def onnx_outputs(path: str | os.PathLike, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,9 +245,10 @@ def onnx_outputs(path: str | os.PathLike, images: Tensor) -> tuple[Tensor, Tenso
     return out["logits"], out["pred_boxes"]
 
 
-def verify_onnx(model: Model, path: str | os.PathLike,
+def verify_export(model: Model, path: str | os.PathLike,
                 sizes: tuple[tuple[int, int], ...] = ((320, 416), (384, 288)), tolerance: float = 1e-4) -> float:
-    """Compare an exported graph (either kind) with PyTorch on random batches of two at each size.
+    """Compare an exported graph (either kind; .onnx in onnxruntime, .xml in OpenVINO at fp32) with PyTorch on
+    random batches of two at each size.
 
     Plain graph: logits, pred_boxes and pred_masks (segmentation models). Postprocessing graph: scores, and boxes as a fraction of the
     image size (pixels scale the float error with the image); labels must be equal wherever a score is
@@ -204,10 +263,12 @@ def verify_onnx(model: Model, path: str | os.PathLike,
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     orig = torch.tensor([[480, 640], [600, 400]])  # [2, 2] (height, width) of made-up original images
+    runtime = load_runtime(path, metadata={})
+    name = runtime.backend
     worst = 0.0
     for h, w in sizes:
         x = torch.randn(2, 3, h, w, generator=generator)
-        got = run_onnx(path, x, orig)
+        got = runtime.run(x, orig)
         with torch.inference_mode():
             out = model.eval()(x.to(device))
         logits, boxes = out["pred_logits"].float().cpu(), out["pred_boxes"].float().cpu()
@@ -221,10 +282,10 @@ def verify_onnx(model: Model, path: str | os.PathLike,
             expected = select_detections(logits, boxes, orig, model.class_loss, got["scores"].shape[1])
             diff, wrong = _compare_detections(got, *expected[:3], orig, tolerance)
             if wrong:
-                raise ValueError(f"{path}: onnxruntime and PyTorch give different labels to {wrong} detections")
+                raise ValueError(f"{path}: {name} and PyTorch give different labels to {wrong} detections")
             worst = max(worst, diff)
     if worst > tolerance:
-        raise ValueError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:g})")
+        raise ValueError(f"{path}: {name} differs from PyTorch by {worst:.2e} (> {tolerance:g})")
     return worst
 
 
@@ -244,3 +305,6 @@ def _compare_detections(got: dict[str, Tensor], scores: Tensor, labels: Tensor, 
     scale = sizes.flip(-1).repeat(1, 2).to(boxes.dtype)[:, None]  # [B, 1, 4] (w, h, w, h)
     box_diff = ((got["boxes"] - boxes) / scale).abs().amax(-1)  # [B, K]
     return max(_max_diff(got["scores"], scores), float(box_diff[untied].max()) if untied.any() else 0.0), wrong
+
+
+verify_onnx = verify_export  # the name from before OpenVINO

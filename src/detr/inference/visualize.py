@@ -10,6 +10,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,15 @@ def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
         ink = (0, 0, 0) if sum(c * w for c, w in zip(rgb, (0.299, 0.587, 0.114))) > 140 else (255, 255, 255)
         draw.text((x0 + LABEL_PAD - left, y0 + LABEL_PAD - top), text, fill=ink, font=font)
     return out
+
+
+def draw_tracked(image: Image.Image, detections: Detections, track_ids: Sequence[int]) -> Image.Image:
+    """`draw_detections` with each box's track id before its class name ("#3 person 0.97"); an id below 0
+    (a track not yet confirmed) is left out."""
+    if len(track_ids) != len(detections):
+        raise ValueError(f"draw_tracked: {len(track_ids)} track ids for {len(detections)} detections")
+    names = [f"#{int(i)} {name}" if int(i) >= 0 else name for i, name in zip(track_ids, detections.names)]
+    return draw_detections(image, replace(detections, names=names))
 
 
 LABEL_PAD = 2  # pixels between a label's text and its edge

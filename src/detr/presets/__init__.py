@@ -2,12 +2,14 @@
 
 - `recipes`: what `--recipe NAME` sets (RECIPES, FAST_DEFAULTS, FROM_SCRATCH);
 - `demo`: `detr demo`'s model, data and drawing threshold;
-- `panoptic_demo`: `detr demo --masks`' two stages and data.
+- `panoptic_demo`: `detr demo --masks`' two stages and data;
+- `finetune`: what `--data DIR` starts from (detr_r50) and its schedule.
 """
 
 from .demo import DEMO_DATA, DEMO_DRAW_THRESHOLDS, DEMO_PRESET
+from .finetune import FINETUNE_PRESET
 from .panoptic_demo import PANOPTIC_DEMO, PANOPTIC_DEMO_DATA, PANOPTIC_DEMO_MASKS
 from .recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
 
-__all__ = ["DEMO_DATA", "DEMO_DRAW_THRESHOLDS", "DEMO_PRESET", "FAST_DEFAULTS", "FROM_SCRATCH", "PANOPTIC_DEMO",
-           "PANOPTIC_DEMO_DATA", "PANOPTIC_DEMO_MASKS", "RECIPES"]
+__all__ = ["DEMO_DATA", "DEMO_DRAW_THRESHOLDS", "DEMO_PRESET", "FAST_DEFAULTS", "FINETUNE_PRESET", "FROM_SCRATCH",
+           "PANOPTIC_DEMO", "PANOPTIC_DEMO_DATA", "PANOPTIC_DEMO_MASKS", "RECIPES"]

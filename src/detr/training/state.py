@@ -33,6 +33,7 @@ class Progress:
     best_value: float | None = None  # of `best_metric`, over the epochs evaluated so far
     best_epoch: int | None = None
     best_metric: str | None = None
+    evals_since_best: int = 0  # evaluations after the one of best_value (early stopping counts them)
 
     def update_best(self, test_stats: dict[str, Any] | None, epoch: int) -> bool:
         """Record `epoch`'s val selection metric if it is the best so far; True when it is."""
@@ -42,9 +43,15 @@ class Progress:
         if self.best_metric != name:  # a run resumed with masks added or removed: the old best does not compare
             self.best_value = None
         if self.best_value is not None and test_stats[name] <= self.best_value:
+            self.evals_since_best += 1
             return False
         self.best_value, self.best_epoch, self.best_metric = test_stats[name], epoch, name
+        self.evals_since_best = 0
         return True
+
+    def out_of_patience(self, patience: int | None) -> bool:
+        """Whether early stopping ends the run: `patience` evaluations in a row without a better value."""
+        return patience is not None and self.evals_since_best >= patience
 
 
 def selection_metric(test_stats: dict[str, Any]) -> str:
@@ -110,6 +117,7 @@ def save_training_checkpoint(run: Run, cfg: Config, progress: Progress, epoch_do
         "best_value": progress.best_value,
         "best_metric": progress.best_metric,
         "best_epoch": progress.best_epoch,
+        "evals_since_best": progress.evals_since_best,
         "rng": rng_state(run.generator),
         "config": cfg.to_dict(),
         "class_names": cfg.data.class_names,
@@ -141,7 +149,8 @@ def restore_training_state(path: str, run: Run) -> Progress:
     epoch = int(ckpt["epoch"]) + (1 if step is None else 0)
     if distributed.is_main_process():
         log.info("resumed from %s: continuing at epoch %d%s", path, epoch, f" step {step}" if step else "")
-    return Progress(epoch, step or 0, *best_so_far(ckpt))
+    # checkpoints written before early stopping existed count from 0
+    return Progress(epoch, step or 0, *best_so_far(ckpt), evals_since_best=int(ckpt.get("evals_since_best") or 0))
 
 
 def best_so_far(ckpt: dict[str, Any]) -> tuple[float | None, int | None, str | None]:

@@ -2,7 +2,8 @@
 
 Read top to bottom: check the options, join torchrun's process group (if any), resolve the
 data, build model / criterion / optimizer / scheduler, load --weights or --resume, then for
-every epoch train, evaluate, log and checkpoint. Only the main process prints and writes.
+every epoch train, evaluate, log (log.txt, and --logger's backends: loggers.py) and checkpoint, until
+--epochs or --patience (early stopping) ends the run. Only the main process prints and writes.
 
 Resuming is exact (for num_workers=0 and deterministic kernels): the data order and the
 random state at the start of every epoch depend only on (seed, epoch, rank), and a run
@@ -27,6 +28,7 @@ from .. import distributed
 from ..checkpoint import output_folder
 from ..config import Config, validate_config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
+from ..evaluation.data_picture import write_data_picture
 from ..evaluation.evaluate import eval_summary, evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
 from ..models.build import Model, build_model
@@ -36,6 +38,15 @@ from ..weights.finetune import load_finetune_weights, load_frozen_detector, read
 from ..weights.loading import load_backbone_weights
 from .ema import create_ema
 from .engine import train_one_epoch
+from .loggers import (
+    ExperimentLoggers,
+    ProgressLines,
+    bars_shown,
+    check_loggers,
+    create_loggers,
+    train_scalars,
+    val_scalars,
+)
 from .state import Progress, Run, restore_training_state, save_training_checkpoint
 from .warmup import warm_up_backbone
 
@@ -120,6 +131,7 @@ def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     work) and NonFiniteLossError when the loss or gradients become NaN/inf.
     """
     validate_config(cfg)
+    check_loggers(cfg.train.logger)  # a missing package is named before any work
     weights = None
     if cfg.train.weights:  # read once; a file of the other model family is refused before any data is read
         weights = read_finetune_weights(cfg.train.weights, cfg.model.family)
@@ -179,43 +191,28 @@ def _prepare(cfg: Config, device: torch.device, weights: dict[str, Tensor] | Non
         log.info("training %s parameters on %d images (%d process(es), %s); epochs %d..%d, output: %s",
                  f"{run.n_parameters:,}", len(data.train), distributed.world_size(), device, start.epoch,
                  t.epochs - 1, t.output_dir or "(not saved)")
+    if out_dir and not t.resume:  # what the model will see: class balance, box sizes, augmented images
+        write_data_picture(data.train, out_dir / "data.png", title=f"training data: {cfg.data.train_annotations}")
     return run, start
 
 
 def _epochs(cfg: Config, run: Run, at: Progress, progress: bool) -> dict[str, Any]:
-    """The epoch loop: train, evaluate, log, checkpoint; a signal stops it after the current step."""
-    t, rank = cfg.train, distributed.rank()
+    """The epoch loop: train, evaluate, log, checkpoint, until --epochs, --patience or a signal stops it."""
+    t = cfg.train
     start_time = time.time()
     last_test: dict[str, Any] = {}
     stopped = None
     if run.out_dir:
         _truncate_log(run.out_dir / "log.txt", at.epoch)
-    with StopOnSignal() as stop:
-        while at.epoch < t.epochs:
-            epoch = at.epoch
-            if at.step == 0:
-                seed_everything(t.seed, epoch, rank, run.generator)
-            run.train_loader.batch_sampler.set_epoch(epoch, at.step)
-            steps_left = len(run.train_loader)
-            train_stats, steps = train_one_epoch(
-                run.ddp_model, run.criterion, run.train_loader, run.optimizer, run.device, epoch,
-                t.clip_max_norm, t.amp, run.scaler, lambda: stop.requested, at.step, progress, run.ema)
-            if steps - at.step < steps_left:  # a signal stopped the epoch part-way
-                at.step = steps
-                save_training_checkpoint(run, cfg, at, epoch_done=False)
-                stopped = f"stopped by a signal at epoch {epoch} step {steps}"
-                break
-            run.lr_scheduler.step()
-            test_stats = _maybe_evaluate(cfg, run, epoch, progress)
-            last_test = test_stats or last_test
-            is_best = at.update_best(test_stats, epoch)
-            _write_log(run.out_dir, train_stats, test_stats, epoch, run.n_parameters)
-            at.step = 0
-            save_training_checkpoint(run, cfg, at, epoch_done=True, is_best=is_best)
-            at.epoch += 1
-            if distributed.any_process(stop.requested):
-                stopped = f"stopped by a signal after epoch {epoch}"
-                break
+    loggers = create_loggers(t.logger, run.out_dir, cfg)
+    lines = ProgressLines(t.epochs, at.epoch, distributed.is_main_process() and not bars_shown(progress))
+    try:
+        with StopOnSignal() as stop:
+            while at.epoch < t.epochs and stopped is None:
+                test_stats, stopped = _epoch(cfg, run, at, stop, progress, (loggers, lines))
+                last_test = test_stats or last_test
+    finally:
+        loggers.close()
     summary = {"epochs_done": at.epoch, "best_value": at.best_value, "best_metric": at.best_metric,
                "best_epoch": at.best_epoch,
                "last_test": last_test, "stopped": stopped, "minutes": (time.time() - start_time) / 60,
@@ -225,6 +222,60 @@ def _epochs(cfg: Config, run: Run, at: Progress, progress: bool) -> dict[str, An
     return summary
 
 
+def _epoch(cfg: Config, run: Run, at: Progress, stop: StopOnSignal, progress: bool,
+           report: tuple[ExperimentLoggers, ProgressLines]) -> tuple[dict[str, Any] | None, str | None]:
+    """Epoch `at.epoch` (from step `at.step`): train, evaluate, log, checkpoint. Returns its val stats and why the
+    run stops after it (None: it goes on); a signal may stop it after the current step."""
+    t, epoch = cfg.train, at.epoch
+    if at.step == 0:
+        seed_everything(t.seed, epoch, distributed.rank(), run.generator)
+    run.train_loader.batch_sampler.set_epoch(epoch, at.step)
+    steps_left = len(run.train_loader)
+    train_stats, steps = train_one_epoch(
+        run.ddp_model, run.criterion, run.train_loader, run.optimizer, run.device, epoch,
+        t.clip_max_norm, t.amp, run.scaler, lambda: stop.requested, at.step, progress, run.ema)
+    if steps - at.step < steps_left:  # a signal stopped the epoch part-way
+        at.step = steps
+        save_training_checkpoint(run, cfg, at, epoch_done=False)
+        return None, f"stopped by a signal at epoch {epoch} step {steps}"
+    lrs = [g["lr"] for g in run.optimizer.param_groups]  # this epoch's, before the scheduler moves them
+    run.lr_scheduler.step()
+    test_stats = _maybe_evaluate(cfg, run, epoch, progress)
+    is_best = at.update_best(test_stats, epoch)
+    _write_log(run.out_dir, train_stats, test_stats, epoch, run.n_parameters)
+    at.step = 0
+    save_training_checkpoint(run, cfg, at, epoch_done=True, is_best=is_best)
+    at.epoch += 1
+    _report(cfg, run, *report, epoch, (train_stats, lrs), test_stats)
+    if at.out_of_patience(t.patience):  # test_stats are the same on every process: all stop together
+        return test_stats, early_stop_reason(at, t.patience)
+    if distributed.any_process(stop.requested):
+        return test_stats, f"stopped by a signal after epoch {epoch}"
+    return test_stats, None
+
+
+def early_stop_reason(at: Progress, patience: int | None) -> str:
+    """Why --patience stopped the run: the metric, its best value and the evaluation it came from."""
+    name = {"PQ": "PQ", "mask_AP": "mask AP"}.get(at.best_metric or "", "AP")
+    return (f"early stopping: val {name} did not improve in the last {patience} evaluation(s); best "
+            f"{at.best_value:.4f} from the evaluation after epoch {at.best_epoch} (best.pth)")
+
+
+def _report(cfg: Config, run: Run, loggers: ExperimentLoggers, lines: ProgressLines, epoch: int,
+            train: tuple[dict[str, float], list[float]], test_stats: dict[str, Any] | None) -> None:
+    """The epoch's progress lines and experiment logs (main process only); nothing here changes training."""
+    train_stats, lrs = train
+    lines.epoch(epoch, train_stats)
+    step = (epoch + 1) * len(run.train_loader)  # optimizer steps done: the x axis of every logged number
+    loggers.scalars(train_scalars(train_stats, lrs), step)
+    if test_stats is None:
+        return
+    lines.evaluation(epoch, test_stats)
+    loggers.scalars(val_scalars(test_stats), step)
+    model = run.model if run.ema is None else run.ema.module  # the evaluated weights
+    loggers.predictions(model, run.data.val, cfg, run.device, step)
+
+
 def _maybe_evaluate(cfg: Config, run: Run, epoch: int, progress: bool) -> dict[str, Any] | None:
     t = cfg.train
     if run.val_loader is None or ((epoch + 1) % t.eval_every and epoch + 1 != t.epochs):
@@ -232,7 +283,7 @@ def _maybe_evaluate(cfg: Config, run: Run, epoch: int, progress: bool) -> dict[s
     model = run.ddp_model if run.ema is None else run.ema.module  # the average: what the checkpoint saves
     stats, detections = evaluate(model, run.criterion, run.val_loader, run.data.coco_gt, run.device,
                                  t.amp, progress, run.data.panoptic, run.out_dir)
-    write_eval_outputs(run.out_dir, stats, detections)
+    write_eval_outputs(run.out_dir, stats, detections, cfg.data.category_ids)
     return stats
 
 
