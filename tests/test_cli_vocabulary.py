@@ -18,7 +18,8 @@ from detr.cli import train as train_cli
 from detr.config import Config, uses_sigmoid, validate_config
 
 # What only training reads: none of these may appear in `detr eval --help`.
-TRAINING_FLAGS = {"--lr", "--lr_backbone", "--epochs", "--batch_size", "--weight_decay", "--lr_drop",
+TRAINING_FLAGS = {"--mal_gamma", "--matcher_iou_power", "--k_one2many", "--one2many_loss_coef", "--mosaic_prob",
+                  "--mixup_prob", "--lr", "--lr_backbone", "--epochs", "--batch_size", "--weight_decay", "--lr_drop",
                   "--clip_max_norm", "--dn_number", "--dn_box_noise", "--dn_label_noise", "--recipe", "--ema_decay",
                   "--num_groups", "--set_cost_class", "--set_cost_bbox", "--cls_loss_coef", "--eos_coef",
                   "--frozen_weights", "--backbone_weights", "--backbone_warmup", "--steps_per_epoch", "--eval_every",
@@ -27,7 +28,8 @@ TRAINING_FLAGS = {"--lr", "--lr_backbone", "--epochs", "--batch_size", "--weight
 EVAL_FLAGS = {"--weights", "--model", "--dilation", "--nheads", "--val_scale", "--max_size", "--device",
               "--output_dir", "--masks", "--coco_path", "--val_images", "--val_annotations", "--num_workers"}
 # The closed choices, written out here (not read from the code under test).
-CHOICES = {("model", "class_loss"): ("softmax", "varifocal", "focal"), ("model", "family"): ("detr", "conditional_detr"),
+CHOICES = {("model", "class_loss"): ("softmax", "varifocal", "focal", "mal"),
+           ("model", "family"): ("detr", "conditional_detr"),
            ("model", "position_embedding"): ("sine", "learned"), ("train", "amp"): ("none", "bf16", "fp16"),
            ("train", "recipe"): ("official", "fast")}
 
@@ -38,7 +40,7 @@ def help_flags(argv: list[str], capsys) -> set[str]:
         cli.main(argv)
     assert e.value.code == 0
     usage = capsys.readouterr().out.split("\n\n")[0]  # the usage lines: every option, once
-    return set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", usage))
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", usage))
 
 
 def test_eval_help_offers_no_training_flag(capsys):
@@ -180,7 +182,7 @@ def test_closed_choices_are_literals_checked_in_one_place():
 
 @pytest.mark.parametrize("argv, message", [
     (["--position_embedding", "sinus"], "--position_embedding must be one of sine, learned, got 'sinus'"),
-    (["--class_loss", "sigmoid"], "--class_loss must be one of softmax, varifocal, focal, got 'sigmoid'"),
+    (["--class_loss", "sigmoid"], "--class_loss must be one of softmax, varifocal, focal, mal, got 'sigmoid'"),
     (["--recipe", "faster"], "--recipe must be one of official, fast, got 'faster'"),
     (["--dataset_file", "voc"], "--dataset_file voc: must be one of coco, coco_panoptic"),
 ])
@@ -191,6 +193,6 @@ def test_bad_choice_on_the_command_line(argv, message, monkeypatch, capsys, tmp_
 
 
 def test_uses_sigmoid():
-    assert [uses_sigmoid(h) for h in ("softmax", "varifocal", "focal")] == [False, True, True]
-    with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal, focal, got 'sigmoid'"):
+    assert [uses_sigmoid(h) for h in ("softmax", "varifocal", "focal", "mal")] == [False, True, True, True]
+    with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal, focal, mal, got 'sigmoid'"):
         uses_sigmoid("sigmoid")

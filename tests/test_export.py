@@ -192,6 +192,20 @@ def test_verify_forgives_label_swaps_only_between_tied_scores():
     assert _compare_detections(wrong, scores, labels, boxes, sizes, 1e-4)[1] == 2
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 64, 96), (2, 3, 120, 88)], ids=["1x64x96", "2x120x88"])
+def test_box_rpb_model_keeps_parity(shape, tmp_path):
+    """Plain DETR's BoxRPB (a bias computed from each layer's boxes) exports within the same tolerance."""
+    torch.manual_seed(0)
+    net = detr.create_model("detr_r50", **{**SMALL, "dec_layers": 2}, box_rpb=True).eval()
+    path = export_onnx(net, tmp_path / "rpb.onnx", height=96, width=128)
+    images = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    logits, boxes = onnx_outputs(path, images)
+    with torch.no_grad():
+        ref = net(images)
+    torch.testing.assert_close(logits, ref["pred_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(boxes, ref["pred_boxes"], atol=1e-4, rtol=0)
+
+
 def test_metadata_and_openvino_postprocessing_from_the_command(model, tmp_path, capsys):
     """The ONNX file carries the JSON Detector reads; --format openvino --postprocess --verify writes an IR."""
     import json

@@ -216,9 +216,9 @@ def test_varifocal_model_trains_and_every_consumer_reads_its_head(tmp_path):
 def test_unknown_class_loss_is_refused():
     from detr.config import Config, ModelConfig, validate_config
 
-    with pytest.raises(ValueError, match="--class_loss must be one of softmax, varifocal, focal, got 'sigmoid'"):
+    with pytest.raises(ValueError, match="--class_loss must be one of softmax, varifocal, focal, mal, got 'sigmoid'"):
         validate_config(Config(model=ModelConfig(class_loss="sigmoid")))
-    with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal, focal"):
+    with pytest.raises(ValueError, match="class_loss must be one of softmax, varifocal, focal, mal"):
         detr.create_criterion(5, class_loss="sigmoid")
 
 

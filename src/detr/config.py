@@ -16,7 +16,7 @@ from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
 from .runtime import check_amp, resolve_device
 
 # The closed choices of the options; `check_choices` checks every Literal-typed field against its values.
-ClassLoss = Literal["softmax", "varifocal", "focal"]
+ClassLoss = Literal["softmax", "varifocal", "focal", "mal"]
 Family = Literal["detr", "conditional_detr"]
 PositionEmbedding = Literal["sine", "learned"]
 Amp = Literal["none", "bf16", "fp16"]
@@ -67,11 +67,14 @@ class ModelConfig:
     dn_label_noise: float = 0.5
     # softmax: the paper's C+1-way head with a "no object" class; varifocal: an IoU-aware sigmoid head
     # of C outputs (RT-DETR's varifocal loss), focal matching cost, top-k postprocessing; focal: a sigmoid
-    # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k.
+    # head of C outputs with the sigmoid focal loss (Conditional DETR's, named loss_ce), focal matching cost, top-k;
+    # mal: a sigmoid head trained with DEIM's matchability-aware loss (loss_mal; IoU^gamma targets, positives weight 1).
     class_loss: ClassLoss = "softmax"
     # Segmentation (official --masks): the mask head on top of the detector (models/segmentation.py), which adds
     # "pred_masks" [B, Q, H/4, W/4]; its parameters are `bbox_attention.*`, `mask_head.*` and the detector's `detr.*`.
     masks: bool = False
+    # Plain DETR's box-to-pixel relative position bias in the decoder's cross-attention (models/box_rpb.py); detr only.
+    box_rpb: bool = False
 
 
 @dataclass
@@ -89,6 +92,13 @@ class LossConfig:
     # The sigmoid heads' focal weighting (matcher cost and loss): alpha, gamma of the focal loss.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    mal_gamma: float = 1.5  # --class_loss mal: the exponent of its IoU target and of its negatives' weight (DEIM's)
+    # > 0: the matcher's class cost reads the IoU-modulated score p * IoU^power (Stable-DINO, Align-DETR); 0: p.
+    matcher_iou_power: float = 0.0
+    # > 0: MS-DETR's one-to-many loss, each layer's outputs matched again to K copies of the ground truth, its terms
+    # (`_o2m`) weighted one2many_loss_coef times the one-to-one ones; 0: off.
+    k_one2many: int = 0
+    one2many_loss_coef: float = 1.0
     # With masks: weights of the sigmoid focal loss (loss_mask) and the dice loss (loss_dice) of the matched masks.
     mask_loss_coef: float = 1.0
     dice_loss_coef: float = 1.0
@@ -97,10 +107,10 @@ class LossConfig:
 FAMILIES: tuple[str, ...] = get_args(Family)
 CLASS_LOSSES: tuple[str, ...] = get_args(ClassLoss)
 # The heads of C independent sigmoid outputs (no "no object" class): focal matching cost, top-k postprocessing.
-SIGMOID_HEADS: tuple[str, ...] = ("varifocal", "focal")
+SIGMOID_HEADS: tuple[str, ...] = ("varifocal", "focal", "mal")
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 # The class cost and class loss weight each head was published with (Conditional DETR: 2 and 2).
-CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0}
+CLASS_LOSS_DEFAULTS: dict[str, float] = {"softmax": 1.0, "varifocal": 1.0, "focal": 2.0, "mal": 1.0}
 
 
 @dataclass
@@ -134,6 +144,9 @@ class DataConfig:
     max_size: int = 1333
     val_scale: int | None = None  # None: max(scales)
     random_crop: bool = True  # the paper's random resize + crop augmentation
+    # Shares of the training images made a mosaic of 4 / mixed up with another (DEIM; data/mosaic.py); 0: off.
+    mosaic_prob: float = 0.0
+    mixup_prob: float = 0.0
 
 
 LoggerName = Literal["tensorboard", "wandb", "mlflow"]
@@ -342,6 +355,14 @@ def validate_config(cfg: Config, training: bool = True) -> None:
         (m.family != "conditional_detr" or m.dn_number == 0,
          f"--dn_number {m.dn_number}: denoising queries do not apply to Conditional DETR yet; use --dn_number 0"),
         (m.family != "conditional_detr" or not m.pre_norm, "--pre_norm: Conditional DETR's decoder is post-norm only"),
+        (m.family == "detr" or not m.box_rpb, f"--box_rpb is for plain DETR, not {m.family}: drop --box_rpb"),
+        (cfg.loss.matcher_iou_power >= 0,
+         f"--matcher_iou_power must be >= 0 (0: off), got {cfg.loss.matcher_iou_power}"),
+        (0 <= cfg.data.mosaic_prob <= 1, f"--mosaic_prob must be in [0, 1] (0: off), got {cfg.data.mosaic_prob}"),
+        (0 <= cfg.data.mixup_prob <= 1, f"--mixup_prob must be in [0, 1] (0: off), got {cfg.data.mixup_prob}"),
+        (not m.masks or cfg.data.mosaic_prob == cfg.data.mixup_prob == 0,
+         "--mosaic_prob / --mixup_prob do not apply to --masks (the instance masks are not combined)"),
+        (cfg.loss.k_one2many >= 0, f"--k_one2many must be >= 0 (0: off), got {cfg.loss.k_one2many}"),
     ]
     for ok, message in checks:
         if not ok:

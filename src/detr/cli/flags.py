@@ -45,8 +45,15 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("dn_label_noise", float, "denoising: twice the probability that a label is replaced by a random class"),
     ("class_loss", str, "class head: softmax (the paper's, with a no-object class), varifocal (IoU-aware "
                         "sigmoid head, focal matching cost, top-k postprocessing) or focal (Conditional DETR's "
-                        "sigmoid focal loss, focal matching cost, top-k postprocessing)"),
+                        "sigmoid focal loss, focal matching cost, top-k postprocessing) or mal (DEIM's "
+                        "matchability-aware sigmoid loss, IoU^gamma targets)"),
     ("num_classes", int, "class head size (default: 91 for COCO, largest category id + 1 otherwise)"),
+    ("mal_gamma", float, "--class_loss mal: exponent of the IoU target and of the negatives' weight"),
+    ("matcher_iou_power", float, "IoU-aware matching: the class cost reads the score times IoU^this "
+                                 "(Stable-DINO, Align-DETR; 0: off)"),
+    ("k_one2many", int, "one-to-many loss: each decoder layer also matched to K copies of the ground truth "
+                        "(MS-DETR; 0: off)"),
+    ("one2many_loss_coef", float, "weight of the one-to-many loss terms relative to the one-to-one ones"),
     ("set_cost_class", float, "matcher: class cost (default: 2 for --class_loss focal, else 1)"),
     ("set_cost_bbox", float, "matcher: L1 box cost"),
     ("set_cost_giou", float, "matcher: GIoU cost"),
@@ -88,6 +95,8 @@ FLAGS: list[tuple[str, Any, str]] = [
     ("eval_every", int, "evaluate every this many epochs (and after the last)"),
     ("steps_per_epoch", int, "make an epoch this many training steps, drawn in order from consecutive shuffled "
                              "passes over the data (default: one pass); --epochs, --lr_drop, --eval_every count them"),
+    ("mosaic_prob", float, "share of the training images made a 2x2 mosaic with 3 others (DEIM; 0: off)"),
+    ("mixup_prob", float, "share of the training images blended with another, both sets of boxes kept (DEIM; 0: off)"),
     ("patience", int, "early stopping: stop after this many evaluations without a better val AP (PQ or mask AP "
                       "when evaluated; the metric best.pth follows); default: off"),
     ("max_size", int, "longest image side"),
@@ -97,6 +106,8 @@ SWITCHES = {"dilation": "DC5: dilate the last backbone stage (for an official we
                         "its shapes cannot tell)",
             "pre_norm": "pre-norm transformer layers",
             "masks": "segmentation: the mask head on the detector (pred_masks; loss_mask, loss_dice)",
+            "box_rpb": "Plain DETR's box-to-pixel relative position bias in the decoder's cross-attention (plain "
+                       "DETR only; changes the inference network)",
             "no_aux_loss": "no auxiliary decoder losses", "eval": "only evaluate --resume/--weights",
             "no_random_crop": "no random-crop augmentation"}
 # Official flags that do not apply here: accepted so old command lines run, and reported.
@@ -108,9 +119,9 @@ PATH_FLAGS = {"data", "coco_path", "train_images", "train_annotations", "val_ima
 WEIGHTS_FLAGS = ("weights", "device")
 FILE_MODEL_FLAGS = ("dilation", "nheads")  # with --model: what an official weights file cannot tell
 MODEL_FLAGS = ("backbone", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
-               "num_queries", "class_loss", "num_classes", "pre_norm", "masks")
-DATA_FLAGS = ("data", "data_format", "coco_path", "dataset_file", "coco_panoptic_path", "train_images", "train_annotations", "val_images",
-              "val_annotations", "train_panoptic", "val_panoptic", "num_workers")
+               "num_queries", "class_loss", "num_classes", "pre_norm", "masks", "box_rpb")
+DATA_FLAGS = ("data", "data_format", "coco_path", "dataset_file", "coco_panoptic_path", "train_images",
+              "train_annotations", "val_images", "val_annotations", "train_panoptic", "val_panoptic", "num_workers")
 SIZE_FLAGS = ("max_size", "val_scale")
 # The flags that give `detr train` its data; `has_data` reads those the parser has (a `--data DIR` added to
 # DATA_FLAGS and FLAGS counts once it is here).

@@ -18,6 +18,7 @@ from .coco import CocoDetection, build_dataset, coco_paths, collate_fn
 from .demo import make_demo_dataset
 from .errors import DatasetError
 from .formats import Geometry, PreparedData, prepare_data
+from .mosaic import MosaicMixup
 from .panoptic import CocoPanoptic, PanopticReport, build_panoptic_dataset, coco_panoptic_paths
 from .sampler import EpochBatchSampler
 from .transforms import SCALES, make_transforms
@@ -148,6 +149,8 @@ def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
             log.warning("--num_queries %d is smaller than the %d objects of the most crowded image in %s; at most "
                         "%d objects per image can be detected", cfg.model.num_queries, most, d.train_annotations,
                         cfg.model.num_queries)
+        if d.mosaic_prob > 0 or d.mixup_prob > 0:
+            train = MosaicMixup(train, d.mosaic_prob, d.mixup_prob)
     if d.val_annotations:
         val = _dataset(cfg, False)
         coco_gt = val.coco

@@ -18,7 +18,7 @@ from ..config import (
     dataclass_from_dict,
 )
 from ..distributed import mean_across_processes
-from .focal import sigmoid_focal_loss, varifocal_loss
+from .focal import mal_loss, sigmoid_focal_loss, varifocal_loss
 from .masks import mask_losses
 from .matcher import HungarianMatcher
 
@@ -29,17 +29,21 @@ def aux_suffix(layer: int) -> str:
 
 
 # --class_loss -> the name of its loss term (the focal head's is Conditional DETR's official name)
-CLASS_LOSS_TERMS = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce"}
+CLASS_LOSS_TERMS = {"softmax": "loss_ce", "varifocal": "loss_vfl", "focal": "loss_ce", "mal": "loss_mal"}
 
 
 def build_weight_dict(bbox_loss_coef: float, giou_loss_coef: float, num_aux_layers: int,
                       class_loss: str = "softmax", denoising: bool = False, cls_loss_coef: float = 1.0,
-                      masks: tuple[float, float] | None = None) -> dict[str, float]:
+                      masks: tuple[float, float] | None = None, one2many_coef: float = 0.0) -> dict[str, float]:
     """Weights of every loss term that enters the total, auxiliary layers and denoising included; `masks`: the
-    weights of loss_mask and loss_dice (last decoder layer only, as the official code computes them)."""
-    base = {CLASS_LOSS_TERMS[check_choice(class_loss, ClassLoss, "class_loss")]: cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    weights of loss_mask and loss_dice (last decoder layer only, as the official code computes them);
+    `one2many_coef` > 0: the one-to-many terms (suffixed `_o2m`), weighted that much relative to their own."""
+    base = {CLASS_LOSS_TERMS[check_choice(class_loss, ClassLoss, "class_loss")]: cls_loss_coef,
+            "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    one2many = {f"{k}_o2m": v * one2many_coef for k, v in base.items()} if one2many_coef > 0 else {}
     if denoising:
         base.update({f"{k}_dn": v for k, v in base.items()})
+    base.update(one2many)
     weights = dict(base)
     for i in range(num_aux_layers):
         weights.update({k + aux_suffix(i): v for k, v in base.items()})
@@ -52,7 +56,7 @@ class SetCriterion(nn.Module):
     """Computes the loss dict for DETR outputs against a list of targets.
 
     Returns `loss_ce` (softmax head, or the sigmoid focal loss of the focal head; `loss_vfl` for the
-    varifocal sigmoid head), `loss_bbox`,
+    varifocal sigmoid head, `loss_mal` for the MAL one), `loss_bbox`,
     `loss_giou` (weighted by `weight_dict` into the total), the logging-only `class_error` and
     `cardinality_error`, and for each auxiliary decoder layer i the three losses and the
     cardinality error suffixed `_i`. With "pred_masks" in the outputs (the segmentation model), also `loss_mask`
@@ -63,13 +67,14 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  eos_coef: float = 0.1, class_loss: str = "softmax", focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0):
+                 focal_gamma: float = 2.0, mal_gamma: float = 1.5, k_one2many: int = 0):
         super().__init__()
         check_choice(class_loss, ClassLoss, "class_loss")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.class_loss, self.focal_alpha, self.focal_gamma = class_loss, focal_alpha, focal_gamma
+        self.mal_gamma, self.k_one2many = mal_gamma, k_one2many
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef  # down-weight the many "no object" queries
         self.register_buffer("class_weight", class_weight)
@@ -89,11 +94,14 @@ class SetCriterion(nn.Module):
     def _group_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
                       num_boxes: float) -> dict[str, Tensor]:
         """The losses of one query group, auxiliary decoder layers included, and of its denoising queries
-        (suffixed `_dn`): each reconstructs the ground truth it was made from, no matching needed."""
+        (suffixed `_dn`): each reconstructs the ground truth it was made from, no matching needed. With
+        `k_one2many` K > 0 also the one-to-many losses (suffixed `_o2m`) of the same outputs."""
         losses = self._layer_losses(outputs, targets, num_boxes, log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             layer = self._layer_losses(aux, targets, num_boxes, log=False)
             losses.update({k + aux_suffix(i): v for k, v in layer.items()})
+        if self.k_one2many > 0:
+            losses.update(self._one2many_losses(outputs, targets, num_boxes))
         if "dn" in outputs:
             dn, noised = outputs["dn"], outputs["dn"]["targets"]
             indices = [(torch.nonzero(valid).flatten(), torch.nonzero(valid).flatten() % noised.group_size)
@@ -102,6 +110,24 @@ class SetCriterion(nn.Module):
                 part = self._layer_losses(layer, targets, num_boxes * noised.groups, log=False, indices=indices)
                 losses.update({f"{k}_dn{suffix}": v for k, v in part.items() if k != "cardinality_error"})
         return losses
+
+    def _one2many_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
+                         num_boxes: float) -> dict[str, Tensor]:
+        """MS-DETR's one-to-many supervision of the primary queries (arXiv 2401.03989): every decoder layer's
+        outputs matched again to K copies of the ground truth (up to K queries per object), averaged over the
+        K * N boxes. Chosen over H-DETR's extra query branch: no extra queries to decode, nothing to drop."""
+        losses = {}
+        aux = [(aux_suffix(i), a) for i, a in enumerate(outputs.get("aux_outputs", []))]
+        for suffix, layer in [("", outputs), *aux]:
+            indices = self.matcher(layer, targets, repeats=self.k_one2many)
+            part = self._layer_losses(layer, targets, num_boxes * self.k_one2many, log=False, indices=indices)
+            losses.update({f"{k}_o2m{suffix}": v for k, v in part.items() if k in self.base_terms})
+        return losses
+
+    @property
+    def base_terms(self) -> tuple[str, ...]:
+        """The names of the class, L1 and GIoU terms of one layer."""
+        return CLASS_LOSS_TERMS[self.class_loss], "loss_bbox", "loss_giou"
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """The weighted sum that is back-propagated."""
@@ -118,10 +144,12 @@ class SetCriterion(nn.Module):
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
         src_boxes = outputs["pred_boxes"][batch_idx, query_idx]  # [N, 4]
         tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src_boxes)  # [N, 4]
-        if self.class_loss == "varifocal":
+        if self.class_loss in ("varifocal", "mal"):
             ious = box_iou_pairs(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
-            losses = {"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
-                                                 self.focal_alpha, self.focal_gamma)}
+            losses = ({"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
+                                                  self.focal_alpha, self.focal_gamma)} if self.class_loss == "varifocal"
+                      else {"loss_mal": mal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
+                                                 self.mal_gamma)})
         elif self.class_loss == "focal":
             losses = {"loss_ce": sigmoid_focal_loss(logits, (batch_idx, query_idx), matched_labels, num_boxes,
                                                     self.focal_alpha, self.focal_gamma)}
@@ -187,7 +215,8 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
         denoising: the model has denoising queries (dn_number > 0): their `_dn` losses are weighted too.
         masks: the model has the mask head: `loss_mask` and `loss_dice` are weighted too.
         **overrides: set_cost_class, set_cost_bbox, set_cost_giou, cls_loss_coef, bbox_loss_coef, giou_loss_coef,
-            eos_coef, focal_alpha, focal_gamma, mask_loss_coef, dice_loss_coef. set_cost_class and cls_loss_coef default to the class head's
+            eos_coef, focal_alpha, focal_gamma, mal_gamma, matcher_iou_power, k_one2many, one2many_loss_coef,
+            mask_loss_coef, dice_loss_coef. set_cost_class and cls_loss_coef default to the class head's
             published value (`config.CLASS_LOSS_DEFAULTS`: 2 for "focal", as Conditional DETR; else 1).
 
     Example:
@@ -200,8 +229,12 @@ def create_criterion(num_classes: int = 91, dec_layers: int = 6, aux_loss: bool 
     cost_class = CLASS_LOSS_DEFAULTS[class_loss] if cfg.set_cost_class is None else cfg.set_cost_class
     cls_loss_coef = CLASS_LOSS_DEFAULTS[class_loss] if cfg.cls_loss_coef is None else cfg.cls_loss_coef
     matcher = HungarianMatcher(cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal, cfg.focal_alpha,
-                               cfg.focal_gamma)
+                               cfg.focal_gamma, cfg.matcher_iou_power)
+    if cfg.k_one2many < 0:
+        raise ValueError(f"k_one2many must be >= 0 (0: no one-to-many loss), got {cfg.k_one2many}")
     weights = build_weight_dict(cfg.bbox_loss_coef, cfg.giou_loss_coef, dec_layers - 1 if aux_loss else 0,
                                 class_loss, denoising, cls_loss_coef,
-                                (cfg.mask_loss_coef, cfg.dice_loss_coef) if masks else None)
-    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma)
+                                (cfg.mask_loss_coef, cfg.dice_loss_coef) if masks else None,
+                                cfg.one2many_loss_coef if cfg.k_one2many > 0 else 0.0)
+    return SetCriterion(num_classes, matcher, weights, cfg.eos_coef, class_loss, cfg.focal_alpha, cfg.focal_gamma,
+                        cfg.mal_gamma, cfg.k_one2many)

@@ -1,4 +1,4 @@
-"""Sigmoid classification heads: the varifocal and focal losses and the focal matching cost they share.
+"""Sigmoid classification heads: the varifocal, MAL and focal losses and the focal matching cost they share.
 
 With `class_loss="varifocal"` the class head has num_classes sigmoid outputs and no "no object"
 class (RT-DETR's varifocal loss; Align-DETR's IA-BCE and Stable-DINO train the same way): a matched
@@ -20,7 +20,11 @@ def focal_cost(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float
 
     The focal loss of calling the query positive for that class minus the loss of calling it negative.
     """
-    prob = logits.sigmoid()[:, labels]  # [N, T]
+    return focal_cost_of_scores(logits.sigmoid()[:, labels], alpha, gamma)
+
+
+def focal_cost_of_scores(prob: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """`focal_cost` of given scores [N, T] (each query's score of each target's class, perhaps IoU-modulated)."""
     positive = alpha * (1 - prob) ** gamma * -(prob + EPS).log()
     negative = (1 - alpha) * prob**gamma * -(1 - prob + EPS).log()
     return positive - negative
@@ -43,6 +47,23 @@ def varifocal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tenso
     positive[matched[0], matched[1], labels] = True
     prob = logits.sigmoid().detach()
     weight = torch.where(positive, target, alpha * prob**gamma)
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+    return loss.sum() / num_boxes
+
+
+def mal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, ious: Tensor, num_boxes: float,
+             gamma: float = 1.5) -> Tensor:
+    """DEIM's matchability-aware loss (arXiv 2412.04234; DEIM engine/deim/deim_criterion.py `loss_labels_mal`).
+
+    Binary cross-entropy toward IoU^gamma at each matched (query, class), 0 elsewhere; positives weighted 1
+    (a low-IoU match still counts fully, unlike varifocal's IoU weight), negatives p^gamma (DEIM's default,
+    no alpha). Summed over queries and classes, divided by `num_boxes`. Arguments as `varifocal_loss`'s.
+    """
+    target = torch.zeros_like(logits)  # [B, Q, C] soft targets IoU^gamma
+    target[matched[0], matched[1], labels] = ious.detach().to(logits.dtype) ** gamma
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[matched[0], matched[1], labels] = True
+    weight = torch.where(positive, torch.ones_like(logits), logits.sigmoid().detach() ** gamma)
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
     return loss.sum() / num_boxes
 

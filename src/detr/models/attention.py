@@ -64,19 +64,23 @@ class HeadAttention(nn.Module):
         self.fused_training = fused_training
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
-                attn_mask: Tensor | None) -> Tensor:
-        """q [B, h, L, d], k [B, h, S, d], v [B, h, S, d_v] -> [B, L, h * d_v] (heads concatenated)."""
+                attn_mask: Tensor | None, bias: Tensor | None = None) -> Tensor:
+        """q [B, h, L, d], k [B, h, S, d], v [B, h, S, d_v] -> [B, L, h * d_v] (heads concatenated); `bias`
+        [B, h, L, S]: added to the scaled logits (BoxRPB), with its gradient."""
         keep = _keep(key_padding_mask, attn_mask)  # [B|1, 1, 1|L, S] or None
+        additive = _additive_mask(keep, q.dtype)
+        if bias is not None:
+            additive = bias if additive is None else bias + additive  # [B, h, L, S]
         p = self.dropout if self.training else 0.0
         if self.explicit and not self.training:
-            out = _softmax(q * (q.shape[-1] ** -0.5), k, _additive_mask(keep, q.dtype)) @ v
+            out = _softmax(q * (q.shape[-1] ** -0.5), k, additive) @ v
         elif not self.training or (p == 0.0 and self.fused_training):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep if bias is None else additive)
         else:
             per_row = q.shape[0] * q.shape[1] * k.shape[2]
             budget = KEEP_WEIGHTS if per_row * q.shape[2] <= KEEP_WEIGHTS else MAX_CHUNK_WEIGHTS
             rows = min(self.chunk_size, max(1, budget // per_row))
-            out = ExactAttention.apply(q, k, v, _additive_mask(keep, q.dtype), p, rows)
+            out = ExactAttention.apply(q, k, v, additive, p, rows)
         return out.transpose(1, 2).flatten(2)
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -118,14 +122,14 @@ class Attention(HeadAttention):
         return heads[0], heads[1], heads[2]
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """query [B, L, E], key/value [B, S, E] -> [B, L, E].
 
         key_padding_mask [B, S] and attn_mask [L, S] (bool, True = may not attend) hide keys; every
-        query must keep at least one key.
+        query must keep at least one key. bias [B, h, L, S]: added to the attention logits.
         """
         q, k, v = self._project(query, key, value)
-        return self.out_proj(self._attend(q, k, v, key_padding_mask, attn_mask))
+        return self.out_proj(self._attend(q, k, v, key_padding_mask, attn_mask, bias))
 
     @torch.no_grad()
     def attention_weights(self, query: Tensor, key: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
@@ -198,7 +202,8 @@ def _softmax(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
 class ExactAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) + bias) with dropout p on the weights, times v, in chunks of queries.
 
-    q [B, h, L, d]; k, v [B, h, S, d]; bias [B|1, 1, 1|L, S] additive (0 or -inf) or None -> [B, h, L, d].
+    q [B, h, L, d]; k, v [B, h, S, d]; bias [B|1, 1|h, 1|L, S] additive (0 or -inf, plus BoxRPB's learned bias,
+    which gets its gradient: that of the logits, summed over its broadcast axes) or None -> [B, h, L, d].
     Forward keeps q, k, v and one seed; backward recomputes each chunk's weights (one matmul,
     a softmax and the dropout mask) and applies the chain rule of the official order of operations.
     When the queries fit in one chunk, forward keeps the weights and mask instead (no recompute).
@@ -233,7 +238,7 @@ class ExactAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q_scaled, k, v, bias = ctx.saved_tensors
         p, scale = ctx.p, q_scaled.shape[-1] ** -0.5
-        grad_q, grad_k, grad_v = [], torch.zeros_like(k), torch.zeros_like(v)
+        grad_q, grad_k, grad_v, grad_b = [], torch.zeros_like(k), torch.zeros_like(v), []
         with torch.autocast(q_scaled.device.type, enabled=False):
             chunks = zip(q_scaled.split(ctx.chunk_size, dim=2), grad_out.to(v.dtype).split(ctx.chunk_size, dim=2),
                          _row_chunks(bias, ctx.chunk_size))
@@ -247,7 +252,14 @@ class ExactAttention(torch.autograd.Function):
                     grad_w = grad_w.masked_fill_(mask, 0.0).mul_(kept_scale(p))
                 grad_v += dropped.transpose(-2, -1) @ g_c
                 grad_s = torch._softmax_backward_data(grad_w, weights, -1, weights.dtype)
+                if ctx.needs_input_grad[3]:
+                    grad_b.append(grad_s)
                 grad_q.append((grad_s @ k) * scale)
                 grad_k += grad_s.transpose(-2, -1) @ q_c
         ctx.kept = None
-        return torch.cat(grad_q, dim=2), grad_k, grad_v, None, None, None
+        grad_bias = None
+        if grad_b:  # d logits / d bias = 1; summed where the bias broadcasts
+            grad_bias = torch.cat(grad_b, dim=2)  # [B, h, L, S]
+            broadcast = [d for d in range(4) if bias.shape[d] == 1 < grad_bias.shape[d]]
+            grad_bias = grad_bias.sum(broadcast, keepdim=True) if broadcast else grad_bias
+        return torch.cat(grad_q, dim=2), grad_k, grad_v, grad_bias, None, None

@@ -29,6 +29,9 @@ def build_model(cfg: ModelConfig) -> Model:
     if cfg.num_queries < 1:
         raise ValueError(f"num_queries must be >= 1, got {cfg.num_queries}")
     check_choice(cfg.class_loss, ClassLoss, "class_loss")
+    if cfg.box_rpb and cfg.family != "detr":
+        raise ValueError(f"box_rpb: BoxRPB is for plain DETR's global cross-attention, not {cfg.family} (whose "
+                         "conditional spatial queries cover that ground); drop --box_rpb")
     detector = _BUILDERS[cfg.family](cfg)
     return DETRsegm(detector, cfg.nheads) if cfg.masks else detector
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, uses_sigmoid
 from .backbone import RESNETS, Backbone, Joiner
+from .box_rpb import backbone_stride
 from .denoising import Denoising
 from .position import build_position_embedding
 from .tiny import TinyBackbone
@@ -102,7 +103,8 @@ class DETR(nn.Module):
         if self.training and self.denoising is not None and targets is not None:
             noised, extra = self.denoising(targets, self.num_queries)
         src = self.input_proj(feats)  # [B, E, h, w]
-        hs, memory = self.transformer(src, mask, queries, pos, groups, extra)  # [L, B, K*(Q+D), E]
+        box_head = self.bbox_embed if self.transformer.box_rpb else None  # BoxRPB: boxes bias the next layer
+        hs, memory = self.transformer(src, mask, queries, pos, groups, extra, box_head)  # [L, B, K*(Q+D), E]
         logits = self.class_embed(hs)  # [L, B, K*(Q+D), C+1]
         boxes = self.bbox_embed(hs).sigmoid()  # [L, B, K*(Q+D), 4]
         outs = []
@@ -183,7 +185,8 @@ def build_detr(cfg: ModelConfig) -> DETR:
     backbone = Joiner(build_backbone(cfg.backbone, cfg.train_backbone, cfg.dilation, cfg.masks),
                       build_position_embedding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
-                              cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size)
+                              cfg.dropout, cfg.attention_dropout, cfg.pre_norm, cfg.attention_chunk_size,
+                              backbone_stride(cfg.backbone, cfg.dilation) if cfg.box_rpb else None)
     denoising = None
     if cfg.dn_number > 0:
         denoising = Denoising(cfg.num_classes, cfg.hidden_dim, cfg.dn_number, cfg.dn_box_noise, cfg.dn_label_noise)

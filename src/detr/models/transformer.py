@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
+from .box_rpb import BoxRPB, valid_cells
 from .dropout import Dropout, dropout_scale
 from .dropout import dropout as apply_dropout
 
@@ -106,8 +107,9 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, attention_dropout: float,
-                 pre_norm: bool, chunk_size: int, fused_training: bool):
+                 pre_norm: bool, chunk_size: int, fused_training: bool, box_rpb_stride: int | None = None):
         super().__init__()
+        self.box_rpb = None if box_rpb_stride is None else BoxRPB(nhead, box_rpb_stride)
         self.self_attn = Attention(d_model, nhead, attention_dropout, chunk_size, fused_training)
         self.multihead_attn = Attention(d_model, nhead, attention_dropout, chunk_size, fused_training)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -125,19 +127,19 @@ class DecoderLayer(nn.Module):
         return _ffn(self, x)
 
     def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor,
-                self_attn_mask: Tensor | None = None) -> Tensor:
+                self_attn_mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """tgt, query_pos [B, Q, E]; memory, pos [B, S, E]; mask [B, S]; self_attn_mask [Q, Q] (True: may
-        not attend) -> [B, Q, E]."""
+        not attend); bias [B, heads, Q, S] added to the cross-attention logits (BoxRPB) -> [B, Q, E]."""
         key = memory + pos
         if self.pre_norm:
             x = self.norm1(tgt)
             tgt = tgt + self.dropout1(self.self_attn(x + query_pos, x + query_pos, x, attn_mask=self_attn_mask))
             x = self.norm2(tgt)
-            tgt = tgt + self.dropout2(self.multihead_attn(x + query_pos, key, memory, mask))
+            tgt = tgt + self.dropout2(self.multihead_attn(x + query_pos, key, memory, mask, bias=bias))
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         qk = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt, attn_mask=self_attn_mask)))
-        tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, key, memory, mask)))
+        tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, key, memory, mask, bias=bias)))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
 
 
@@ -157,16 +159,30 @@ class Decoder(nn.Module):
     def __init__(self, layer: DecoderLayer, num_layers: int, d_model: int):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        if num_layers and self.layers[0].box_rpb is not None:
+            self.layers[0].box_rpb = None  # the first layer has no box yet to bias its attention with
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor,
-                self_attn_mask: Tensor | None = None) -> Tensor:
-        """-> every layer's output after the shared final norm, [L, B, Q, E]."""
-        outputs = []
+                self_attn_mask: Tensor | None = None, box_rpb: BoxRPBInputs | None = None) -> Tensor:
+        """-> every layer's output after the shared final norm, [L, B, Q, E]. With `box_rpb` (the box head, the
+        padding mask [B, h, w]), each layer after the first biases its cross-attention with the boxes the layer
+        before it predicts (detached, as Plain DETR's reference boxes)."""
+        outputs: list[Tensor] = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, pos, query_pos, mask, self_attn_mask)
+            bias = None
+            if box_rpb is not None and layer.box_rpb is not None:
+                box_head, grid_mask = box_rpb
+                boxes = box_head(outputs[-1]).sigmoid().detach()  # [B, Q, 4]
+                bias = layer.box_rpb(boxes, valid_cells(grid_mask), tuple(grid_mask.shape[1:]))
+            tgt = layer(tgt, memory, pos, query_pos, mask, self_attn_mask, bias)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
+
+
+# BoxRPB's inputs to the decoder: the detector's box head (decoder output [B, Q, E] -> box logits [B, Q, 4]) and
+# the feature map's padding mask [B, h, w].
+BoxRPBInputs = tuple[Callable[[Tensor], Tensor], Tensor]
 
 
 def flatten_features(src: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -198,31 +214,37 @@ class Transformer(nn.Module):
             fused kernel in training too (fastest; not the paper's recipe).
         pre_norm: LayerNorm before each sub-layer instead of after.
         chunk_size: queries per chunk when attention weights must be materialised.
+        box_rpb_stride: Plain DETR's BoxRPB in the decoder's cross-attention (`box_rpb.py`), for features of this
+            stride; None: off.
     """
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
                  dim_feedforward: int = 2048, dropout: float = 0.1, attention_dropout: float | None = None,
-                 pre_norm: bool = False, chunk_size: int = 1024):
+                 pre_norm: bool = False, chunk_size: int = 1024, box_rpb_stride: int | None = None):
         super().__init__()
         fused_training = attention_dropout == 0.0
         attention_dropout = dropout if attention_dropout is None else attention_dropout
         args = (d_model, nhead, dim_feedforward, dropout, attention_dropout, pre_norm, chunk_size, fused_training)
         self.encoder = Encoder(EncoderLayer(*args), num_encoder_layers, nn.LayerNorm(d_model) if pre_norm else None)
-        self.decoder = Decoder(DecoderLayer(*args), num_decoder_layers, d_model)
+        self.decoder = Decoder(DecoderLayer(*args, box_rpb_stride), num_decoder_layers, d_model)
         self.d_model = d_model
+        self.box_rpb = box_rpb_stride is not None
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor, groups: int = 1,
-                extra: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                extra: tuple[Tensor, Tensor, Tensor] | None = None,
+                box_head: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """src, pos [B, E, h, w]; mask [B, h, w]; query_embed [K*Q, E] for `groups` K.
 
         Returns the decoder outputs [L, B, K*(Q+D), E] and the encoder memory [B, h*w, E]. Each group of
         Q queries is decoded as its own batch entry over the same memory, so groups cannot see each other.
         `extra` (denoising queries) = (content [B, D, E], position [B, D, E], self-attention mask
         [Q+D, Q+D]): D more queries after each group's Q, with their own decoder input and position.
+        `box_head` (with BoxRPB): the detector's box head, whose boxes bias the next layer's cross-attention.
         """
+        grid_mask = mask  # [B, h, w]
         src, pos, mask = flatten_features(src, pos, mask)  # [B, S, E], [B, S, E], [B, S]
         memory = self.encoder(src, pos, mask)
         b, k = src.shape[0], groups
@@ -232,5 +254,6 @@ class Transformer(nn.Module):
             content, position, self_attn_mask = extra
             tgt = torch.cat([tgt, fold(content)], dim=1)  # [B*K, Q+D, E]
             query_pos = torch.cat([query_pos, fold(position)], dim=1)
-        hs = self.decoder(tgt, fold(memory), fold(pos), query_pos, fold(mask), self_attn_mask)
+        rpb = None if box_head is None else (box_head, fold(grid_mask))
+        hs = self.decoder(tgt, fold(memory), fold(pos), query_pos, fold(mask), self_attn_mask, rpb)
         return hs.unflatten(1, (b, k)).flatten(2, 3), memory  # [L, B, K*(Q+D), E]

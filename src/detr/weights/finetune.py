@@ -63,6 +63,11 @@ def load_finetune_weights(model: Model, weights: str | os.PathLike | Mapping[str
             skip.append("group_query_embed.")
         else:
             state[key] = state["query_embed.weight"].repeat(model.num_groups - 1, 1)  # [(K-1)*Q, E]
+    rpb = sorted({k[: k.index("box_rpb.") + 8] for k in own if "box_rpb." in k})  # BoxRPB's MLPs
+    if rpb and not any("box_rpb." in k for k in state):  # weights of a model without them: they start fresh
+        skip.extend(rpb)
+        if distributed.is_main_process():
+            log.info("%s: has no BoxRPB weights; --box_rpb's bias starts from its initialisation", source)
     load_model_weights(model, state, source=source, skip_prefixes=tuple(skip))
 
 

@@ -70,6 +70,8 @@ def check_hf_exportable(model_cfg: ModelConfig) -> None:
         problems.append(f"backbone {model_cfg.backbone!r}: transformers' DETR takes one of {', '.join(HF_RESNETS)}")
     if model_cfg.pre_norm:
         problems.append("pre_norm: transformers' DETR transformer is post-norm only")
+    if model_cfg.box_rpb:
+        problems.append("box_rpb: transformers' DETR has no box-to-pixel attention bias")
     if problems:
         raise ValueError("cannot be written as a transformers model: " + "; ".join(problems))
 
