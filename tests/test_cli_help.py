@@ -1,4 +1,4 @@
-"""`detr --help` and every `detr CMD --help` import no torch: a parser needs none, the command imports it when it runs."""
+"""`detr --help` and every `detr CMD --help` import no torch: parsers need none; a command imports it to run."""
 
 from __future__ import annotations
 

@@ -23,8 +23,6 @@ from . import show_progress
 from .flags import make_parser
 from .train import train
 
-# The parser needs only the presets; what brings torch is imported where the demo runs.
-
 
 def argv_flags(argv: list[str]) -> list[str]:
     """The option names given in `argv` ("--num_train 5" and "--num_train=5" -> "num_train")."""
