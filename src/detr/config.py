@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from .checkpoint import check_output_folder
 from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
-from .runtime import check_amp, resolve_device
 
 # The closed choices of the options; `check_choices` checks every Literal-typed field against its values.
 ClassLoss = Literal["softmax", "varifocal", "focal", "mal"]
@@ -316,6 +314,10 @@ def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def validate_config(cfg: Config, training: bool = True) -> None:
     """Raise ValueError naming the argument for any option that cannot work."""
+    # imported here: they bring torch, which parsers and `--help` built on this module do not need
+    from .checkpoint import check_output_folder
+    from .runtime import check_amp, resolve_device
+
     check_choices(cfg)
     t, m = cfg.train, cfg.model
     loggers = t.logger if isinstance(t.logger, (list, tuple)) else []

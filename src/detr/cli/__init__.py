@@ -5,6 +5,10 @@ parses its own arguments with a parser from `detr.cli.flags` (shared flag groups
 flag, no prefix matching). To add one, add a line to COMMANDS. Only this module sets up logging
 (the library logs to `detr.*` loggers) and turns errors into a one-line message and an exit
 code (2 for bad input, 130 for Ctrl-C).
+
+Building a parser imports no torch, so that `detr --help` and `detr CMD --help` start fast: a command
+module imports what brings torch (inference, training, checkpoint, ...) inside the functions that run
+after parsing (tests/test_cli_help.py checks it).
 """
 
 from __future__ import annotations

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..inference.detector import Detector
 from ..registry import PUBLISHED
-from ..runtime import check_threshold
 from .flags import add_size_flags, add_weights_flags
+
+if TYPE_CHECKING:
+    from ..inference.detector import Detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def threshold_type(text: str) -> float:
     """argparse type for a score threshold in [0, 1]."""
+    from ..runtime import check_threshold
+
     try:
         return check_threshold(float(text), "threshold")
     except ValueError as e:
@@ -36,6 +39,8 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
 
 def detector_from_args(args: argparse.Namespace) -> Detector:
     """The Detector that `add_detector_flags`' options describe."""
+    from ..inference.detector import Detector
+
     overrides: dict[str, Any] = {k: getattr(args, k) for k in ("nheads", "dilation") if getattr(args, k)}
     return Detector.from_pretrained(args.weights, device=args.device, threshold=args.threshold, model=args.model,
                                     size=args.val_scale, max_size=args.max_size, amp=getattr(args, "amp", "none"),

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.transforms import val_short_side
-from ..inference.detector import default_class_names
 from ..registry import MODELS
-from ..weights.loading import load_pretrained
-from ..weights.to_hf import hf_config, save_hf_folder
 from . import show_progress
 from .flags import parse_and_run
 
@@ -42,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _to_hf(args: argparse.Namespace) -> int:
     """Our checkpoint (or an official file, a published name) -> a folder that transformers' from_pretrained loads."""
+    # imported here, not at the top: they bring torch, which the parser and --help do not need
+    from ..data.transforms import val_short_side
+    from ..inference.detector import default_class_names
+    from ..weights.loading import load_pretrained
+    from ..weights.to_hf import hf_config, save_hf_folder
+
     if not args.weights:
         raise ValueError("--to hf needs --weights FILE: the checkpoint to convert")
     heads = {} if args.nheads is None else {"nheads": args.nheads}

@@ -9,12 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint
 from ..config import config_from_flags
-from ..data import make_demo_dataset
-from ..data.images import load_image
-from ..inference.detector import Detector
-from ..inference.visualize import draw_detections, side_by_side
 from ..presets import (
     DEMO_DATA,
     DEMO_DRAW_THRESHOLDS,
@@ -24,10 +19,9 @@ from ..presets import (
     PANOPTIC_DEMO_DATA,
     PANOPTIC_DEMO_MASKS,
 )
-from ..training.train import train
 from . import show_progress
-from .demo_panoptic import run_panoptic_demo
 from .flags import make_parser
+from .train import train
 
 
 def argv_flags(argv: list[str]) -> list[str]:
@@ -37,6 +31,10 @@ def argv_flags(argv: list[str]) -> list[str]:
 
 def draw_predictions(checkpoint: str | Path, images: list[Path], output: str | Path, threshold: float = 0.5) -> Path:
     """Draw the model's detections on `images` side by side into one PNG file."""
+    from ..data.images import load_image
+    from ..inference.detector import Detector
+    from ..inference.visualize import draw_detections, side_by_side
+
     detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=threshold)
     pictures = [load_image(p) for p in images]
     scale = 3  # demo images are small: enlarge them before drawing so that the labels stay readable
@@ -52,6 +50,9 @@ def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | Non
              num_pictures: int = 4) -> dict[str, Any]:
     """Make the demo data (DEMO_DATA, with `data`'s sizes), train the demo preset (with `overrides`) on it,
     then evaluate and draw; returns the training summary."""
+    from ..checkpoint import load_checkpoint
+    from ..data import make_demo_dataset
+
     values = {**DEMO_PRESET, **(overrides or {})}
     paths = make_demo_dataset(Path(values["output_dir"]) / "data", **{**DEMO_DATA, **(data or {})})
     cfg = config_from_flags({**values, **{k: str(v) for k, v in paths.items() if k != "root"}})
@@ -65,6 +66,13 @@ def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | Non
     print(f"predictions drawn on {len(val_images)} val images: {picture}")
     summary["picture"] = str(picture)
     return summary
+
+
+def run_panoptic_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | None = None) -> dict[str, Any]:
+    """`detr demo --masks` (demo_panoptic.run_panoptic_demo), imported when it runs: it brings torch."""
+    from .demo_panoptic import run_panoptic_demo as run
+
+    return run(overrides, data)
 
 
 def main(argv: list[str]) -> int:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from ..config import Config, ModelConfig
-from ..evaluation.evaluate import SIZE_FIELDS, evaluate_checkpoint
-from ..weights.hub import is_hf_repo_id
 from . import show_progress
 from .flags import (
     add_data_flags,
@@ -42,9 +41,18 @@ def build_eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluate_checkpoint(cfg: Config, path: str, **options: Any) -> dict[str, Any]:
+    """`detr.evaluation.evaluate.evaluate_checkpoint`, imported when an evaluation starts (it brings torch)."""
+    from ..evaluation.evaluate import evaluate_checkpoint as run_evaluation
+
+    return run_evaluation(cfg, path, **options)
+
+
 def main(argv: list[str]) -> int:
     """`detr eval --weights FILE [data flags]`: COCO bbox AP of a checkpoint on the val set."""
     args = build_eval_parser().parse_args(argv)
+    from ..weights.hub import is_hf_repo_id  # after parsing: it brings torch, which --help does not need
+
     path = args.weights or ""
     hub_id = is_hf_repo_id(path) and not Path(path).exists()  # outputs next to the file, else here
     cfg = config_from_args(args, {"output_dir": ("." if hub_id else str(Path(path).parent)) if path else ""})
@@ -55,6 +63,8 @@ def evaluate(cfg: Config, args: argparse.Namespace, path: str, flag: str) -> int
     """Evaluate the checkpoint `path` (named by `flag` in errors); model flags given in `args` win."""
     if not path:
         raise ValueError(f"{flag} FILE is needed: the checkpoint to evaluate")
+    from ..evaluation.evaluate import SIZE_FIELDS
+
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     given = given_flags(args)
     overrides = {k: getattr(cfg.model, k) for k in given if k in fields}

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import output_folder
-from ..inference.detector import to_image_tensor
-from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
 from .common import add_detector_flags, detector_from_args
 from .flags import add_flags, parse_and_run
 
@@ -22,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write one decoder-attention PNG per detected object and one encoder-attention PNG."""
+    # imported here, not at the top: they bring torch, which the parser and --help do not need
+    from ..checkpoint import output_folder
+    from ..inference.detector import to_image_tensor
+    from ..inference.explain import explain, parse_pixel, rgb_image, save_attention_pictures
+
     pixel = parse_pixel(args.pixel) if args.pixel else None
     image = to_image_tensor(Path(args.image))
     out = output_folder(args.output_dir, "--output_dir")

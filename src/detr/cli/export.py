@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoint import output_file
-from ..inference import export as onnx_export
+from ..inference.defaults import FORMATS
 from .common import add_detector_flags, detector_from_args
 from .flags import parse_and_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_detector_flags(parser)
-    parser.add_argument("--format", choices=list(onnx_export.FORMATS), default="onnx",
+    parser.add_argument("--format", choices=list(FORMATS), default="onnx",
                         help="onnx, or openvino: an IR .xml with its .bin beside it (needs the openvino extra)")
     parser.add_argument("--output", default=None, help="file to write (default detr.onnx, or detr.xml for openvino)")
     parser.add_argument("--postprocess", action="store_true",
@@ -29,11 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export the model to ONNX or OpenVINO (dynamic batch and image size), optionally checking parity."""
+    # imported here, not at the top: they bring torch, which the parser and --help do not need
+    from ..checkpoint import output_file
+    from ..inference import export as onnx_export
+
     if args.top_k is not None and not args.postprocess:
         raise ValueError("--top_k applies with --postprocess only")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {args.top_k}")
-    output = args.output or f"detr{onnx_export.FORMATS[args.format]}"
+    output = args.output or f"detr{FORMATS[args.format]}"
     if args.format == "openvino":
         if not output.endswith(".xml"):
             raise ValueError(f"--output: an OpenVINO IR is a .xml file (its .bin is written beside it), got {output}")

@@ -14,7 +14,6 @@ from typing import Any, get_args
 
 from ..config import LOGGERS, Config, DatasetFile, literal_choices
 from ..registry import MODELS
-from ..training.options import config_from_options
 
 log = logging.getLogger(__name__)
 # (flag, type, help); the section a flag belongs to is the dataclass that has the field.
@@ -258,6 +257,9 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> Config:
     """A Config from the parsed flags; `preset` values, then --model's, replace the defaults of flags not given."""
+    # imported here, after parsing: it brings torch, which the parsers and --help do not need
+    from ..training.options import config_from_options
+
     return config_from_options(given_flags(args), preset)
 
 

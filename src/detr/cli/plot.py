@@ -8,9 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import output_file
-from ..evaluation.plots import plot_per_class_runs
-from ..inference.visualize import plot_logs, read_log
 from .flags import parse_and_run
 
 
@@ -23,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def per_class_history(run: str) -> list[tuple[float, list[dict[str, Any]]]]:
     """(epoch, per-class AP records) of each evaluation in a run's log.txt (test_per_class_ap)."""
+    from ..inference.visualize import read_log  # its module brings torch, which --help does not need
+
     log = Path(run) / "log.txt" if Path(run).is_dir() else Path(run)
     if not log.is_file():
         return []
@@ -46,6 +45,11 @@ def per_class_records(run: str) -> list[dict[str, Any]] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw loss, class error and AP over epochs of the given runs into one PNG, and their per-class AP."""
+    # imported here, not at the top: they bring torch and matplotlib, which the parser and --help do not need
+    from ..checkpoint import output_file
+    from ..evaluation.plots import plot_per_class_runs
+    from ..inference.visualize import plot_logs
+
     output = output_file(args.output)
     print(f"detr plot: wrote {plot_logs(args.runs, output)}")
     per_class = {run: records for run in args.runs if (records := per_class_records(run))}

@@ -7,13 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tqdm import tqdm
-
-from ..checkpoint import output_folder
-from ..distributed import cleanup, init_from_env
-from ..inference.batch import DRAW_LIMIT, PredictOptions, predict_images
-from ..inference.explain import parse_pixel
-from ..runtime import resolve_device
+from ..inference.defaults import DRAW_LIMIT
 from . import show_progress
 from .common import add_detector_flags, collect_images, detector_from_args
 from .flags import add_flags, parse_and_run
@@ -67,6 +61,13 @@ def predict_folder(args: argparse.Namespace) -> int:
 
     Returns 0 when every image was processed, 1 when some were skipped (reported on stderr).
     """
+    # imported here, not at the top: they bring torch, which the parser and --help do not need
+    from ..checkpoint import output_folder
+    from ..distributed import cleanup, init_from_env
+    from ..inference.batch import PredictOptions, predict_images
+    from ..inference.explain import parse_pixel
+    from ..runtime import resolve_device
+
     if args.batch_size < 1 or args.num_workers < 0:
         raise ValueError(f"--batch_size must be at least 1 and --num_workers at least 0, got {args.batch_size} "
                          f"and {args.num_workers}")
@@ -96,6 +97,8 @@ def predict_folder(args: argparse.Namespace) -> int:
 
 
 def _report_skip(path: str, reason: str) -> None:
+    from tqdm import tqdm
+
     tqdm.write(f"detr predict: skipped {path}: {reason}", file=sys.stderr)
 
 

@@ -5,11 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
-from ..checkpoint import output_folder
-from ..inference.video import check_packages, check_stride, is_video_source
-from ..inference.video_files import predict_video
 from . import show_progress
 from .common import detector_from_args
 
@@ -25,6 +20,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 def wants_video(args: argparse.Namespace) -> bool:
     """Whether the inputs name a video, a webcam or a stream (else they are images)."""
+    from ..inference.video import is_video_source  # after parsing: its module brings numpy
+
     return any(is_video_source(x) for x in args.inputs)
 
 
@@ -33,6 +30,13 @@ def run_video(args: argparse.Namespace) -> int:
 
     Returns 0 when the source was read to its end, 1 when it ended early (damaged, truncated or dropped).
     """
+    # imported here, not at the top: they bring torch, which the parser and --help do not need
+    from tqdm import tqdm
+
+    from ..checkpoint import output_folder
+    from ..inference.video import check_packages, check_stride
+    from ..inference.video_files import predict_video
+
     if len(args.inputs) != 1:
         raise ValueError(f"give one video, webcam or stream per run, not {len(args.inputs)} inputs "
                          f"({', '.join(args.inputs)}); images go in a run of their own")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from ..config import validate_config
-from ..training.train import train
+from typing import Any
+
+from ..config import Config, validate_config
 from . import show_progress
 from .eval import evaluate
 from .flags import build_parser, config_from_args, require_data
+
+
+def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
+    """`detr.training.train.train`, imported when a run starts: it brings torch, which --help does not need."""
+    from ..training.train import train as run_training
+
+    return run_training(cfg, progress=progress)
 
 
 def main(argv: list[str]) -> int:

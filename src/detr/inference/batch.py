@@ -25,6 +25,7 @@ from ..checkpoint import output_folder, write_bytes
 from ..data.images import displayed_size, probe_image
 from ..distributed import is_distributed, is_main_process, rank, world_size
 from .batch_results import LineWriter, Summary, check_lines, clear, finished_lines, merge, part_path
+from .defaults import DRAW_LIMIT
 from .detector import Detections, Detector, to_image_tensor
 from .explain import explain, rgb_image, save_attention_pictures
 from .panoptic import Panoptic
@@ -32,7 +33,6 @@ from .visualize import draw_detections, draw_segmentation
 
 log = logging.getLogger(__name__)
 
-DRAW_LIMIT = 50  # default: pictures for a job of at most this many images; beyond, writing them dominates the run
 WINDOW_BATCHES = 32  # images are sorted by shape within windows of this many batches: little padding, rough order
 SLEEP_ENV = "DETR_TEST_PREDICT_SLEEP"  # seconds to wait after each batch (tests kill a run mid-way)
 DECODE_ERRORS = (ValueError, TypeError, OSError)

@@ -59,6 +59,7 @@ from ..models.attention import HeadAttention
 from ..models.build import Model
 from ..models.segmentation import DETRsegm
 from ..postprocessing.boxes import SIGMOID_HEADS, select_detections
+from .defaults import FORMATS
 from .runtimes import (
     DETECTIONS,
     INPUT,
@@ -72,7 +73,6 @@ from .runtimes import (
 )
 
 OPSET = 17
-FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
 
 def output_names(model: Model) -> tuple[str, ...]:
