@@ -1,6 +1,6 @@
 """How well-conditioned the alignment test's gradients are, and which of our training paths pass its
 float64 gate: official fp32 and our paths against the official model in float64, same random weights,
-inputs and targets as `tests/test_alignment.py::test_training_step_matches_official`.
+inputs and targets as `tests/alignment/test_alignment.py::test_training_step_matches_official`.
 
     python benchmarks/conditioning.py            # detr_r50, about a minute
     python benchmarks/conditioning.py all        # every training case of the test (several minutes)

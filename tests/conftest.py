@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from . import official
+from .helpers import official
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import torchvision
 
 import detr
 
-from . import official
+from .helpers import official
 
 try:
     import tomllib

@@ -8,7 +8,7 @@ code (2 for bad input, 130 for Ctrl-C).
 
 Building a parser imports no torch, so that `detr --help` and `detr CMD --help` start fast: a command
 module imports what brings torch (inference, training, checkpoint, ...) inside the functions that run
-after parsing (tests/test_cli_help.py checks it).
+after parsing (tests/cli/test_cli_help.py checks it).
 """
 
 from __future__ import annotations
