@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -92,7 +94,7 @@ def test_sampler_splits_each_epoch_between_processes_and_depends_only_on_seed_an
 def _eval_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     from detr.evaluation import evaluate as engine
 
-    engine.coco_bbox_eval = lambda gt, dets, ids: ([0.0] * 12, "")  # only the detections are compared
+    _no_coco_eval(engine)  # only the detections are compared
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         _, detections = _evaluate_shard(rank, world)
@@ -104,6 +106,12 @@ def _eval_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 
 class _Gt:
     """Stands in for a pycocotools COCO (only the detections are compared here)."""
+
+
+def _no_coco_eval(engine, setattr=setattr) -> None:
+    """No COCOeval and no diagnostics in `engine` (evaluation.evaluate): the stand-in ground truth has none."""
+    setattr(engine, "bbox_cocoeval", lambda gt, dets, ids: (types.SimpleNamespace(stats=[0.0] * 12), ""))
+    setattr(engine, "write_diagnostics", lambda *args, **kwargs: [])
 
 
 def _evaluate_shard(rank: int, world: int):
@@ -123,7 +131,7 @@ def test_evaluation_gathers_every_image_once_from_all_processes(tmp_path, monkey
     gathered = torch.load(out_file, weights_only=True)
     from detr.evaluation import evaluate as engine
 
-    monkeypatch.setattr(engine, "coco_bbox_eval", lambda gt, dets, ids: ([0.0] * 12, ""))
+    _no_coco_eval(engine, monkeypatch.setattr)
     _, single = _evaluate_shard(0, 1)
     key = lambda d: (d["image_id"], d["bbox"][0], d["bbox"][1])  # noqa: E731
     assert len(gathered) == len(single) == 3 * TINY_MODEL["num_queries"]

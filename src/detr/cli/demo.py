@@ -21,7 +21,6 @@ from ..presets import (
 )
 from . import show_progress
 from .flags import make_parser
-from .train import train
 
 
 def argv_flags(argv: list[str]) -> list[str]:
@@ -52,6 +51,7 @@ def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | Non
     then evaluate and draw; returns the training summary."""
     from ..checkpoint import load_checkpoint
     from ..data import make_demo_dataset
+    from ..training.train import train
 
     values = {**DEMO_PRESET, **(overrides or {})}
     paths = make_demo_dataset(Path(values["output_dir"]) / "data", **{**DEMO_DATA, **(data or {})})
