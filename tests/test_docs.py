@@ -123,6 +123,21 @@ def write_coco_split(images_dir: Path, ann_file: Path, n: int, start: int, super
     ann_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
 
 
+def write_video(path: Path, frames: int = 6) -> None:
+    """A short MPEG-4 clip of the test's shapes moving right (PyAV, the `video` extra)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"
+        for i in range(frames):
+            picture = Image.new("RGB", (80, 64), (90, 90, 90))
+            ImageDraw.Draw(picture).rectangle([4 + 4 * i, 6, 28 + 4 * i, 26], fill=(230, 40, 30))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(picture), format="rgb24")))
+        container.mux(stream.encode(None))
+
+
 def small_published_model(path: Path) -> None:
     """A small checkpoint of ours with 91 COCO classes, confident on class 1, saved where detr_r50 is looked up."""
     torch.manual_seed(0)
@@ -147,6 +162,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          supercategory=False)
     for name in ("photos/p1.jpg", "photos/p2.png", "a.jpg", "b.png", "photo.jpg"):
         write_image(ws / name, boxes_of(3))
+    write_video(ws / "street.mp4")
     small_published_model(ws / "cache" / PUBLISHED_FILE)
     with in_workspace(ws):
         split = "my_dataset/{0}", "my_dataset/{0}/_annotations.coco.json"
@@ -206,6 +222,13 @@ def predict(words: list[str], ws: Path) -> None:
     assert sorted(p.suffix for p in out.glob("*.png")) == [".png", ".png"] and list(out.glob("*.json"))
 
 
+def video(words: list[str], ws: Path) -> None:
+    out = ws / words[words.index("--output_dir") + 1]
+    assert run_detr(localised(words[1:])) == 0
+    assert (out / "annotated.mp4").is_file()
+    assert len((out / "frames.jsonl").read_text().splitlines()) == 6  # one line per frame
+
+
 def explain(words: list[str], ws: Path) -> None:
     out = ws / words[words.index("--output_dir") + 1]
     assert run_detr(localised(words[1:])) == 0
@@ -247,6 +270,7 @@ COMMANDS: dict[str, Callable[[list[str], Path], None]] = {
     "bash scripts/test.sh": suite_script,
     "detr predict photos/ --weights detr_r50 --output_dir out/": predict,
     "detr explain photo.jpg --weights detr_r50 --output_dir attention/": explain,
+    "detr predict street.mp4 --weights detr_r50 --track --output_dir video_out/": video,
     "detr train --data my_dataset --epochs 50 --output_dir runs/mine": train,
     "detr train --train_images my_dataset/train --train_annotations my_dataset/train/_annotations.coco.json "
     "--val_images my_dataset/valid --val_annotations my_dataset/valid/_annotations.coco.json "
@@ -256,6 +280,7 @@ COMMANDS: dict[str, Callable[[list[str], Path], None]] = {
     "detr eval --weights detr_r50 --coco_path /data/coco": evaluate,
     "detr export --weights runs/mine/best.pth --output detr.onnx": export,
     "detr export --weights runs/mine/best.pth --postprocess --output detr_boxes.onnx --verify": export,
+    "detr export --weights runs/mine/best.pth --format openvino --output detr.xml": export,
 }
 
 
