@@ -92,6 +92,26 @@ def test_yolo_names_as_dict_and_path(tmp_path):
     assert sizes == expected(ref, "val", {1: 0, 7: 1, 1000: 2})[0]
 
 
+def test_yolo_roboflow_export_layout(tmp_path):
+    """Roboflow's YOLO export: train/images, valid/images beside data.yaml, which names them `../train/images`."""
+    ref = reference()
+    root = write_yolo(tmp_path / "flat", ref)
+    ds = tmp_path / "ds"
+    for split, folder in (("train", "train"), ("val", "valid")):
+        for kind in ("images", "labels"):
+            (ds / folder).mkdir(parents=True, exist_ok=True)
+            (root / kind / split).rename(ds / folder / kind)
+    (ds / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 3\nnames: [cat, dog, bird]\n")
+    cfg = resolved(ds, tmp_path / "run")
+    assert cfg.data.class_names == ["cat", "dog", "bird"]
+    for split in ("train", "val"):
+        (sizes, boxes), (want_sizes, want_boxes) = read_back(cfg, split), expected(ref, split, {1: 0, 7: 1, 1000: 2})
+        assert sizes == want_sizes and set(boxes) == set(want_boxes)
+        for key, got in boxes.items():
+            flat = [v for b in sorted(got) for v in b]
+            assert flat == pytest.approx([v for b in sorted(want_boxes[key]) for v in b], abs=1e-6), key
+
+
 def test_yolo_list_file_split(tmp_path):
     ref = reference()
     root = write_yolo(tmp_path / "ds", ref)

@@ -85,10 +85,15 @@ def _base(spec: dict[str, Any], yaml_file: Path) -> Path:
 
 
 def _resolve(item: str, base: Path, yaml_dir: Path) -> Path | None:
-    for folder in (base, yaml_dir):
-        candidate = Path(item).expanduser() if Path(item).is_absolute() else folder / item
-        if candidate.exists():
-            return candidate
+    """`item` relative to `base`, else to the yaml's folder. Roboflow's YOLO exports write `../train/images` for
+    the `train/images` beside their data.yaml; as ultralytics does, a leading `../` that leads nowhere is
+    dropped."""
+    tries = [item, item[3:]] if item.startswith("../") else [item]
+    for name in tries:
+        for folder in (base, yaml_dir):
+            candidate = Path(name).expanduser() if Path(name).is_absolute() else folder / name
+            if candidate.exists():
+                return candidate
     return None
 
 
