@@ -60,3 +60,10 @@ def run_cli(argv: list[str], timeout: float = 240, **kwargs) -> subprocess.Compl
 def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+def float64_images() -> list[torch.Tensor]:
+    """Two fixed random float64 images of different sizes (a padded batch), for tests against formulas."""
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(3, 64, 96, generator=g, dtype=torch.float64),
+            torch.randn(3, 80, 48, generator=g, dtype=torch.float64)]

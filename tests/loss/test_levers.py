@@ -11,15 +11,11 @@ import torch
 
 import detr
 
+from ..helpers.train import float64_images as images
+
 TINY = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 2,
         "dim_feedforward": 64, "num_queries": 6, "dropout": 0.0}
 NUM_CLASSES = 4
-
-
-def images() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    return [torch.randn(3, 64, 96, generator=g, dtype=torch.float64),
-            torch.randn(3, 80, 48, generator=g, dtype=torch.float64)]
 
 
 def targets() -> list[dict[str, torch.Tensor]]:
