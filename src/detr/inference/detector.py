@@ -150,14 +150,15 @@ class Detector:
                                  f"(OpenVINO: precision='bf16'), not under amp; got amp={amp!r}")
             model.check_detector()
             self.model, self.runtime = None, model
-            num_classes = int(model.metadata["num_classes"])
         else:
             self.model = model.eval().to(self.device)
             self.runtime = TorchRuntime(self.model)
-            num_classes = getattr(model, "num_classes", 0)  # only read when no class names are given
+        if class_names is None:
+            exported = isinstance(model, ExportedRuntime)
+            class_names = default_class_names(int(model.metadata["num_classes"]) if exported else model.num_classes)
         self.threshold = check_threshold(threshold)
         self.size, self.max_size = size, max_size
-        self.class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
+        self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else None
 
     @classmethod
