@@ -141,10 +141,11 @@ def prepare_data(root: Path, data: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items() if k != "root"}
 
 
-def run_values(recipe: str, seed: int, args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+def run_values(overrides: dict[str, Any], seed: int, args: argparse.Namespace,
+               settings: dict[str, Any]) -> dict[str, Any]:
     """The flat options of one run (without its paths): fixed settings, the recipe's overrides, the schedule."""
     epochs = args.iterations // args.eval_every
-    return {**settings, **RECIPES[recipe], "seed": seed, "steps_per_epoch": args.eval_every, "epochs": epochs,
+    return {**settings, **overrides, "seed": seed, "steps_per_epoch": args.eval_every, "epochs": epochs,
             "eval_every": 1, "lr_drop": epochs + 1}  # lr_drop past the end: a constant learning rate
 
 
@@ -196,9 +197,11 @@ def read_curve(log_file: Path, steps_per_epoch: int, warmup_steps: int = 0) -> l
 
 
 def train_run(recipe: str, seed: int, args: argparse.Namespace, settings: dict[str, Any],
-              data: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
-    """Train one (recipe, seed) from scratch, or reuse its JSON when it holds the same settings hash."""
-    values = run_values(recipe, seed, args, settings)
+              data: dict[str, Any], paths: dict[str, str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one (recipe, seed), or reuse its JSON when it holds the same settings hash. `overrides`: the
+    recipe's options (default RECIPES[recipe]); `data` enters the hash, so it names everything the run reads."""
+    overrides = RECIPES[recipe] if overrides is None else overrides
+    values = run_values(overrides, seed, args, settings)
     key = settings_hash(values, data)
     result_file = args.root / f"{recipe}-seed{seed}.json"
     if result_file.is_file() and not args.force:
@@ -222,7 +225,7 @@ def train_run(recipe: str, seed: int, args: argparse.Namespace, settings: dict[s
     if len(timer.times) != args.iterations and not (resume and 0 < len(timer.times) < args.iterations):
         raise RuntimeError(f"the step timer saw {len(timer.times)} steps for {args.iterations} iterations: "
                            "has train_one_epoch's per-step debug record changed?")
-    result = {"recipe": recipe, "seed": seed, "hash": key, "overrides": RECIPES[recipe], "options": values,
+    result = {"recipe": recipe, "seed": seed, "hash": key, "overrides": overrides, "options": values,
               "data": data, "curve": read_curve(out_dir / "log.txt", args.eval_every, values.get("backbone_warmup", 0)),
               "seconds_per_iteration": timer.seconds_per_iteration(),
               "cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), "wall_seconds": wall,

@@ -1,0 +1,168 @@
+"""Fine-tuning benchmark: what the training options buy when a trained detector learns new classes (issue #24).
+
+    python benchmarks/finetune_convergence.py --sizes 500 --rows vanilla fast groups mal iou_match one2many \\
+        mosaic lr2x --root runs/finetune
+    python benchmarks/finetune_convergence.py --smoke     # tiny data, a few iterations: a check of the script
+
+This is the regime of `detr train --data DIR --weights detr_r50`: the whole detector is trained already, only
+the class head is new. The source detector is convergence.py's model (plain DETR, softmax head, tiny trunk,
+d=128, 3+3 layers, 16 queries) trained once on the demo's shapes with `--recipe fast` and cached under --root.
+It is then fine-tuned on `other_shapes.py`'s set (five other classes, other shapes, textured backgrounds) with
+--sizes training images and one 200-image val set, at the official fine-tuning rates (1e-4, backbone 1e-5),
+batch 8, a constant rate, every row through `detr.training.train.train`. Rows are option overrides on top of
+that (`ROWS`); the table counts iterations, as convergence.py's does, and is written to --root/finetune.md with
+a plot per size. Runs are cached by a hash of their options, data and source (convergence.train_run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import convergence as conv  # noqa: E402  (puts this checkout's src on sys.path)
+from other_shapes import make_other_shapes  # noqa: E402
+
+from detr.checkpoint import write_bytes  # noqa: E402
+
+SOURCE_ITERATIONS, SOURCE_EVAL_EVERY = 2500, 500
+FINETUNE: dict[str, Any] = {**conv.SETTINGS, "lr": 1e-4, "lr_backbone": 1e-5}  # the official fine-tuning rates
+SIGMOID = {"set_cost_class": 2.0}  # the sigmoid heads' class cost and weight (Deformable DETR's 2)
+ROWS: dict[str, dict[str, Any]] = {
+    "vanilla": {},  # the official recipe from the trained weights
+    "fast": {"num_groups": 3, "ema_decay": 0.9995},  # --recipe fast as it stands from trained weights
+    "groups": {"num_groups": 3},  # Group DETR
+    "ema": {"ema_decay": 0.999},  # the weight average alone, at a horizon of ~1,000 steps
+    "mal": {"class_loss": "mal", **SIGMOID},  # DEIM's matchability-aware loss
+    "focal": {"class_loss": "focal", **SIGMOID},  # a sigmoid head without MAL's IoU targets
+    "iou_match": {"matcher_iou_power": 1.0},  # Stable-DINO / Align-DETR: the class cost reads p * IoU
+    "one2many": {"k_one2many": 2},  # MS-DETR: each layer also matched to 2 copies of the ground truth
+    "mosaic": {"mosaic_prob": 0.5},  # DEIM's dense one-to-one: half the images a mosaic of 4
+    "lr2x": {"lr": 2e-4, "lr_backbone": 2e-5},  # twice the official rates
+    "trunk_lr": {"lr_backbone": 1e-4},  # the backbone at the transformer's rate (new images, new textures)
+}
+SMOKE_SOURCE = (20, 10)
+SMOKE_DATA = {"num_val": 8, "image_size": 64}
+
+
+def parse_args(argv: list[str] | None, rows: dict[str, dict[str, Any]] = ROWS, sizes: list[int] | None = None,
+               iterations: int = 1200, eval_every: int = 150, root: str = "runs/finetune") -> argparse.Namespace:
+    """The command line of this benchmark (and of backbone_convergence.py, with its own rows and defaults)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", nargs="+", default=["vanilla", "fast"], metavar="NAME",
+                   help=f"rows to run (default: vanilla fast; known: {', '.join(rows)}; a row a+b combines rows)")
+    p.add_argument("--sizes", nargs="+", type=int, default=sizes or [500], help="training images of the new set")
+    p.add_argument("--seeds", nargs="+", type=int, default=[conv.FIRST_SEED], help="training seeds (default 42)")
+    p.add_argument("--iterations", type=int, default=None, help=f"iterations per run (default {iterations})")
+    p.add_argument("--eval_every", type=int, default=None, help=f"evaluate every this many iterations "
+                                                                f"(default {eval_every})")
+    p.add_argument("--root", default=None, help=f"cache folder (default {root}, {root}-smoke)")
+    p.add_argument("--smoke", action="store_true", help="tiny data, a few iterations: check the script")
+    p.add_argument("--force", action="store_true", help="run again even where a run's JSON has the same settings")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as convergence.py)")
+    args = p.parse_args(argv)
+    for row in args.rows:
+        unknown = [part for part in row.split("+") if part not in rows]
+        if unknown:
+            p.error(f"--rows: unknown row(s) {unknown}; known: {', '.join(rows)}")
+    args.iterations = args.iterations or (conv.SMOKE_ITERATIONS if args.smoke else iterations)
+    args.eval_every = args.eval_every or (conv.SMOKE_EVAL_EVERY if args.smoke else eval_every)
+    args.root = Path(args.root or (f"{root}-smoke" if args.smoke else root))
+    if args.iterations % args.eval_every:
+        p.error(f"--iterations ({args.iterations}) must be a multiple of --eval_every ({args.eval_every})")
+    return args
+
+
+def overrides_of(row: str) -> dict[str, Any]:
+    """The options of a row; `a+b` merges rows a and b."""
+    merged: dict[str, Any] = {}
+    for part in row.split("+"):
+        merged.update(ROWS[part])
+    return merged
+
+
+def source_detector(args: argparse.Namespace) -> tuple[str, str]:
+    """(checkpoint path, settings hash) of the trained source detector, trained once and cached."""
+    settings, data = (conv.SMOKE_SETTINGS, conv.SMOKE_DATA) if args.smoke else (conv.SETTINGS, conv.DATA)
+    iterations, eval_every = SMOKE_SOURCE if args.smoke else (SOURCE_ITERATIONS, SOURCE_EVAL_EVERY)
+    source_args = argparse.Namespace(root=args.root / "source", iterations=iterations, eval_every=eval_every,
+                                     force=False, threads=args.threads)
+    source_args.root.mkdir(parents=True, exist_ok=True)
+    paths = conv.prepare_data(source_args.root, data)
+    result = conv.train_run("fast", conv.FIRST_SEED, source_args, settings, data, paths, overrides=conv.FAST)
+    return str(source_args.root / "runs" / f"fast-seed{conv.FIRST_SEED}" / "checkpoint.pth"), result["hash"]
+
+
+def finetune_runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """{size: {row: [result per seed]}}, each run trained or read from its cache."""
+    checkpoint, source_hash = source_detector(args)
+    base = {**(conv.SMOKE_SETTINGS if args.smoke else FINETUNE), "lr": 1e-4, "lr_backbone": 1e-5,
+            "weights": checkpoint}
+    extra = SMOKE_DATA if args.smoke else {"num_val": 200, "image_size": 128}
+    results: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for size in args.sizes:
+        data = {"num_train": size, **extra, "seed": 1, "source": source_hash}
+        paths = make_other_shapes(args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
+        size_args = argparse.Namespace(**{**vars(args), "root": args.root / f"n{size}"})
+        size_args.root.mkdir(parents=True, exist_ok=True)
+        results[size] = {row: [conv.train_run(row, seed, size_args, base, data, paths, overrides=overrides_of(row))
+                               for seed in args.seeds] for row in args.rows}
+    return results
+
+
+def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Namespace, model: str,
+          title: str = "Fine-tuning benchmark") -> str:
+    """One markdown table per training-set size: final AP, AP50 and iterations to vanilla's final AP."""
+    lines = [f"# {title} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {conv._commit()})", "",
+             f"{model}. Trained on other_shapes.py (5 classes, textured backgrounds, 200 val images) for "
+             f"{args.iterations} iterations of batch 8 at lr 1e-4 / backbone 1e-5 unless a row says otherwise, "
+             f"constant; val COCO AP every {args.eval_every} iterations. Machine: {conv._cpu_name()}, "
+             f"{args.threads} torch thread(s).", ""]
+    for size, rows in results.items():
+        vanilla = rows.get("vanilla")
+        target = statistics.fmean(r["curve"][-1]["AP"] for r in vanilla) if vanilla else None
+        lines += [f"## {size} training images", "",
+                  "| row | overrides | seeds | final AP | final AP50 | best AP | iterations to vanilla's final AP "
+                  "(interpolated) | s / iteration |", "|---|---|---|---|---|---|---|---|"]
+        for row, runs in rows.items():
+            curves = [r["curve"] for r in runs]
+            reach = conv._interpolated([conv.crossing(c, "AP", target) for c in curves]) if target else "n/a"
+            lines.append(f"| {row} | `{runs[0]['overrides'] or '(official)'}` | "
+                         f"{', '.join(str(r['seed']) for r in runs)} | {conv._spread([c[-1]['AP'] for c in curves])} | "
+                         f"{conv._spread([c[-1]['AP50'] for c in curves])} | "
+                         f"{conv._spread([max(p['AP'] for p in c) for c in curves])} | {reach} | "
+                         f"{conv._spread([r['seconds_per_iteration'] for r in runs])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """Run (or reuse) the source and every fine-tuning run asked for; write and print the tables and plots."""
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = finetune_runs(args)
+    finally:
+        torch.set_num_threads(threads)
+    model = (f"Source: plain DETR (tiny trunk, d=128, 3+3 layers, 16 queries, softmax head) trained "
+             f"{SOURCE_ITERATIONS} iterations on the demo's shapes with --recipe fast; its class head is replaced")
+    report = table(results, args, model)
+    write_bytes(args.root / "finetune.md", report.encode())
+    for size, rows in results.items():
+        conv.plot(rows, args.root / f"finetune_{size}.png")
+    print(report)
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
+    main()
