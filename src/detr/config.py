@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, RECIPES
+from .presets.recipes import FAST_DEFAULTS, FROM_SCRATCH, FROM_WEIGHTS, RECIPES
 
 # The closed choices of the options; `check_choices` checks every Literal-typed field against its values.
 ClassLoss = Literal["softmax", "varifocal", "focal", "mal"]
@@ -259,22 +259,24 @@ def starts_from_scratch(values: dict[str, Any]) -> bool:
 
 def recipe_options(values: dict[str, Any]) -> dict[str, Any]:
     """The options `values["recipe"]` sets for a run with these flat values (RECIPES; for fast also FAST_DEFAULTS,
-    and FROM_SCRATCH when the backbone starts from random weights)."""
+    FROM_SCRATCH when the backbone starts from random weights, FROM_WEIGHTS when --weights are fine-tuned)."""
     recipe = check_choice(values.get("recipe", "official"), Recipe, "--recipe")
     options = dict(RECIPES[recipe])
     if recipe == "fast":
         options.update(FAST_DEFAULTS)
         if starts_from_scratch(values):
             options.update(FROM_SCRATCH)
+        elif str(values.get("weights") or "none").lower() != "none":
+            options.update(FROM_WEIGHTS)
     return options
 
 
 def apply_recipe(values: dict[str, Any]) -> dict[str, Any]:
     """`values` with the options of `values["recipe"]` added. A value that contradicts RECIPES is an error;
-    the FAST_DEFAULTS and FROM_SCRATCH options are starting values that explicit flags replace."""
+    the FAST_DEFAULTS, FROM_SCRATCH and FROM_WEIGHTS options are starting values that explicit flags replace."""
     options = recipe_options(values)
     for name, value in options.items():
-        if name in values and values[name] != value and name not in {**FAST_DEFAULTS, **FROM_SCRATCH}:
+        if name in values and values[name] != value and name not in {**FAST_DEFAULTS, **FROM_SCRATCH, **FROM_WEIGHTS}:
             raise ValueError(f"--recipe {values['recipe']} sets --{name} {value}; --{name} {values[name]} "
                              "contradicts it (drop one of the two)")
     return {**options, **values}

@@ -119,8 +119,17 @@ def test_defaults_official_flags_keep_the_paper(tmp_path):
 def test_defaults_with_data_fine_tune(tmp_path):
     root = str(write_roboflow(tmp_path / "ds", reference()))
     cfg = parse(["--data", root])
-    assert (cfg.train.epochs, cfg.train.lr_drop, cfg.train.lr, cfg.train.lr_backbone, cfg.train.weights) == \
-        (50, 40, 1e-4, 1e-5, "detr_r50")
+    assert (cfg.train.epochs, cfg.train.lr_drop, cfg.train.lr, cfg.train.weights) == (50, 40, 1e-4, "detr_r50")
+    # --recipe fast from trained weights: 3 query groups, the weight average, the backbone at the full rate
+    assert (cfg.train.recipe, cfg.model.num_groups, cfg.train.ema_decay, cfg.train.lr_backbone) == \
+        ("fast", 3, 0.9995, 1e-4)
+    official = parse(["--data", root, "--recipe", "official"])
+    assert (official.model.num_groups, official.train.ema_decay, official.train.lr_backbone) == (1, 0.0, 1e-5)
+    assert parse(["--data", root, "--lr_backbone", "2e-5"]).train.lr_backbone == 2e-5  # flags win
+    scratch = parse(["--data", root, "--weights", "none"])  # the ImageNet backbone: no change of its rate
+    assert (scratch.model.num_groups, scratch.train.lr_backbone) == (3, 1e-5)
+    with pytest.raises(ValueError, match="--data trains with --recipe fast unless --recipe is given"):
+        parse(["--data", root, "--num_groups", "1"])
     assert parse(["--data", root, "--weights", "none"]).train.weights == ""
     assert parse(["--data", root, "--epochs", "7"]).train.epochs == 7
     assert parse(["--data", root, "--model", "detr_r101"]).train.weights == "detr_r101"

@@ -75,4 +75,10 @@ def config_from_options(given: dict[str, Any], preset: dict[str, Any] | None = N
     values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     values.setdefault("output_dir", "runs/train")
     values.setdefault("num_classes", None)  # resolved from the data
-    return config_from_flags(values)
+    try:
+        return config_from_flags(values)
+    except ValueError as e:
+        if "recipe" in (preset or {}) and "recipe" not in given and str(e).startswith("--recipe"):
+            raise ValueError(f"{e}; --data trains with --recipe {preset['recipe']} unless --recipe is given "
+                             "(--recipe official: the paper's options)") from None
+        raise
