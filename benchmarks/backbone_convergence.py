@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, An
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        results, record = runs(args)
+        if args.table_only:
+            results = ft.cached_runs(args.root)
+            record = json.loads((args.root / "pretrain" / "resnet18.json").read_text())
+        else:
+            results, record = runs(args)
     finally:
         torch.set_num_threads(threads)
     head = (f"Backbone: torchvision ResNet-18 pretrained {PRETRAIN_STEPS} steps of batch {PRETRAIN_BATCH} on the "

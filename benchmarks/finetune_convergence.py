@@ -17,6 +17,7 @@ a plot per size. Runs are cached by a hash of their options, data and source (co
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None, rows: dict[str, dict[str, Any]] = ROWS, s
     p.add_argument("--smoke", action="store_true", help="tiny data, a few iterations: check the script")
     p.add_argument("--force", action="store_true", help="run again even where a run's JSON has the same settings")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as convergence.py)")
+    p.add_argument("--table_only", action="store_true",
+                   help="train nothing: the tables and plots of every run cached under --root")
     args = p.parse_args(argv)
     for row in args.rows:
         unknown = [part for part in row.split("+") if part not in rows]
@@ -117,6 +120,21 @@ def finetune_runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
     return results
 
 
+def cached_runs(root: Path) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """{size: {row: [result per seed]}} of every run JSON under root/n<size>/ (vanilla first, then by name)."""
+    results: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for folder in sorted(root.glob("n*"), key=lambda f: int(f.name[1:]) if f.name[1:].isdigit() else -1):
+        if not folder.name[1:].isdigit():
+            continue
+        runs = [json.loads(f.read_text()) for f in sorted(folder.glob("*-seed*.json"))]
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(runs, key=lambda r: (r["recipe"] != "vanilla", r["recipe"], r["seed"])):
+            rows.setdefault(r["recipe"], []).append(r)
+        if rows:
+            results[int(folder.name[1:])] = rows
+    return results
+
+
 def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Namespace, model: str,
           title: str = "Fine-tuning benchmark") -> str:
     """One markdown table per training-set size: final AP, AP50 and iterations to vanilla's final AP."""
@@ -149,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, An
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        results = finetune_runs(args)
+        results = cached_runs(args.root) if args.table_only else finetune_runs(args)
+        if not results:
+            raise SystemExit(f"--table_only: no run JSON under {args.root}/n<size>/")
     finally:
         torch.set_num_threads(threads)
     model = (f"Source: plain DETR (tiny trunk, d=128, 3+3 layers, 16 queries, softmax head) trained "

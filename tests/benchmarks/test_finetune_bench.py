@@ -122,3 +122,24 @@ def test_backbone_bench_trains_detr_from_its_pretrained_trunk(tmp_path, monkeypa
     assert (conv1 - pretrained["conv1.weight"]).norm() / pretrained["conv1.weight"].norm() < 0.05
     record = json.loads((root / "pretrain" / "resnet18.json").read_text())
     assert f"{record['label_accuracy_last_50_batches']:.3f}" in (root / "backbone.md").read_text()
+
+
+def test_table_only_reads_every_cached_run_and_trains_nothing(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.conv, "train", lambda *a, **k: pytest.fail("--table_only trained"))
+    curve = [{"iteration": 150, "AP": 0.1, "AP50": 0.2}, {"iteration": 300, "AP": 0.3, "AP50": 0.5}]
+    for size, row, seed in ((100, "vanilla", 42), (500, "vanilla", 42), (500, "vanilla", 43), (500, "mal", 42)):
+        folder = tmp_path / f"n{size}"
+        folder.mkdir(exist_ok=True)
+        ap = 0.2 if row == "mal" else 0.1 + 0.02 * (seed - 42)
+        (folder / f"{row}-seed{seed}.json").write_text(json.dumps({
+            "recipe": row, "seed": seed, "overrides": {}, "seconds_per_iteration": 0.5,
+            "curve": [curve[0], {**curve[1], "AP": ap}]}))
+    results = bench.main(["--table_only", "--root", str(tmp_path)])
+    assert list(results) == [100, 500] and list(results[500]) == ["vanilla", "mal"]
+    assert [r["seed"] for r in results[500]["vanilla"]] == [42, 43]
+    table = (tmp_path / "finetune.md").read_text()
+    # vanilla's final AP is the mean of its seeds, 0.11; mal crosses it between 150 (0.1) and 300 (0.2)
+    assert "| mal | `(official)` | 42 | 0.200 |" in table
+    assert f"| {150 + 150 * (0.11 - 0.1) / (0.2 - 0.1):.0f} |" in table
+    with pytest.raises(SystemExit, match="no run JSON"):
+        bench.main(["--table_only", "--root", str(tmp_path / "empty")])
