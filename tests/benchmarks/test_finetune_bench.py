@@ -41,7 +41,7 @@ def test_source_is_trained_once_and_every_row_fine_tunes_it(bench, tmp_path, mon
     real = bench.conv.train
     monkeypatch.setattr(bench.conv, "train", lambda cfg, progress=True: (calls.append(cfg), real(cfg, progress))[1])
     root = tmp_path / "ft"
-    argv = ["--smoke", "--rows", "vanilla", "mal+groups", "--sizes", "16", "--root", str(root)]
+    argv = ["--smoke", "--rows", "vanilla", "mal+groups", "--sizes", "16", "--iterations", "20", "--root", str(root)]
     bench.main(argv)
 
     source, vanilla, combined = calls
@@ -59,7 +59,7 @@ def test_source_is_trained_once_and_every_row_fine_tunes_it(bench, tmp_path, mon
     for row in ("vanilla", "mal+groups"):
         run = root / "n16" / "runs" / f"{row}-seed42"
         state = load_checkpoint(run / "checkpoint.pth")["model"]
-        # started from the source: 40 steps at these rates move the trunk by little; a fresh start would not match
+        # started from the source: 20 steps at these rates move the trunk by little; a fresh start would not match
         key = "backbone.0.body.stem.0.weight" if "backbone.0.body.stem.0.weight" in src else next(
             k for k in src if k.startswith("backbone.") and src[k].dim() == 4)
         change = (state[key] - src[key]).norm() / src[key].norm()
@@ -105,7 +105,8 @@ def test_backbone_bench_trains_detr_from_its_pretrained_trunk(tmp_path, monkeypa
     real = bench.conv.train
     monkeypatch.setattr(bench.conv, "train", lambda cfg, progress=True: (calls.append(cfg), real(cfg, progress))[1])
     root = tmp_path / "bb"
-    bench.main(["--smoke", "--rows", "vanilla", "fast", "--sizes", "16", "--root", str(root)])
+    bench.main(["--smoke", "--rows", "vanilla", "fast", "--sizes", "16", "--iterations", "10", "--eval_every", "10",
+                "--root", str(root)])
 
     weights = root / "pretrain" / "resnet18.pth"
     assert [c.train.backbone_weights for c in calls] == [str(weights)] * 2
