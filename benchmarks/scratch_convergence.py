@@ -16,6 +16,7 @@ iterations. Tables and plots in --root/scratch.md and scratch_<size>.png; runs c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -28,10 +29,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convergence as conv  # noqa: E402  (puts this checkout's src on sys.path)
 import finetune_convergence as ft  # noqa: E402
-from other_shapes import make_other_shapes  # noqa: E402
+from other_shapes import OTHER_CLASSES, make_other_shapes  # noqa: E402
 
-from detr.checkpoint import write_bytes  # noqa: E402
-from detr.config import recipe_options  # noqa: E402
+from detr.checkpoint import write_bytes, write_json  # noqa: E402
+from detr.config import config_from_flags, recipe_options  # noqa: E402
+from detr.data.loaders import build_datasets, make_loader, resolve_data  # noqa: E402
+from detr.models.build import build_model  # noqa: E402
+from detr.models.detr import pad_images  # noqa: E402
+from detr.training.warmup import box_label_map, warm_up_backbone  # noqa: E402
 
 SETTINGS: dict[str, Any] = {**conv.SETTINGS, "backbone": "resnet18", "backbone_weights": "none"}
 FAST = recipe_options({**SETTINGS, "recipe": "fast"})  # what --recipe fast sets for this model from scratch
@@ -67,7 +72,48 @@ def runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]
         results[size] = {row: [conv.train_run(row, seed, size_args, settings, data, paths,
                                               overrides=overrides_of(row, args.smoke))
                                for seed in args.seeds] for row in args.rows}
+        warmup = max(overrides_of(row, args.smoke).get("backbone_warmup", 0) for row in args.rows)
+        if warmup:
+            warmup_probe(size_args, settings, paths, warmup, data)
     return results
+
+
+def pixel_accuracy(backbone: torch.nn.Module, head: torch.nn.Module, loader: Any) -> dict[str, float]:
+    """The dense warm-up task's accuracy on `loader`'s images: on object pixels (the class of the smallest box
+    covering the pixel) and on background pixels."""
+    hits, totals = torch.zeros(2), torch.zeros(2)  # object, background
+    backbone.eval()
+    with torch.no_grad():
+        for images, targets in loader:
+            batch, mask = pad_images(list(images))  # [B, 3, H, W]
+            labels = box_label_map(targets, *batch.shape[-2:])  # [B, H, W]
+            logits = head(backbone.features(batch, mask)[0]["0"])
+            right = torch.nn.functional.interpolate(logits, size=batch.shape[-2:], mode="bilinear").argmax(1) == labels
+            for i, where in enumerate((labels > 0, labels == 0)):
+                hits[i] += right[where].sum()
+                totals[i] += where.sum()
+    return {"object_pixel_accuracy": float(hits[0] / totals[0]), "background_pixel_accuracy": float(hits[1] / totals[1])}
+
+
+def warmup_probe(args: argparse.Namespace, settings: dict[str, Any], paths: dict[str, str], steps: int,
+                 data: dict[str, Any]) -> dict[str, Any]:
+    """What the fast rows' dense warm-up teaches a random ResNet-18: `steps` warm-up steps as `train` runs them
+    (seed 42), then the dense task's val accuracy (cached as --root/warmup_probe.json)."""
+    out = args.root / "warmup_probe.json"
+    key = {"steps": steps, "data": data, "settings": settings}
+    if out.is_file() and json.loads(out.read_text()).get("key") == key:
+        return json.loads(out.read_text())
+    cfg = resolve_data(config_from_flags({**settings, **paths}))
+    torch.manual_seed(conv.FIRST_SEED)
+    model = build_model(cfg.model)
+    backbone, run_data = model.backbone[0], build_datasets(cfg)
+    head = torch.nn.Conv2d(backbone.num_channels, cfg.model.num_classes + 1, kernel_size=1)
+    loader = make_loader(run_data.train, cfg.train.batch_size, True, conv.FIRST_SEED, 0)
+    last = warm_up_backbone(backbone, loader, cfg.model.num_classes, steps, torch.device("cpu"), head=head)
+    record = {"key": key, "last_batch": last,
+              **pixel_accuracy(backbone, head, make_loader(run_data.val, cfg.train.batch_size, False, 0, 0))}
+    write_json(out, record, indent=1)
+    return record
 
 
 def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Namespace) -> str:
@@ -84,7 +130,7 @@ def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Na
             if not runs[0]["overrides"] or runs[0]["overrides"] == conv.CONDITIONAL:
                 per_family[row.startswith("conditional")] = statistics.fmean(r["curve"][-1]["AP"] for r in runs)
         lines += [f"## {size} training images", "",
-                  "| row | overrides | seeds | AP50 >= 0.5 at (interpolated) | its vanilla's final AP at "
+                  "| row | overrides | seeds | AP50 >= 0.5 at (interpolated) | its family's vanilla final AP at "
                   "(interpolated) | final AP | final AP50 | best AP50 |", "|---|---|---|---|---|---|---|---|"]
         for row, runs in rows.items():
             curves = [r["curve"] for r in runs]
@@ -96,6 +142,12 @@ def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Na
                          f"{reach} | {conv._spread([c[-1]['AP'] for c in curves])} | "
                          f"{conv._spread([c[-1]['AP50'] for c in curves])} | "
                          f"{conv._spread([max(p['AP50'] for p in c) for c in curves])} |")
+        probe = args.root / f"n{size}" / "warmup_probe.json"
+        if probe.is_file():
+            record = json.loads(probe.read_text())
+            lines += ["", f"The dense warm-up alone ({record['key']['steps']} steps, seed {conv.FIRST_SEED}): val "
+                      f"object-pixel accuracy {record['object_pixel_accuracy']:.3f}, background-pixel accuracy "
+                      f"{record['background_pixel_accuracy']:.3f} ({len(OTHER_CLASSES)} classes and background)."]
         lines.append("")
     return "\n".join(lines)
 

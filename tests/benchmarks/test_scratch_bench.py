@@ -47,7 +47,40 @@ def test_rows_train_a_random_resnet18_and_the_recipe_warms_it_up(bench, tmp_path
     state = load_checkpoint(root / "n16" / "runs" / "vanilla-seed42" / "checkpoint.pth")["model"]
     # no warm-up: frozen BatchNorm keeps torchvision's initial statistics
     assert torch.equal(state["backbone.0.body.layer1.0.bn1.running_var"], torch.ones(64))
-    assert "## 16 training images" in (root / "scratch.md").read_text()
+    table = (root / "scratch.md").read_text()
+    assert "## 16 training images" in table
+    probe = json.loads((root / "n16" / "warmup_probe.json").read_text())
+    assert probe["key"]["steps"] == bench.SMOKE_WARMUP
+    assert f"val object-pixel accuracy {probe['object_pixel_accuracy']:.3f}" in table
+
+
+def test_pixel_accuracy_of_constant_heads(bench, tmp_path):
+    from detr.models.backbone import Backbone
+    from detr.training.warmup import box_label_map
+
+    paths = bench.make_other_shapes(tmp_path / "data", 4, 4, 64, seed=1)
+    cfg = bench.resolve_data(bench.config_from_flags({**bench.conv.SMOKE_SETTINGS, **bench.SETTINGS, **paths,
+                                                      "scales": [64], "max_size": 96, "val_scale": 64}))
+    loader = bench.make_loader(bench.build_datasets(cfg).val, 2, False, 0, 0)
+    labels = torch.cat([box_label_map(t, *bench.pad_images(list(i))[0].shape[-2:]).flatten() for i, t in loader])
+    backbone = Backbone("resnet18")
+
+    class Constant(torch.nn.Module):  # every pixel scored as class k
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.k = k
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 6, *x.shape[-2:])
+            out[:, self.k] = 1
+            return out
+
+    assert bench.pixel_accuracy(backbone, Constant(0), loader) == {"object_pixel_accuracy": 0.0,
+                                                                   "background_pixel_accuracy": 1.0}
+    ring = bench.pixel_accuracy(backbone, Constant(1), loader)
+    objects = labels[labels > 0]
+    assert ring["object_pixel_accuracy"] == pytest.approx(float((objects == 1).float().mean()), abs=1e-6)
+    assert ring["background_pixel_accuracy"] == 0.0
 
 
 def test_table_counts_iterations_to_ap50_and_to_each_family_vanilla(bench, tmp_path):

@@ -68,7 +68,7 @@ def _swap_norms(module: nn.Module, trainable: bool) -> int:
 
 def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[Sequence[Tensor], Sequence[dict[str, Any]]]],
                      num_classes: int, steps: int, device: torch.device, lr: float = 2e-3,
-                     log_every: int = 0) -> dict[str, float]:
+                     log_every: int = 0, head: nn.Module | None = None) -> dict[str, float]:
     """Train `backbone`'s trunk for `steps` steps on the dense box-label task (see the module doc).
 
     Args:
@@ -79,6 +79,8 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
         device: where to train.
         lr: AdamW learning rate.
         log_every: log the loss every this many steps (0: never).
+        head: the dense head, [B, C, h, w] features -> [B, num_classes + 1, h, w] logits (default: a new 1x1
+            convolution); pass one to measure what the warm-up learnt afterwards.
 
     Returns:
         {"loss", "accuracy"}: the last step's loss and its accuracy on object pixels.
@@ -86,7 +88,8 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
     body = backbone.body
     trainable = [p.requires_grad for p in body.parameters()]
     frozen_norms = _swap_norms(body, trainable=True)  # 0 for the tiny trunk: its norms train already
-    head = nn.Conv2d(backbone.num_channels, num_classes + 1, kernel_size=1).to(device)
+    if head is None:
+        head = nn.Conv2d(backbone.num_channels, num_classes + 1, kernel_size=1).to(device)
     params = [*body.parameters(), *head.parameters()]
     for p in params:
         p.requires_grad_(True)
