@@ -48,8 +48,6 @@ ROWS: dict[str, dict[str, Any]] = {
     "mosaic": {"mosaic_prob": 0.5},  # DEIM's dense one-to-one: half the images a mosaic of 4
     "lr2x": {"lr": 2e-4, "lr_backbone": 2e-5},  # twice the official rates
     "trunk_lr": {"lr_backbone": 1e-4},  # the backbone at the transformer's rate (new images, new textures)
-    # the paper's augmentation, as `--data` trains: short side 480-800 and random crops, scaled to 128-px images
-    "aug": {"scales": [80, 88, 96, 104, 112, 120, 128], "random_crop": True},
 }
 SMOKE_SOURCE = (20, 10)
 SMOKE_DATA = {"num_val": 8, "image_size": 64}
