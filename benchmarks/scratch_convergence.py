@@ -122,8 +122,8 @@ def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Na
              f"{conv._commit()})", "",
              "DETR with a torchvision ResNet-18 from random weights (frozen BatchNorm), d=128, 3+3 layers, 16 queries, "
              f"trained on other_shapes.py (5 classes, textured backgrounds, 200 val images) for {args.iterations} "
-             f"iterations of batch 8, constant rate; val COCO AP every {args.eval_every} iterations; warm-up steps "
-             f"count as iterations. Machine: {conv._cpu_name()}, {args.threads} torch thread(s).", ""]
+             f"DETR iterations of batch 8 (after the warm-up, where a row has one: its steps count as iterations in "
+             f"the columns), constant rate; val COCO AP every {args.eval_every} iterations. Machine: {conv._cpu_name()}, {args.threads} torch thread(s).", ""]
     for size, rows in results.items():
         per_family: dict[bool, float] = {}  # conditional? -> the vanilla row's mean final AP
         for row, runs in rows.items():
