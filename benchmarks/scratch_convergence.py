@@ -88,17 +88,19 @@ def pixel_accuracy(backbone: torch.nn.Module, head: torch.nn.Module, loader: Any
             batch, mask = pad_images(list(images))  # [B, 3, H, W]
             labels = box_label_map(targets, *batch.shape[-2:])  # [B, H, W]
             logits = head(backbone.features(batch, mask)[0]["0"])
-            right = torch.nn.functional.interpolate(logits, size=batch.shape[-2:], mode="bilinear").argmax(1) == labels
+            scores = torch.nn.functional.interpolate(logits, size=batch.shape[-2:], mode="bilinear")
+            right = scores.argmax(1) == labels  # [B, H, W]
             for i, where in enumerate((labels > 0, labels == 0)):
                 hits[i] += right[where].sum()
                 totals[i] += where.sum()
-    return {"object_pixel_accuracy": float(hits[0] / totals[0]), "background_pixel_accuracy": float(hits[1] / totals[1])}
+    return {"object_pixel_accuracy": float(hits[0] / totals[0]),
+            "background_pixel_accuracy": float(hits[1] / totals[1])}
 
 
 def warmup_probe(args: argparse.Namespace, settings: dict[str, Any], paths: dict[str, str], steps: int,
                  data: dict[str, Any]) -> dict[str, Any]:
-    """What the fast rows' dense warm-up teaches a random ResNet-18: `steps` warm-up steps as `train` runs them
-    (seed 42), then the dense task's val accuracy (cached as --root/warmup_probe.json)."""
+    """What the fast rows' dense warm-up teaches a random ResNet-18: `steps` steps of `warm_up_backbone` from the
+    model `train` builds with seed 42, then the dense task's val accuracy (cached as --root/warmup_probe.json)."""
     out = args.root / "warmup_probe.json"
     key = {"steps": steps, "data": data, "settings": settings}
     if out.is_file() and json.loads(out.read_text()).get("key") == key:
@@ -123,7 +125,8 @@ def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Na
              "DETR with a torchvision ResNet-18 from random weights (frozen BatchNorm), d=128, 3+3 layers, 16 queries, "
              f"trained on other_shapes.py (5 classes, textured backgrounds, 200 val images) for {args.iterations} "
              f"DETR iterations of batch 8 (after the warm-up, where a row has one: its steps count as iterations in "
-             f"the columns), constant rate; val COCO AP every {args.eval_every} iterations. Machine: {conv._cpu_name()}, {args.threads} torch thread(s).", ""]
+             f"the columns), constant rate; val COCO AP every {args.eval_every} iterations. "
+             f"Machine: {conv._cpu_name()}, {args.threads} torch thread(s).", ""]
     for size, rows in results.items():
         per_family: dict[bool, float] = {}  # conditional? -> the vanilla row's mean final AP
         for row, runs in rows.items():

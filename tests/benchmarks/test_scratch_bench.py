@@ -94,7 +94,8 @@ def test_table_counts_iterations_to_ap50_and_to_each_family_vanilla(bench, tmp_p
             + [{"iteration": 500, "AP": a / 2, "AP50": a} for a in ap50[1:]]}))
     bench.main(["--table_only", "--root", str(tmp_path)])
     table = (tmp_path / "scratch.md").read_text()
-    lines = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    lines = {line.split(" | ")[0].strip("| "): line.split(" | ")
+             for line in table.splitlines() if line.startswith("| ")}
     # fast: AP50 0.5 between 250 (0.4) and 500 (0.6); vanilla's final AP (0.15) already at its first evaluation
     assert lines["fast"][3] == f"{250 + 250 * (0.5 - 0.4) / (0.6 - 0.4):.0f}"
     assert lines["fast"][4] == "250" and lines["vanilla"][3] == "-"
