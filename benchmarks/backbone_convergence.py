@@ -27,7 +27,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convergence as conv  # noqa: E402
 import finetune_convergence as ft  # noqa: E402
-from other_shapes import make_other_shapes  # noqa: E402
 
 from detr.checkpoint import write_bytes  # noqa: E402
 from detr.imagenet import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -93,11 +92,7 @@ def runs(args: argparse.Namespace) -> tuple[dict[int, dict[str, list[dict[str, A
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for size in args.sizes:
         target = {"num_train": size, **extra, "seed": 1, "backbone": record["key"]}
-        paths = make_other_shapes(args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
-        size_args = argparse.Namespace(**{**vars(args), "root": args.root / f"n{size}"})
-        size_args.root.mkdir(parents=True, exist_ok=True)
-        results[size] = {row: [conv.train_run(row, seed, size_args, settings, target, paths,
-                                              overrides=ft.overrides_of(row)) for seed in args.seeds] for row in args.rows}
+        results[size] = ft.size_runs(args, size, extra, settings, target, ft.overrides_of)[0]
     return results, record
 
 
@@ -116,11 +111,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, An
     head = (f"Backbone: torchvision ResNet-18 pretrained {PRETRAIN_STEPS} steps of batch {PRETRAIN_BATCH} on the "
             f"demo shapes' multi-label presence (label accuracy {record['label_accuracy_last_50_batches']:.3f} "
             "over its last 50 batches); DETR ResNet-18 (frozen BatchNorm), d=128, 3+3 layers, 16 queries")
-    report = ft.table(results, args, head, "Pretrained-backbone benchmark")
-    write_bytes(args.root / "backbone.md", report.encode())
-    for size, rows in results.items():
-        conv.plot(rows, args.root / f"backbone_{size}.png")
-    print(report)
+    ft.write_report(args.root, "backbone", ft.table(results, args, head, "Pretrained-backbone benchmark"), results)
     return results
 
 

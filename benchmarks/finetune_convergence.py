@@ -22,6 +22,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,33 @@ def parse_args(argv: list[str] | None, rows: dict[str, dict[str, Any]] = ROWS, s
     return args
 
 
-def overrides_of(row: str) -> dict[str, Any]:
-    """The options of a row; `a+b` merges rows a and b."""
+def overrides_of(row: str, rows: dict[str, dict[str, Any]] = ROWS) -> dict[str, Any]:
+    """The options of a row of `rows`; `a+b` merges rows a and b."""
     merged: dict[str, Any] = {}
     for part in row.split("+"):
-        merged.update(ROWS[part])
+        merged.update(rows[part])
     return merged
+
+
+def size_runs(args: argparse.Namespace, size: int, extra: dict[str, int], settings: dict[str, Any],
+              data: dict[str, Any], overrides: Callable[[str], dict[str, Any]]) -> tuple[
+                  dict[str, list[dict[str, Any]]], argparse.Namespace, dict[str, str]]:
+    """Every row and seed trained (or read from the cache under --root/n<size>) on other_shapes.py's set of
+    `size` training images; returns {row: [result per seed]}, the runs' arguments and the data's paths."""
+    paths = make_other_shapes(args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
+    size_args = argparse.Namespace(**{**vars(args), "root": args.root / f"n{size}"})
+    size_args.root.mkdir(parents=True, exist_ok=True)
+    rows = {row: [conv.train_run(row, seed, size_args, settings, data, paths, overrides=overrides(row))
+                  for seed in args.seeds] for row in args.rows}
+    return rows, size_args, paths
+
+
+def write_report(root: Path, name: str, report: str, results: dict[int, dict[str, list[dict[str, Any]]]]) -> None:
+    """root/<name>.md, a plot per size (root/<name>_<size>.png), and the report printed."""
+    write_bytes(root / f"{name}.md", report.encode())
+    for size, rows in results.items():
+        conv.plot(rows, root / f"{name}_{size}.png")
+    print(report)
 
 
 def source_detector(args: argparse.Namespace) -> tuple[str, str]:
@@ -112,11 +134,7 @@ def finetune_runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for size in args.sizes:
         data = {"num_train": size, **extra, "seed": 1, "source": source_hash}
-        paths = make_other_shapes(args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
-        size_args = argparse.Namespace(**{**vars(args), "root": args.root / f"n{size}"})
-        size_args.root.mkdir(parents=True, exist_ok=True)
-        results[size] = {row: [conv.train_run(row, seed, size_args, base, data, paths, overrides=overrides_of(row))
-                               for seed in args.seeds] for row in args.rows}
+        results[size] = size_runs(args, size, extra, base, data, overrides_of)[0]
     return results
 
 
@@ -174,11 +192,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, An
         torch.set_num_threads(threads)
     model = (f"Source: plain DETR (tiny trunk, d=128, 3+3 layers, 16 queries, softmax head) trained "
              f"{SOURCE_ITERATIONS} iterations on the demo's shapes with --recipe fast; its class head is replaced")
-    report = table(results, args, model)
-    write_bytes(args.root / "finetune.md", report.encode())
-    for size, rows in results.items():
-        conv.plot(rows, args.root / f"finetune_{size}.png")
-    print(report)
+    write_report(args.root, "finetune", table(results, args, model), results)
     return results
 
 

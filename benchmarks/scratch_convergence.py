@@ -29,14 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convergence as conv  # noqa: E402  (puts this checkout's src on sys.path)
 import finetune_convergence as ft  # noqa: E402
-from other_shapes import OTHER_CLASSES, make_other_shapes  # noqa: E402
+from other_shapes import OTHER_CLASSES  # noqa: E402
 
-from detr.checkpoint import write_bytes, write_json  # noqa: E402
+from detr.checkpoint import write_json  # noqa: E402
 from detr.config import config_from_flags, recipe_options  # noqa: E402
 from detr.data.loaders import build_datasets, make_loader, resolve_data  # noqa: E402
 from detr.models.build import build_model  # noqa: E402
-from detr.models.detr import pad_images  # noqa: E402
-from detr.training.warmup import box_label_map, warm_up_backbone  # noqa: E402
+from detr.training.warmup import dense_task, warm_up_backbone  # noqa: E402
 
 SETTINGS: dict[str, Any] = {**conv.SETTINGS, "backbone": "resnet18", "backbone_weights": "none"}
 FAST = recipe_options({**SETTINGS, "recipe": "fast"})  # what --recipe fast sets for this model from scratch
@@ -51,7 +50,7 @@ SMOKE_WARMUP = 4  # --smoke: warm-up steps where a row has a warm-up
 
 def overrides_of(row: str, smoke: bool = False) -> dict[str, Any]:
     """The options of a row; `a+b` merges rows a and b; `smoke` shortens the warm-up."""
-    merged = {k: v for part in row.split("+") for k, v in ROWS[part].items()}
+    merged = ft.overrides_of(row, ROWS)
     if smoke and merged.get("backbone_warmup"):
         merged["backbone_warmup"] = SMOKE_WARMUP
     return merged
@@ -66,12 +65,8 @@ def runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for size in args.sizes:
         data = {"num_train": size, **extra, "seed": 1}
-        paths = make_other_shapes(args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
-        size_args = argparse.Namespace(**{**vars(args), "root": args.root / f"n{size}"})
-        size_args.root.mkdir(parents=True, exist_ok=True)
-        results[size] = {row: [conv.train_run(row, seed, size_args, settings, data, paths,
-                                              overrides=overrides_of(row, args.smoke))
-                               for seed in args.seeds] for row in args.rows}
+        results[size], size_args, paths = ft.size_runs(args, size, extra, settings, data,
+                                                       lambda row: overrides_of(row, args.smoke))
         warmup = max(overrides_of(row, args.smoke).get("backbone_warmup", 0) for row in args.rows)
         if warmup:
             warmup_probe(size_args, settings, paths, warmup, data)
@@ -85,11 +80,8 @@ def pixel_accuracy(backbone: torch.nn.Module, head: torch.nn.Module, loader: Any
     backbone.eval()
     with torch.no_grad():
         for images, targets in loader:
-            batch, mask = pad_images(list(images))  # [B, 3, H, W]
-            labels = box_label_map(targets, *batch.shape[-2:])  # [B, H, W]
-            logits = head(backbone.features(batch, mask)[0]["0"])
-            scores = torch.nn.functional.interpolate(logits, size=batch.shape[-2:], mode="bilinear")
-            right = scores.argmax(1) == labels  # [B, H, W]
+            logits, labels = dense_task(backbone, head, images, targets, torch.device("cpu"))  # [B, C, H, W]
+            right = logits.argmax(1) == labels  # [B, H, W]
             for i, where in enumerate((labels > 0, labels == 0)):
                 hits[i] += right[where].sum()
                 totals[i] += where.sum()
@@ -166,11 +158,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, An
             raise SystemExit(f"--table_only: no run JSON under {args.root}/n<size>/")
     finally:
         torch.set_num_threads(threads)
-    report = table(results, args)
-    write_bytes(args.root / "scratch.md", report.encode())
-    for size, rows in results.items():
-        conv.plot(rows, args.root / f"scratch_{size}.png")
-    print(report)
+    ft.write_report(args.root, "scratch", table(results, args), results)
     return results
 
 

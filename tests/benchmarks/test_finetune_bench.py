@@ -31,15 +31,21 @@ def load(name: str):
     return module
 
 
+def record_train(bench, monkeypatch) -> list:
+    """The Config of every `train` call the benchmark module makes (each still trains), in order."""
+    calls = []
+    real = bench.conv.train
+    monkeypatch.setattr(bench.conv, "train", lambda cfg, progress=True: (calls.append(cfg), real(cfg, progress))[1])
+    return calls
+
+
 @pytest.fixture(scope="module")
 def bench():
     return load("finetune_convergence")
 
 
 def test_source_is_trained_once_and_every_row_fine_tunes_it(bench, tmp_path, monkeypatch):
-    calls = []
-    real = bench.conv.train
-    monkeypatch.setattr(bench.conv, "train", lambda cfg, progress=True: (calls.append(cfg), real(cfg, progress))[1])
+    calls = record_train(bench, monkeypatch)
     root = tmp_path / "ft"
     argv = ["--smoke", "--rows", "vanilla", "mal+groups", "--sizes", "16", "--iterations", "20", "--root", str(root)]
     bench.main(argv)
@@ -101,9 +107,7 @@ def test_other_shapes_boxes_are_the_drawn_pixels(cls, size):
 
 def test_backbone_bench_trains_detr_from_its_pretrained_trunk(tmp_path, monkeypatch):
     bench = load("backbone_convergence")
-    calls = []
-    real = bench.conv.train
-    monkeypatch.setattr(bench.conv, "train", lambda cfg, progress=True: (calls.append(cfg), real(cfg, progress))[1])
+    calls = record_train(bench, monkeypatch)
     root = tmp_path / "bb"
     bench.main(["--smoke", "--rows", "vanilla", "fast", "--sizes", "16", "--iterations", "10", "--eval_every", "10",
                 "--root", str(root)])

@@ -12,7 +12,7 @@ from detr.checkpoint import load_checkpoint
 from detr.config import config_from_flags
 from detr.evaluation.evaluate import evaluate_checkpoint
 
-from .test_finetune_bench import load
+from .test_finetune_bench import load, record_train
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,7 @@ def bench():
 
 
 def test_rows_train_a_random_resnet18_and_the_recipe_warms_it_up(bench, tmp_path, monkeypatch):
-    calls = []
-    real = bench.conv.train
-    monkeypatch.setattr(bench.conv, "train", lambda cfg, progress=True: (calls.append(cfg), real(cfg, progress))[1])
+    calls = record_train(bench, monkeypatch)
     root = tmp_path / "scratch"
     bench.main(["--smoke", "--rows", "vanilla", "conditional_fast", "--sizes", "16", "--iterations", "10",
                 "--eval_every", "5", "--root", str(root)])
@@ -56,13 +54,14 @@ def test_rows_train_a_random_resnet18_and_the_recipe_warms_it_up(bench, tmp_path
 
 def test_pixel_accuracy_of_constant_heads(bench, tmp_path):
     from detr.models.backbone import Backbone
+    from detr.models.detr import pad_images
     from detr.training.warmup import box_label_map
 
-    paths = bench.make_other_shapes(tmp_path / "data", 4, 4, 64, seed=1)
+    paths = load("other_shapes").make_other_shapes(tmp_path / "data", 4, 4, 64, seed=1)
     cfg = bench.resolve_data(bench.config_from_flags({**bench.conv.SMOKE_SETTINGS, **bench.SETTINGS, **paths,
                                                       "scales": [64], "max_size": 96, "val_scale": 64}))
     loader = bench.make_loader(bench.build_datasets(cfg).val, 2, False, 0, 0)
-    labels = torch.cat([box_label_map(t, *bench.pad_images(list(i))[0].shape[-2:]).flatten() for i, t in loader])
+    labels = torch.cat([box_label_map(t, *pad_images(list(i))[0].shape[-2:]).flatten() for i, t in loader])
     backbone = Backbone("resnet18")
 
     class Constant(torch.nn.Module):  # every pixel scored as class k

@@ -98,10 +98,7 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
     body.train()
     stats = {"loss": float("nan"), "accuracy": float("nan")}
     for step, (images, targets) in enumerate(itertools.islice(_cycle(loader), steps)):
-        batch, mask = pad_images([img.to(device) for img in images])  # [B, 3, H, W], [B, H, W]
-        labels = box_label_map(targets, *batch.shape[-2:]).to(device)  # [B, H, W]
-        features = backbone.features(batch, mask)[0]["0"]  # as DETR will run the trunk (the tiny one masks padding)
-        logits = F.interpolate(head(features), size=batch.shape[-2:], mode="bilinear")  # [B, C, H, W]
+        logits, labels = dense_task(backbone, head, images, targets, device)
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -118,6 +115,16 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
         p.requires_grad_(flag)
     backbone.train(was_training)
     return stats
+
+
+def dense_task(backbone: Backbone | TinyBackbone, head: nn.Module, images: Sequence[Tensor],
+               targets: Sequence[dict[str, Any]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """One batch of the dense box-label task: `head`'s logits upsampled to the padded images [B, C, H, W] and the
+    pixel labels [B, H, W] (`box_label_map`)."""
+    batch, mask = pad_images([img.to(device) for img in images])  # [B, 3, H, W], [B, H, W]
+    labels = box_label_map(targets, *batch.shape[-2:]).to(device)  # [B, H, W]
+    features = backbone.features(batch, mask)[0]["0"]  # as DETR will run the trunk (the tiny one masks padding)
+    return F.interpolate(head(features), size=batch.shape[-2:], mode="bilinear"), labels
 
 
 def _cycle(loader: Iterable) -> Iterable:
