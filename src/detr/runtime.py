@@ -43,6 +43,16 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=dtype)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: any CUDA GPU torch reports bf16 for, or an x86 CPU with AVX512-BF16
+    or AMX (elsewhere oneDNN emulates bf16 on a CPU, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return device.type == "cpu" and any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def check_threshold(threshold: float, argument: str = "threshold") -> float:
     """`threshold` as a float, or a ValueError naming `argument` when it is not a number in [0, 1]."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:

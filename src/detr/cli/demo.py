@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..config import config_from_flags
+from ..config import config_from_flags, literal_choices
 from ..presets import (
     DEMO_DATA,
     DEMO_DRAW_THRESHOLDS,
@@ -51,9 +51,12 @@ def run_demo(overrides: dict[str, Any] | None = None, data: dict[str, int] | Non
     then evaluate and draw; returns the training summary."""
     from ..checkpoint import load_checkpoint
     from ..data import make_demo_dataset
+    from ..runtime import native_bf16, resolve_device
     from ..training.train import train
 
     values = {**DEMO_PRESET, **(overrides or {})}
+    if values.get("amp") is None:  # bf16 where the device computes it natively (BENCHMARKS.md, "Demos")
+        values["amp"] = "bf16" if native_bf16(resolve_device(values["device"], "--device")) else "none"
     paths = make_demo_dataset(Path(values["output_dir"]) / "data", **{**DEMO_DATA, **(data or {})})
     cfg = config_from_flags({**values, **{k: str(v) for k, v in paths.items() if k != "root"}})
     summary = train(cfg, progress=show_progress())
@@ -85,6 +88,9 @@ def main(argv: list[str]) -> int:
                              f"{PANOPTIC_DEMO['epochs']} + {PANOPTIC_DEMO_MASKS['epochs']})")
     parser.add_argument("--device", default=DEMO_PRESET["device"], help="cpu or cuda")
     parser.add_argument("--num_workers", type=int, default=DEMO_PRESET["num_workers"], help="data loading processes")
+    parser.add_argument("--amp", choices=literal_choices("amp"), default=None,
+                        help="mixed precision (default: bf16 where the device computes it natively, else none; "
+                             "--masks: none)")
     parser.add_argument("--backbone_warmup", type=int, default=None,
                         help="backbone warm-up steps before training (stands in for ImageNet weights; "
                              f"default: {FROM_SCRATCH['backbone_warmup']}, --recipe fast's; --masks: "
@@ -101,8 +107,9 @@ def main(argv: list[str]) -> int:
     args = vars(parser.parse_args(argv))
     masks = args.pop("masks")
     data = {k: args.pop(k) for k in ("num_train", "num_val")}
-    if args["backbone_warmup"] is None:
-        del args["backbone_warmup"]
+    for name in ("backbone_warmup", "amp"):  # not given: the preset's (the detection demo's amp: run_demo's)
+        if args[name] is None:
+            del args[name]
     if not masks:
         args["lr_drop"] = args["epochs"] + 1  # a constant rate, as the preset: the weight average anneals
         run_demo(args, data)
