@@ -233,3 +233,35 @@ def test_recomputed_feed_forward_gives_bit_identical_gradients(monkeypatch):
     (boxes_a, grads_a), (boxes_b, grads_b) = results
     assert torch.equal(boxes_a, boxes_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+def test_half_precision_training_on_cpu_takes_the_exact_path(monkeypatch):
+    """CPU's fused kernel back-propagates bf16 ~5x slower than the exact path (BENCHMARKS.md, "Demos"), so
+    fused training takes the exact path there; its output and gradients follow the float64 formula."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, dropout=0.0, fused_training=True).train()
+    reference_attn = Attention(32, 4).double()
+    reference_attn.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 11, 32, requires_grad=True)
+    mem = torch.randn(2, 9, 32)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[0, -3:] = True
+    fused_calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: fused_calls.append(1) or real(*a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, mem, mem, pad)
+    assert not fused_calls and out.dtype == torch.bfloat16
+    attn(x, mem, mem, pad)
+    assert len(fused_calls) == 1  # fp32 keeps the fused kernel
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(out.float(), x, g)
+    x64 = x.detach().double().requires_grad_()
+    q, k, v = (F.linear(t, w, b) for t, w, b in zip((x64, mem.double(), mem.double()),
+                                                    reference_attn.in_proj_weight.chunk(3), reference_attn.in_proj_bias.chunk(3)))
+    heads = [t.unflatten(-1, (4, 8)).transpose(1, 2) for t in (q, k, v)]  # [B, h, L|S, 8]
+    bias = torch.zeros(2, 1, 1, 9, dtype=torch.float64).masked_fill(pad[:, None, None, :], float("-inf"))
+    expected = reference_attn.out_proj(reference(*heads, bias, None, 0.0).transpose(1, 2).flatten(2))
+    (expected_grad,) = torch.autograd.grad(expected, x64, g.double())
+    assert (out.double() - expected).abs().max() < 0.03 * expected.abs().max()
+    assert (grad.double() - expected_grad).abs().max() < 0.03 * expected_grad.abs().max()

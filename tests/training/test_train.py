@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from detr.checkpoint import load_checkpoint
+from detr.data.loaders import resolve_data
 from detr.loss.criterion import SetCriterion
 from detr.training.engine import NonFiniteLossError
-from detr.training.train import train
+from detr.training.train import _prepare, train
 
 from ..helpers.train import config, max_weight_diff, tiny_data
 
@@ -163,3 +164,22 @@ def test_config_round_trips_through_the_checkpoint(straight):
 
     saved = load_checkpoint(straight / "checkpoint.pth")["config"]
     assert dataclasses.asdict(Config.from_dict(saved)) == saved
+
+
+def test_cpu_training_takes_a_fused_adamw_step_by_its_formula(data, tmp_path):
+    """On CPU the optimizer is torch's fused AdamW (~4x faster on DETR's small tensors); its first step is
+    AdamW's formula: p <- p (1 - lr wd) - lr g / (|g| + eps) (the moments' bias corrections cancel)."""
+    run, _ = _prepare(resolve_data(config(data, tmp_path)), torch.device("cpu"))
+    optimizer = run.optimizer
+    assert optimizer.defaults["fused"]
+    generator = torch.Generator().manual_seed(0)
+    expected = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.randn(p.shape, generator=generator)
+            g, before = p.grad.double(), p.detach().double()
+            expected.append(before * (1 - group["lr"] * group["weight_decay"]) - group["lr"] * g / (g.abs() + group["eps"]))
+    optimizer.step()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len({group["lr"] for group in optimizer.param_groups}) == 2  # the backbone's rate and the transformer's
+    assert max((p.detach().double() - e).abs().max().item() for p, e in zip(params, expected)) < 1e-6  # steps of ~lr

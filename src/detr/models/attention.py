@@ -74,7 +74,7 @@ class HeadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.explicit and not self.training:
             out = _softmax(q * (q.shape[-1] ** -0.5), k, additive) @ v
-        elif not self.training or (p == 0.0 and self.fused_training):
+        elif not self.training or (p == 0.0 and self.fused_training and not _slow_fused_backward(q)):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep if bias is None else additive)
         else:
             per_row = q.shape[0] * q.shape[1] * k.shape[2]
@@ -165,6 +165,12 @@ class ProjectedAttention(HeadAttention):
     def attention_weights(self, query: Tensor, key: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """Head-averaged attention weights [B, L, S] (for pictures; no dropout)."""
         return self._mean_weights(self._heads(query), self._heads(key), key_padding_mask)
+
+
+def _slow_fused_backward(q: Tensor) -> bool:
+    """Whether the fused kernel trains slower than the exact path: on CPU in half precision its backward takes
+    ~5x as long on DETR's shapes (BENCHMARKS.md, "Demos"), while in fp32 it is the faster one."""
+    return q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)
 
 
 def _keep(key_padding_mask: Tensor | None, attn_mask: Tensor | None) -> Tensor | None:

@@ -162,7 +162,10 @@ def _prepare(cfg: Config, device: torch.device, weights: dict[str, Tensor] | Non
     if t.frozen_weights:  # before the optimizer is made: it only gets the mask head (as the official code)
         assert isinstance(model, DETRsegm)
         model.freeze_detector()
-    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.lr_backbone), lr=t.lr, weight_decay=t.weight_decay)
+    # fused on CPU: one kernel per tensor, ~4x faster than the per-op loop on DETR's ~200 small tensors
+    # (BENCHMARKS.md, "Demos"); CUDA keeps torch's default, as the official code.
+    optimizer = torch.optim.AdamW(param_groups(model, t.lr, t.lr_backbone), lr=t.lr, weight_decay=t.weight_decay,
+                                  fused=device.type == "cpu" or None)
     data = build_datasets(cfg)
     generator = torch.Generator()
     run = Run(
