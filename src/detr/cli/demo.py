@@ -14,7 +14,6 @@ from ..presets import (
     DEMO_DATA,
     DEMO_DRAW_THRESHOLDS,
     DEMO_PRESET,
-    FROM_SCRATCH,
     PANOPTIC_DEMO,
     PANOPTIC_DEMO_DATA,
     PANOPTIC_DEMO_MASKS,
@@ -93,7 +92,7 @@ def main(argv: list[str]) -> int:
                              "--masks: none)")
     parser.add_argument("--backbone_warmup", type=int, default=None,
                         help="backbone warm-up steps before training (stands in for ImageNet weights; "
-                             f"default: {FROM_SCRATCH['backbone_warmup']}, --recipe fast's; --masks: "
+                             f"default: {DEMO_PRESET['backbone_warmup']}; --masks: "
                              f"{PANOPTIC_DEMO['backbone_warmup']})")
     parser.add_argument("--num_train", type=int, default=DEMO_DATA["num_train"], help="training images to make")
     parser.add_argument("--num_val", type=int, default=DEMO_DATA["num_val"], help="validation images to make")
