@@ -184,3 +184,25 @@ def test_the_mask_marks_the_cells_an_image_alone_lacks():
     assert (~small[1]).sum(0).max() == 7 and (~small[1]).sum(1).max() == 3  # ceil(97/16), ceil(33/16)
     assert not maps["0"][1][:, small[1]].any()  # padding is zero in every channel
     assert maps["layer1"].shape[-2:] == (38, 43) and not maps["layer1"][1][:, 25:, :].any()  # ceil(97/4) = 25
+
+
+@pytest.mark.parametrize("amp, conv_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float32), ("none", torch.float32)])
+def test_warm_up_runs_the_trunk_in_bf16_under_bf16_amp_only(tmp_path, amp, conv_dtype):
+    """--amp bf16 warms the trunk up under bf16 autocast, as training runs it; its first loss is the fp32 one to
+    bf16's precision. fp16 (no loss scaling in the warm-up) stays in fp32."""
+    from detr.data import build_dataset, collate_fn, make_transforms
+
+    data = tiny_data(tmp_path, num_train=2, num_val=1)
+    ds = build_dataset(data["train_images"], data["train_annotations"], True,
+                       make_transforms(False, scales=[64], max_size=96), 5)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_fn)
+    losses, dtypes = {}, []
+    for mode in ("none", amp):
+        torch.manual_seed(0)
+        backbone, head = TinyBackbone(), nn.Conv2d(256, 6, 1)
+        hook = backbone.body.stem[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        losses[mode] = warm_up_backbone(backbone, loader, 5, steps=1, device=torch.device("cpu"), head=head,
+                                        amp=mode)["loss"]
+        hook.remove()
+    assert dtypes == [torch.float32, conv_dtype]
+    assert abs(losses[amp] - losses["none"]) <= 0.02 * losses["none"]

@@ -8,8 +8,8 @@ from typing import Any
 # scratch (no ImageNet weights offline), a thin 3+3-layer transformer, 16 queries (at most 6 shapes an image),
 # 128-px images. Tuned for the demo's budget of about 10 minutes on 2 cores (BENCHMARKS.md, "Demos"): twice the
 # recipe's rate and six times it for the trunk (BatchNorm keeps a trunk from scratch stable there), a constant rate
-# (the weight average anneals), twice the recipe's trunk warm-up (a steadier start across seeds), and 5 epochs of
-# 4,400 images, which fit when the demo trains in bf16 (`run_demo`: where the device computes bf16 natively).
+# (the weight average anneals), twice the recipe's trunk warm-up (a steadier start across seeds), and 5 epochs,
+# which fit when the demo trains (and warms up) in bf16 (`run_demo`: where the device computes bf16 natively).
 DEMO_PRESET: dict[str, Any] = {
     "family": "conditional_detr", "class_loss": "focal",
     "backbone": "tiny", "backbone_weights": "none", "hidden_dim": 128, "nheads": 8, "enc_layers": 3,
@@ -24,4 +24,4 @@ DEMO_PRESET: dict[str, Any] = {
 # demo's val set (BENCHMARKS.md, "Demo presets").
 DEMO_DRAW_THRESHOLDS: dict[str, float] = {"softmax": 0.5, "focal": 0.4, "varifocal": 0.4, "mal": 0.4}
 # Enough images that the model does not overfit within the demo, few enough for its time budget.
-DEMO_DATA: dict[str, int] = {"num_train": 4400, "num_val": 200, "image_size": 128}
+DEMO_DATA: dict[str, int] = {"num_train": 4000, "num_val": 200, "image_size": 128}

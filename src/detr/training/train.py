@@ -119,7 +119,7 @@ def initialise_weights(model: Model, cfg: Config, data: RunData, device: torch.d
     if t.backbone_warmup:
         loader = make_loader(data.train, t.batch_size, True, t.seed, t.num_workers)
         stats = warm_up_backbone(backbone, loader, cfg.model.num_classes, t.backbone_warmup, device,
-                                 log_every=50 if main else 0)
+                                 log_every=50 if main else 0, amp=t.amp)
         if main:
             log.info("backbone warm-up: %d steps, last loss %.3f", t.backbone_warmup, stats["loss"])
 

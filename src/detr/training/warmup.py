@@ -29,6 +29,7 @@ from ..box_ops import cxcywh_to_xyxy, scale_boxes
 from ..models.backbone import Backbone, InplaceFrozenBatchNorm2d
 from ..models.detr import pad_images
 from ..models.tiny import TinyBackbone
+from ..runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _swap_norms(module: nn.Module, trainable: bool) -> int:
 
 def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[Sequence[Tensor], Sequence[dict[str, Any]]]],
                      num_classes: int, steps: int, device: torch.device, lr: float = 2e-3,
-                     log_every: int = 0, head: nn.Module | None = None) -> dict[str, float]:
+                     log_every: int = 0, head: nn.Module | None = None, amp: str = "none") -> dict[str, float]:
     """Train `backbone`'s trunk for `steps` steps on the dense box-label task (see the module doc).
 
     Args:
@@ -81,6 +82,8 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
         log_every: log the loss every this many steps (0: never).
         head: the dense head, [B, C, h, w] features -> [B, num_classes + 1, h, w] logits (default: a new 1x1
             convolution); pass one to measure what the warm-up learnt afterwards.
+        amp: "bf16" runs the forward pass under bf16 autocast, as training does (the loss stays fp32);
+            anything else warms up in fp32 (fp16 would need the loss scaling this loop does not have).
 
     Returns:
         {"loss", "accuracy"}: the last step's loss and its accuracy on object pixels.
@@ -98,8 +101,9 @@ def warm_up_backbone(backbone: Backbone | TinyBackbone, loader: Iterable[tuple[S
     body.train()
     stats = {"loss": float("nan"), "accuracy": float("nan")}
     for step, (images, targets) in enumerate(itertools.islice(_cycle(loader), steps)):
-        logits, labels = dense_task(backbone, head, images, targets, device)
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        with autocast(device, "bf16" if amp == "bf16" else "none"):
+            logits, labels = dense_task(backbone, head, images, targets, device)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
