@@ -13,7 +13,7 @@ No pretrained weights exist for it, so two things differ from the ResNet trunks:
 - the padding of a batch stays zero through the trunk, and its mask marks exactly the cells that an image
   alone does not have (`TinyBackbone.features`): otherwise the padding's features leak into the image edge's
   cells, the model learns where the padding starts, and an image alone gets other boxes than in a batch
-  (BENCHMARKS.md, "Demo presets"). The official ResNet trunks keep the official code's behaviour.
+  (BENCHMARKS.md, "Why the presets are what they are"). The official ResNet trunks keep the official code's behaviour.
 - every layer trains when the backbone trains; the ResNets keep their ImageNet stem and layer1.
   With `train_backbone=False` the weights are frozen and so are the BatchNorm statistics (the
   BatchNorms stay in eval mode).

@@ -25,7 +25,8 @@ from .boxes import postprocess
 Sizes = Tensor | Sequence[Sequence[int]]
 # Least class score of a query kept in the panoptic output, per class head: the official 0.85 for the softmax head.
 # A sigmoid head has no "no object" column and scores lower; 0.3 is the best of the thresholds swept on the
-# panoptic demo's focal head (BENCHMARKS.md, "Demo presets"); varifocal and mal take the same value untested.
+# panoptic demo's focal head (BENCHMARKS.md, "Why the presets are what they are"); varifocal and mal take the
+# same value untested.
 PANOPTIC_THRESHOLDS = {"softmax": 0.85, "focal": 0.3, "varifocal": 0.3, "mal": 0.3}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 # Stage 1, on top of DEMO_PRESET: the detector, with the 500-step warm-up and no weight average (its boxes of
-# stuff and things learned better so; BENCHMARKS.md, "Demo presets"), at --recipe fast's rates, as measured (the
-# detection demo's faster rates were tuned without masks).
+# stuff and things learned better so; BENCHMARKS.md, "Why the presets are what they are"), at --recipe fast's
+# rates, as measured (the detection demo's faster rates were tuned without masks).
 PANOPTIC_DEMO: dict[str, Any] = {"output_dir": "runs/demo_panoptic", "epochs": 8, "lr_drop": 7,
                                  "backbone_warmup": 500, "ema_decay": 0.0, "lr": 2e-4, "lr_backbone": 2e-4}
 # Stage 2: the mask head on the frozen detector (hidden_dim 128 and nheads 8 suit its GroupNorm). At 1e-3 it leaves
