@@ -3,7 +3,8 @@
 Three code paths compute the same function:
 - fused: `scaled_dot_product_attention`, which never materialises the weights. Used in
   eval mode, and in training when `fused_training` is set and there is no dropout on
-  the weights. It rounds differently from the official code: on the alignment test's
+  the weights (except in half precision on a CPU, where it trains slower than the exact
+  path). It rounds differently from the official code: on the alignment test's
   learned-position case, three gradients are up to 3.0x beyond the test's float64 gate
   (within max(1e-4, twice the official fp32 error) of the official float64 gradients;
   `benchmarks/conditioning.py`), so training uses it only on request;
@@ -48,7 +49,8 @@ class HeadAttention(nn.Module):
         chunk_size: queries per chunk on the exact path, at most; chunks also hold at most
             `MAX_CHUNK_WEIGHTS` attention weights (batch x heads x queries x keys), unless the
             whole attention fits in `KEEP_WEIGHTS`.
-        fused_training: use the fused kernel in training too when dropout is 0.
+        fused_training: use the fused kernel in training too when dropout is 0 (not in half precision on a
+            CPU: `_slow_fused_backward`).
 
     Attributes:
         explicit: compute inference as matmul + softmax instead of the fused kernel (ONNX export).
