@@ -91,13 +91,18 @@ def test_unsupported_options_are_refused(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
 
 
-def test_warm_up_trains_the_tiny_trunk_and_keeps_its_trainable_batchnorm(tmp_path):
+def _warm_up_loader(tmp_path, num_train: int, augment: bool) -> torch.utils.data.DataLoader:
+    """Batches of 2 from `num_train` demo images of 64 px, augmented and shuffled or not."""
     from detr.data import build_dataset, collate_fn, make_transforms
 
-    data = tiny_data(tmp_path, num_train=4, num_val=1)
+    data = tiny_data(tmp_path, num_train=num_train, num_val=1)
     ds = build_dataset(data["train_images"], data["train_annotations"], True,
-                       make_transforms(True, scales=[64], max_size=96), 5)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True, collate_fn=collate_fn)
+                       make_transforms(augment, scales=[64], max_size=96), 5)
+    return torch.utils.data.DataLoader(ds, batch_size=2, shuffle=augment, collate_fn=collate_fn)
+
+
+def test_warm_up_trains_the_tiny_trunk_and_keeps_its_trainable_batchnorm(tmp_path):
+    loader = _warm_up_loader(tmp_path, num_train=4, augment=True)
     torch.manual_seed(0)
     backbone = TinyBackbone(train_backbone=False).eval()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -190,12 +195,7 @@ def test_the_mask_marks_the_cells_an_image_alone_lacks():
 def test_warm_up_runs_the_trunk_in_bf16_under_bf16_amp_only(tmp_path, amp, conv_dtype):
     """--amp bf16 warms the trunk up under bf16 autocast, as training runs it; its first loss is the fp32 one to
     bf16's precision. fp16 (no loss scaling in the warm-up) stays in fp32."""
-    from detr.data import build_dataset, collate_fn, make_transforms
-
-    data = tiny_data(tmp_path, num_train=2, num_val=1)
-    ds = build_dataset(data["train_images"], data["train_annotations"], True,
-                       make_transforms(False, scales=[64], max_size=96), 5)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_fn)
+    loader = _warm_up_loader(tmp_path, num_train=2, augment=False)
     losses, dtypes = {}, []
     for mode in ("none", amp):
         torch.manual_seed(0)
