@@ -123,6 +123,39 @@ def test_iou_modulated_matching_is_scipys_assignment_of_the_brute_force_cost(foc
             assert got[b][0].tolist() == rows.tolist() and got[b][1].tolist() == cols.tolist()
 
 
+@pytest.mark.parametrize("class_loss", ["focal", "softmax"])
+def test_every_layer_of_every_group_is_matched_and_scored_on_its_own(class_loss):
+    """The criterion computes all decoder layers of all query groups side by side; each layer's loss_bbox and
+    loss_giou must still be the formula on scipy's assignment of that layer's own brute-force cost, averaged
+    over the groups."""
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import generalized_box_iou
+
+    focal = class_loss == "focal"
+    classes = NUM_CLASSES if focal else NUM_CLASSES + 1
+    groups = [random_outputs(10 + g, classes=classes) for g in range(3)]
+    for g, out in enumerate(groups):
+        out["aux_outputs"] = [random_outputs(20 + 2 * g + i, classes=classes) for i in range(2)]
+    outputs = {**groups[0], "groups": groups[1:]}
+    losses = detr.create_criterion(NUM_CLASSES, dec_layers=3, class_loss=class_loss)(outputs, targets())
+
+    def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
+
+    for layer, suffix in ((0, "_0"), (1, "_1"), (None, "")):
+        l1 = giou = 0.0
+        for out in groups:
+            pred = out if layer is None else out["aux_outputs"][layer]
+            for b, t in enumerate(targets()):
+                rows, cols = linear_sum_assignment(brute_cost(pred["pred_logits"][b], pred["pred_boxes"][b], t,
+                                                              0.0, focal).numpy())
+                src, tgt = pred["pred_boxes"][b, rows], t["boxes"][cols]
+                l1 += (src - tgt).abs().sum().item()
+                giou += (1 - generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt)).diagonal()).sum().item()
+        assert losses["loss_bbox" + suffix].item() == pytest.approx(l1 / 4 / 3, rel=1e-12)  # 4 boxes, 3 groups
+        assert losses["loss_giou" + suffix].item() == pytest.approx(giou / 4 / 3, rel=1e-12)
+
+
 def test_iou_modulation_prefers_the_query_on_the_box():
     """A confident query far from the box against a hesitant one on it: the plain class cost picks the first,
     the IoU-modulated one the second."""

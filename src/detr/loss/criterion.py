@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from ..config import (
     dataclass_from_dict,
 )
 from ..distributed import mean_across_processes
-from .focal import mal_loss, sigmoid_focal_loss, varifocal_loss
+from .focal import focal_terms, mal_terms, one_hot, varifocal_terms
 from .masks import mask_losses
 from .matcher import HungarianMatcher
 
@@ -86,43 +87,41 @@ class SetCriterion(nn.Module):
         logits = outputs["pred_logits"]
         num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=logits.device)
         num_boxes = mean_across_processes(num_boxes).clamp(min=1).item()
-        groups = [self._group_losses(g, targets, num_boxes) for g in [outputs, *outputs.get("groups", [])]]
-        if len(groups) == 1:
-            return groups[0]
-        return {k: torch.stack([g[k] for g in groups if k in g]).mean() for k in groups[0]}
-
-    def _group_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
-                      num_boxes: float) -> dict[str, Tensor]:
-        """The losses of one query group, auxiliary decoder layers included, and of its denoising queries
-        (suffixed `_dn`): each reconstructs the ground truth it was made from, no matching needed. With
-        `k_one2many` K > 0 also the one-to-many losses (suffixed `_o2m`) of the same outputs."""
-        losses = self._layer_losses(outputs, targets, num_boxes, log=True)
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            layer = self._layer_losses(aux, targets, num_boxes, log=False)
-            losses.update({k + aux_suffix(i): v for k, v in layer.items()})
+        groups = [outputs, *outputs.get("groups", [])]
+        # every decoder layer of every group, computed together: a few large operations instead of many small ones
+        layers = [[*g.get("aux_outputs", []), g] for g in groups]  # per group: decoder layers 0..L-1 (L-1: the last)
+        terms, indices = self._set_losses([x for per_group in layers for x in per_group], targets, num_boxes)
+        class_error = terms.pop("class_error").view(len(groups), -1)[:, -1].mean()  # last layers only, as logged
+        losses = {**_by_layer(terms, len(groups)), "class_error": class_error}
+        if "pred_masks" in outputs:
+            losses.update(mask_losses(outputs["pred_masks"], targets, indices[len(layers[0]) - 1], num_boxes))
         if self.k_one2many > 0:
-            losses.update(self._one2many_losses(outputs, targets, num_boxes))
-        if "dn" in outputs:
-            dn, noised = outputs["dn"], outputs["dn"]["targets"]
-            indices = [(torch.nonzero(valid).flatten(), torch.nonzero(valid).flatten() % noised.group_size)
-                       for valid in noised.valid]  # slot g * size + j reconstructs target j
-            for suffix, layer in [("", dn), *[(aux_suffix(i), a) for i, a in enumerate(dn.get("aux_outputs", []))]]:
-                part = self._layer_losses(layer, targets, num_boxes * noised.groups, log=False, indices=indices)
-                losses.update({f"{k}_dn{suffix}": v for k, v in part.items() if k != "cardinality_error"})
+            losses.update(self._one2many_losses([x for per_group in layers for x in per_group], len(groups),
+                                                targets, num_boxes))
+        denoising = [self._denoising_losses(g["dn"], targets, num_boxes) for g in groups if "dn" in g]
+        for k in denoising[0] if denoising else []:
+            losses[k] = torch.stack([d[k] for d in denoising]).mean()
         return losses
 
-    def _one2many_losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]],
+    def _denoising_losses(self, dn: dict[str, Any], targets: list[dict[str, Tensor]],
+                          num_boxes: float) -> dict[str, Tensor]:
+        """The losses of one group's denoising queries (suffixed `_dn`): each reconstructs the ground truth it
+        was made from, no matching needed."""
+        noised = dn["targets"]
+        indices = [(torch.nonzero(valid).flatten(), torch.nonzero(valid).flatten() % noised.group_size)
+                   for valid in noised.valid]  # slot g * size + j reconstructs target j
+        layers = [*dn.get("aux_outputs", []), dn]
+        terms, _ = self._set_losses(layers, targets, num_boxes * noised.groups, [indices] * len(layers))
+        return _by_layer({k: v for k, v in terms.items() if k in self.base_terms}, 1, "_dn")
+
+    def _one2many_losses(self, layers: list[dict[str, Any]], groups: int, targets: list[dict[str, Tensor]],
                          num_boxes: float) -> dict[str, Tensor]:
         """MS-DETR's one-to-many supervision of the primary queries (arXiv 2401.03989): every decoder layer's
         outputs matched again to K copies of the ground truth (up to K queries per object), averaged over the
-        K * N boxes. Chosen over H-DETR's extra query branch: no extra queries to decode, nothing to drop."""
-        losses = {}
-        aux = [(aux_suffix(i), a) for i, a in enumerate(outputs.get("aux_outputs", []))]
-        for suffix, layer in [("", outputs), *aux]:
-            indices = self.matcher(layer, targets, repeats=self.k_one2many)
-            part = self._layer_losses(layer, targets, num_boxes * self.k_one2many, log=False, indices=indices)
-            losses.update({f"{k}_o2m{suffix}": v for k, v in part.items() if k in self.base_terms})
-        return losses
+        K * N boxes (suffixed `_o2m`). Chosen over H-DETR's extra query branch: no extra queries to decode,
+        nothing to drop."""
+        terms, _ = self._set_losses(layers, targets, num_boxes * self.k_one2many, repeats=self.k_one2many)
+        return _by_layer({k: v for k, v in terms.items() if k in self.base_terms}, groups, "_o2m")
 
     @property
     def base_terms(self) -> tuple[str, ...]:
@@ -133,61 +132,98 @@ class SetCriterion(nn.Module):
         """The weighted sum that is back-propagated."""
         return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)  # type: ignore[return-value]
 
-    def _layer_losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], num_boxes: float,
-                      log: bool, indices: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
-        """One decoder layer's losses; `indices` (query, target) per image, else the matcher's."""
+    def _set_losses(self, sets: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], num_boxes: float,
+                    indices: list[list[tuple[Tensor, Tensor]]] | None = None,
+                    repeats: int = 1) -> tuple[dict[str, Tensor], list[list[tuple[Tensor, Tensor]]]]:
+        """The losses of S prediction sets of the same shape (decoder layers, query groups), each against the
+        targets on its own, computed side by side: every term (and "class_error") a [S] vector. `indices`:
+        per set, (query, target) per image; else the matcher's (with `repeats`), which are returned too."""
+        s, q = len(sets), sets[0]["pred_logits"].shape[1]
+        logits = torch.cat([x["pred_logits"] for x in sets], 1)  # [B, S*Q, C+1], or [B, S*Q, C] (sigmoid head)
+        boxes = torch.cat([x["pred_boxes"] for x in sets], 1)  # [B, S*Q, 4]
         if indices is None:
-            indices = self.matcher(outputs, targets)
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-        query_idx = torch.cat([src for src, _ in indices])
-        logits = outputs["pred_logits"]  # [B, Q, C+1], or [B, Q, C] for the varifocal head
-        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
-        src_boxes = outputs["pred_boxes"][batch_idx, query_idx]  # [N, 4]
-        tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src_boxes)  # [N, 4]
+            indices = self.matcher.match_sets({"pred_logits": logits, "pred_boxes": boxes}, targets, s, repeats)
+        image, query, which, labels, tgt_boxes = _matched_pairs(indices, targets, q, logits.device)
+        tgt_boxes = tgt_boxes.to(boxes)
+        src_boxes = boxes[image, query]  # [N, 4]
+
+        def per_set(values: Tensor) -> Tensor:  # [N] -> [S] sums
+            return values.new_zeros(s).index_add(0, which, values)
+
+        per_query = logits.unflatten(1, (s, q))  # [B, S, Q, C(+1)]
         if self.class_loss in ("varifocal", "mal"):
             ious = box_iou_pairs(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
-            losses = ({"loss_vfl": varifocal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
-                                                  self.focal_alpha, self.focal_gamma)} if self.class_loss == "varifocal"
-                      else {"loss_mal": mal_loss(logits, (batch_idx, query_idx), matched_labels, ious, num_boxes,
-                                                 self.mal_gamma)})
-        elif self.class_loss == "focal":
-            losses = {"loss_ce": sigmoid_focal_loss(logits, (batch_idx, query_idx), matched_labels, num_boxes,
-                                                    self.focal_alpha, self.focal_gamma)}
-        else:
+            elements = (varifocal_terms(logits, (image, query), labels, ious, self.focal_alpha, self.focal_gamma)
+                        if self.class_loss == "varifocal" else
+                        mal_terms(logits, (image, query), labels, ious, self.mal_gamma))
+            class_terms = {CLASS_LOSS_TERMS[self.class_loss]: elements.unflatten(1, (s, q)).sum((0, 2, 3)) / num_boxes}
+        elif self.class_loss == "focal":  # the official normalisation (`sigmoid_focal_loss`), per set
+            elements = focal_terms(logits, one_hot(logits, (image, query), labels), self.focal_alpha, self.focal_gamma)
+            class_terms = {"loss_ce": elements.unflatten(1, (s, q)).mean(2).sum((0, 2)) / num_boxes * q}
+        else:  # cross-entropy weighted by class (eos_coef): a weighted mean per set
             target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-            target_classes[batch_idx, query_idx] = matched_labels
-            losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes,
-                                                 self.class_weight.to(logits.dtype))}
-        losses["loss_bbox"] = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum() / num_boxes
+            target_classes[image, query] = labels
+            weight = self.class_weight.to(logits.dtype)
+            ce = F.cross_entropy(logits.transpose(1, 2), target_classes, weight, reduction="none")  # [B, S*Q]
+            class_terms = {"loss_ce": ce.unflatten(1, (s, q)).sum((0, 2))
+                           / weight[target_classes].unflatten(1, (s, q)).sum((0, 2))}
         giou = elementwise_giou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
-        losses["loss_giou"] = (1 - giou).sum() / num_boxes
-        losses["cardinality_error"] = _cardinality_error(logits, targets, self.class_loss in SIGMOID_HEADS)
-        if log:
-            losses["class_error"] = _class_error(logits[batch_idx, query_idx], matched_labels)
-        if "pred_masks" in outputs:
-            losses.update(mask_losses(outputs["pred_masks"], targets, indices, num_boxes))
-        return losses
+        terms = {**class_terms, "loss_bbox": per_set((src_boxes - tgt_boxes).abs().sum(-1)) / num_boxes,
+                 "loss_giou": per_set(1 - giou) / num_boxes,
+                 "cardinality_error": _cardinality_error(per_query, targets, self.class_loss in SIGMOID_HEADS),
+                 "class_error": _class_error(logits[image, query], labels, per_set)}
+        return terms, indices
+
+
+def _matched_pairs(indices: list[list[tuple[Tensor, Tensor]]], targets: list[dict[str, Tensor]], q: int,
+                   device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The matched pairs of S sets side by side, each [N]: image, query (into the S*Q queries), set, target
+    label, and target box [N, 4]."""
+    pairs = [pair for per_set in indices for pair in per_set]  # (set s, image i) at s * B + i
+    counts = torch.tensor([len(src) for src, _ in pairs], device=device)
+    b = len(targets)
+    image = torch.arange(b, device=device).repeat(len(indices)).repeat_interleave(counts)
+    which = torch.arange(len(indices), device=device).repeat_interleave(b).repeat_interleave(counts)
+    query = torch.cat([src.to(device) for src, _ in pairs]) + which * q
+    sizes = torch.tensor([len(t["labels"]) for t in targets], device=device)
+    first = sizes.cumsum(0) - sizes  # [B] where each image's targets start in the concatenation
+    target = torch.cat([tgt.to(device) for _, tgt in pairs]) + first[image]
+    labels = torch.cat([t["labels"] for t in targets]).to(device)[target]
+    boxes = torch.cat([t["boxes"] for t in targets]).to(device)[target]
+    return image, query, which, labels, boxes
+
+
+def _by_layer(terms: dict[str, Tensor], groups: int, tag: str = "") -> dict[str, Tensor]:
+    """[G*L] terms (group-major, layer L-1 the last) -> each layer's mean over the groups, named `{term}{tag}` for
+    the last layer and `{term}{tag}_{i}` for auxiliary layer i."""
+    losses = {}
+    for k, v in terms.items():
+        per_layer = v.view(groups, -1).mean(0)  # [L]
+        losses[k + tag] = per_layer[-1]
+        losses.update({k + tag + aux_suffix(i): per_layer[i] for i in range(len(per_layer) - 1)})
+    return losses
 
 
 @torch.no_grad()
-def _class_error(matched_logits: Tensor, matched_labels: Tensor) -> Tensor:
-    """% of matched queries whose top class is wrong (100 with no target, as the official code logs)."""
-    if matched_labels.numel() == 0:
-        return torch.full((), 100.0, device=matched_logits.device)
-    correct = matched_logits.argmax(-1) == matched_labels.to(matched_logits.device)
-    return 100.0 - 100.0 * correct.float().mean()
+def _class_error(matched_logits: Tensor, labels: Tensor, per_set: Callable[[Tensor], Tensor]) -> Tensor:
+    """% of each set's matched queries whose top class is wrong [S] (100 with no target, as the official code
+    logs)."""
+    counts = per_set(torch.ones_like(labels, dtype=matched_logits.dtype))
+    correct = per_set((matched_logits.argmax(-1) == labels).to(matched_logits.dtype))
+    return torch.where(counts > 0, 100.0 - 100.0 * correct / counts.clamp(min=1), 100.0)
 
 
 @torch.no_grad()
 def _cardinality_error(logits: Tensor, targets: list[dict[str, Tensor]], sigmoid: bool = False) -> Tensor:
-    """Mean |#predictions that are objects - #targets| per image; logging only. An object: a best class
-    that is not "no object" (softmax head), or a best score above 0.5 (sigmoid head)."""
+    """Mean |#predictions that are objects - #targets| per image, of each set [S]; logging only. logits
+    [B, S, Q, C]. An object: a best class that is not "no object" (softmax head), or a best score above 0.5
+    (sigmoid head)."""
     if sigmoid:
-        num_pred = (logits.max(-1).values > 0).sum(1).float()  # [B]
+        num_pred = (logits.max(-1).values > 0).sum(2).float()  # [B, S]
     else:
-        num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # [B]
+        num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(2).float()  # [B, S]
     num_tgt = torch.tensor([float(len(t["labels"])) for t in targets], device=logits.device)
-    return F.l1_loss(num_pred, num_tgt)
+    return (num_pred - num_tgt[:, None]).abs().mean(0)
 
 
 def _check_targets(targets: list[dict[str, Tensor]], batch_size: int, num_classes: int) -> None:

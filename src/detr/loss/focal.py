@@ -41,14 +41,19 @@ def varifocal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tenso
         ious: [N] IoU of each matched box with its target (the soft target; no gradient flows into it).
         num_boxes: target boxes across the batch (and processes), at least 1.
     """
+    return varifocal_terms(logits, matched, labels, ious, alpha, gamma).sum() / num_boxes
+
+
+def varifocal_terms(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, ious: Tensor,
+                    alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """`varifocal_loss` of every element [B, Q, C], before the sum."""
     target = torch.zeros_like(logits)  # [B, Q, C] soft targets: the IoU at (matched query, its class)
     target[matched[0], matched[1], labels] = ious.detach().to(logits.dtype)
     positive = torch.zeros_like(logits, dtype=torch.bool)
     positive[matched[0], matched[1], labels] = True
     prob = logits.sigmoid().detach()
     weight = torch.where(positive, target, alpha * prob**gamma)
-    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
-    return loss.sum() / num_boxes
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
 
 
 def mal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, ious: Tensor, num_boxes: float,
@@ -59,13 +64,18 @@ def mal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, iou
     (a low-IoU match still counts fully, unlike varifocal's IoU weight), negatives p^gamma (DEIM's default,
     no alpha). Summed over queries and classes, divided by `num_boxes`. Arguments as `varifocal_loss`'s.
     """
+    return mal_terms(logits, matched, labels, ious, gamma).sum() / num_boxes
+
+
+def mal_terms(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, ious: Tensor,
+              gamma: float = 1.5) -> Tensor:
+    """`mal_loss` of every element [B, Q, C], before the sum."""
     target = torch.zeros_like(logits)  # [B, Q, C] soft targets IoU^gamma
     target[matched[0], matched[1], labels] = ious.detach().to(logits.dtype) ** gamma
     positive = torch.zeros_like(logits, dtype=torch.bool)
     positive[matched[0], matched[1], labels] = True
     weight = torch.where(positive, torch.ones_like(logits), logits.sigmoid().detach() ** gamma)
-    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
-    return loss.sum() / num_boxes
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
 
 
 def sigmoid_focal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor, num_boxes: float,
@@ -80,9 +90,14 @@ def sigmoid_focal_loss(logits: Tensor, matched: tuple[Tensor, Tensor], labels: T
         logits: [B, Q, C] class logits.
         matched: (batch index, query index) [N] each, of the matched queries; labels [N] their classes.
     """
-    target = torch.zeros_like(logits)  # [B, Q, C] one-hot at (matched query, its class)
+    return focal_terms(logits, one_hot(logits, matched, labels), alpha, gamma).mean(1).sum() / num_boxes * logits.shape[1]
+
+
+def one_hot(logits: Tensor, matched: tuple[Tensor, Tensor], labels: Tensor) -> Tensor:
+    """[B, Q, C] zeros like `logits`, with 1 at each matched (image, query, class)."""
+    target = torch.zeros_like(logits)
     target[matched[0], matched[1], labels] = 1.0
-    return focal_terms(logits, target, alpha, gamma).mean(1).sum() / num_boxes * logits.shape[1]
+    return target
 
 
 def focal_terms(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

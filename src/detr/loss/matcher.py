@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -47,14 +48,28 @@ class HungarianMatcher:
         Returns per image (query indices, target indices), int64, of length min(Q, K * N_i); target indices
         are into the image's N_i targets.
         """
-        cost = self.cost_matrix(outputs, targets).cpu()  # [B, Q, T]
+        return self.match_sets(outputs, targets, 1, repeats)[0]
+
+    @torch.no_grad()
+    def match_sets(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]], sets: int,
+                   repeats: int = 1) -> list[list[tuple[Tensor, Tensor]]]:
+        """Match `sets` prediction sets (decoder layers, query groups) placed side by side in `outputs`
+        ("pred_logits" [B, S*Q, C], "pred_boxes" [B, S*Q, 4]: set s is queries s*Q..(s+1)*Q-1) each on its own,
+        with one cost matrix for all. Returns per set what `__call__` returns, query indices within the set.
+        """
+        cost = self.cost_matrix(outputs, targets).cpu().numpy()  # [B, S*Q, T]
+        q = cost.shape[1] // sets
         sizes = [len(t["boxes"]) for t in targets]
-        indices = []
-        for i, c in enumerate(cost.split(sizes, dim=-1)):
-            rows, cols = linear_sum_assignment(c[i].repeat(1, repeats).numpy())  # columns: K copies of the targets
-            indices.append((torch.as_tensor(rows, dtype=torch.int64),
-                            torch.as_tensor(cols, dtype=torch.int64) % max(sizes[i], 1)))
-        return indices
+        ends = np.cumsum(sizes)
+        matched = []
+        for s in range(sets):
+            per_image = []
+            for i, (end, n) in enumerate(zip(ends, sizes)):
+                c = cost[i, s * q:(s + 1) * q, end - n:end]  # [Q, N_i]
+                rows, cols = linear_sum_assignment(np.tile(c, (1, repeats)))  # columns: K copies of the targets
+                per_image.append((torch.from_numpy(rows).long(), torch.from_numpy(cols % max(n, 1)).long()))
+            matched.append(per_image)
+        return matched
 
     @torch.no_grad()
     def cost_matrix(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> Tensor:
