@@ -104,6 +104,7 @@ FLAGS: list[tuple[str, Any, str]] = [
 SWITCHES = {"dilation": "DC5: dilate the last backbone stage (for an official weights file: it is DC5, which "
                         "its shapes cannot tell)",
             "pre_norm": "pre-norm transformer layers",
+            "group_by_aspect": "batch landscape and portrait training images apart (less padding, faster steps)",
             "masks": "segmentation: the mask head on the detector (pred_masks; loss_mask, loss_dice)",
             "box_rpb": "Plain DETR's box-to-pixel relative position bias in the decoder's cross-attention (plain "
                        "DETR only; changes the inference network)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,20 @@ def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int,
-                generator: torch.Generator | None = None, steps_per_epoch: int | None = None) -> DataLoader:
+                generator: torch.Generator | None = None, steps_per_epoch: int | None = None,
+                groups: Sequence[int] | None = None) -> DataLoader:
     """A DataLoader of this process's share, its batches from an `EpochBatchSampler` (exact resume);
-    `steps_per_epoch` batches per epoch (None: one pass)."""
+    `steps_per_epoch` batches per epoch (None: one pass); `groups` (training): batch each group's samples
+    together (`aspect_groups`)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed,
                                 rank=distributed.rank(), world_size=distributed.world_size(),
-                                steps_per_epoch=steps_per_epoch)
+                                steps_per_epoch=steps_per_epoch, groups=groups)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
                       generator=generator, persistent_workers=False)
+
+
+def aspect_groups(dataset: Any) -> list[int]:
+    """Per sample of a scanned dataset (`CocoDetection`, `CocoPanoptic`, or one wrapped as by `MosaicMixup`),
+    1 for a portrait image (taller than wide), else 0: from the sizes the scan read, no image is opened."""
+    records = dataset.report.records
+    return [int(records[i].height > records[i].width) for i in dataset.ids]

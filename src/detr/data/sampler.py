@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -31,7 +31,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, dataset_len: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, steps_per_epoch: int | None = None):
+                 rank: int = 0, world_size: int = 1, steps_per_epoch: int | None = None,
+                 groups: Sequence[int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
@@ -44,6 +45,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.steps_per_epoch = steps_per_epoch
+        if groups is not None and len(groups) != dataset_len:
+            raise ValueError(f"groups: expected one group id per sample ({dataset_len}), got {len(groups)}")
+        self.groups = groups
         self.epoch = 0
         self.start_step = 0
 
@@ -64,10 +68,25 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def _pass_batches(self, data_pass: int) -> list[list[int]]:
         idx = self._indices(data_pass)
+        if self.groups is not None and self.shuffle:
+            idx = self._grouped(idx)
         batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
+
+    def _grouped(self, idx: list[int]) -> list[int]:
+        """`idx` reordered so that each run of `batch_size` is one group's (but the leftovers at the end)."""
+        assert self.groups is not None
+        ordered: list[int] = []
+        pending: dict[int, list[int]] = {}
+        for i in idx:
+            bucket = pending.setdefault(self.groups[i], [])
+            bucket.append(i)
+            if len(bucket) == self.batch_size:
+                ordered += bucket
+                bucket.clear()
+        return ordered + [i for bucket in pending.values() for i in bucket]
 
     def _all_batches(self) -> list[list[int]]:
         if self.steps_per_epoch is None:
