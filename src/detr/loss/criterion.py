@@ -184,10 +184,10 @@ def _matched_pairs(indices: list[list[tuple[Tensor, Tensor]]], targets: list[dic
     b = len(targets)
     image = torch.arange(b, device=device).repeat(len(indices)).repeat_interleave(counts)
     which = torch.arange(len(indices), device=device).repeat_interleave(b).repeat_interleave(counts)
-    query = torch.cat([src.to(device) for src, _ in pairs]) + which * q
+    query = torch.cat([src for src, _ in pairs]).to(device) + which * q  # (the matcher's are on the CPU)
     sizes = torch.tensor([len(t["labels"]) for t in targets], device=device)
     first = sizes.cumsum(0) - sizes  # [B] where each image's targets start in the concatenation
-    target = torch.cat([tgt.to(device) for _, tgt in pairs]) + first[image]
+    target = torch.cat([tgt for _, tgt in pairs]).to(device) + first[image]
     labels = torch.cat([t["labels"] for t in targets]).to(device)[target]
     boxes = torch.cat([t["boxes"] for t in targets]).to(device)[target]
     return image, query, which, labels, boxes
