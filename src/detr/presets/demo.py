@@ -25,4 +25,4 @@ DEMO_PRESET: dict[str, Any] = {
 # demo's val set (BENCHMARKS.md, "Why the presets are what they are").
 DEMO_DRAW_THRESHOLDS: dict[str, float] = {"softmax": 0.5, "focal": 0.4, "varifocal": 0.4, "mal": 0.4}
 # Enough images that the model does not overfit within the demo, few enough for its time budget.
-DEMO_DATA: dict[str, int] = {"num_train": 4000, "num_val": 200, "image_size": 128}
+DEMO_DATA: dict[str, int] = {"num_train": 4800, "num_val": 200, "image_size": 128}
