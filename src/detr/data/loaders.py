@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,13 +160,14 @@ def build_datasets(cfg: Config, with_train: bool = True) -> RunData:
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int,
                 generator: torch.Generator | None = None, steps_per_epoch: int | None = None,
-                groups: Sequence[int] | None = None) -> DataLoader:
+                group_by_aspect: bool = False) -> DataLoader:
     """A DataLoader of this process's share, its batches from an `EpochBatchSampler` (exact resume);
-    `steps_per_epoch` batches per epoch (None: one pass); `groups` (training): batch each group's samples
-    together (`aspect_groups`)."""
+    `steps_per_epoch` batches per epoch (None: one pass); `group_by_aspect` (training): batches of landscape
+    or of portrait images (`aspect_groups`)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed,
                                 rank=distributed.rank(), world_size=distributed.world_size(),
-                                steps_per_epoch=steps_per_epoch, groups=groups)
+                                steps_per_epoch=steps_per_epoch,
+                                groups=aspect_groups(dataset) if group_by_aspect else None)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
                       generator=generator, persistent_workers=False)
 

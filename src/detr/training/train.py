@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import distributed
 from ..checkpoint import output_folder
 from ..config import Config, validate_config
-from ..data.loaders import RunData, aspect_groups, build_datasets, make_loader, resolve_data
+from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.data_picture import write_data_picture
 from ..evaluation.evaluate import eval_summary, evaluate, write_eval_outputs
 from ..loss.criterion import create_criterion
@@ -117,8 +117,7 @@ def initialise_weights(model: Model, cfg: Config, data: RunData, device: torch.d
         if main:
             log.info("backbone starts from %s", path)
     if t.backbone_warmup:
-        loader = make_loader(data.train, t.batch_size, True, t.seed, t.num_workers,
-                             groups=aspect_groups(data.train) if t.group_by_aspect else None)
+        loader = make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, group_by_aspect=t.group_by_aspect)
         stats = warm_up_backbone(backbone, loader, cfg.model.num_classes, t.backbone_warmup, device,
                                  log_every=50 if main else 0, amp=t.amp)
         if main:
@@ -178,7 +177,7 @@ def _prepare(cfg: Config, device: torch.device, weights: dict[str, Tensor] | Non
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
         generator=generator, data=data,
         train_loader=make_loader(data.train, t.batch_size, True, t.seed, t.num_workers, generator,
-                                 t.steps_per_epoch, aspect_groups(data.train) if t.group_by_aspect else None),
+                                 t.steps_per_epoch, t.group_by_aspect),
         val_loader=make_loader(data.val, t.batch_size, False, t.seed, t.num_workers) if data.val is not None else None,
         device=device, out_dir=out_dir,
         n_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
