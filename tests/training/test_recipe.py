@@ -340,7 +340,7 @@ def test_recipe_fast_sets_its_options_and_refuses_a_contradiction():
     assert imagenet.train.ema_decay == 0.9995 and parse().train.ema_decay == 0  # no average by default
     finetune = parse("--recipe", "fast", "--backbone", "tiny", "--weights", "w.pth")
     assert (finetune.train.backbone_warmup, finetune.train.lr, finetune.model.num_groups) == (0, 1e-4, 3)
-    assert finetune.train.lr_backbone == 1e-4  # a trained detector: the backbone at the transformer's rate
+    assert finetune.train.lr_backbone == 4e-4  # a trained detector: the backbone at 4x the transformer's rate
     assert parse("--recipe", "fast", "--weights", "w.pth", "--lr_backbone", "0").train.lr_backbone == 0
     tuned = parse("--recipe", "fast", "--backbone", "tiny", "--lr", "1e-3", "--backbone_warmup", "7",
                   "--ema_decay", "0")

@@ -120,9 +120,9 @@ def test_defaults_with_data_fine_tune(tmp_path):
     root = str(write_roboflow(tmp_path / "ds", reference()))
     cfg = parse(["--data", root])
     assert (cfg.train.epochs, cfg.train.lr_drop, cfg.train.lr, cfg.train.weights) == (50, 40, 1e-4, "detr_r50")
-    # --recipe fast from trained weights: 3 query groups, the weight average, the backbone at the full rate
+    # --recipe fast from trained weights: 3 query groups, the weight average, the backbone at 4x the rate
     assert (cfg.train.recipe, cfg.model.num_groups, cfg.train.ema_decay, cfg.train.lr_backbone) == \
-        ("fast", 3, 0.9995, 1e-4)
+        ("fast", 3, 0.9995, 4e-4)
     official = parse(["--data", root, "--recipe", "official"])
     assert (official.model.num_groups, official.train.ema_decay, official.train.lr_backbone) == (1, 0.0, 1e-5)
     assert parse(["--data", root, "--lr_backbone", "2e-5"]).train.lr_backbone == 2e-5  # flags win

@@ -4,8 +4,9 @@ The paper's 300 epochs (lr drop at 200) train the transformer from random weight
 detector only the class head is new, and a small set's val AP settles within tens of epochs: 50 epochs with the
 rate divided by 10 after 40, stopping early after 10 evaluations without a better val AP. `--recipe fast` is
 the best combination of the fine-tuning benchmark (BENCHMARKS.md, "Convergence where users are"): from
---weights it trains the backbone at the transformer's rate, with three query groups and the weight average.
-Explicit flags replace any of these (`--recipe official`: the paper's rates and no extra options).
+--weights it trains the backbone at four times the transformer's rate, with three query groups and the
+weight average. Explicit flags replace any of these (`--recipe official`: the paper's rates and no extra
+options).
 """
 
 from __future__ import annotations
