@@ -17,6 +17,7 @@ a plot per size. Runs are cached by a hash of their options, data and source (co
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import statistics
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convergence as conv  # noqa: E402  (puts this checkout's src on sys.path)
 from other_shapes import make_other_shapes  # noqa: E402
 
-from detr.checkpoint import write_bytes  # noqa: E402
+from detr.checkpoint import load_checkpoint, write_bytes  # noqa: E402
 
 SOURCE_ITERATIONS, SOURCE_EVAL_EVERY = 2500, 500
 FINETUNE: dict[str, Any] = {**conv.SETTINGS, "lr": 1e-4, "lr_backbone": 1e-5}  # the official fine-tuning rates
@@ -129,15 +130,27 @@ def source_detector(args: argparse.Namespace) -> tuple[str, str]:
     return str(source_args.root / "runs" / f"fast-seed{conv.FIRST_SEED}" / "checkpoint.pth"), result["hash"]
 
 
+def weights_digest(checkpoint: str) -> str:
+    """A digest of a checkpoint's model weights. The source is cached by the settings that trained it; its
+    weights also depend on the code (the order of float sums), so the fine-tuning runs' key names them too."""
+    state = load_checkpoint(checkpoint)["model"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def finetune_runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """{size: {row: [result per seed]}}, each run trained or read from its cache."""
     checkpoint, source_hash = source_detector(args)
+    source_weights = weights_digest(checkpoint)
     base = {**(conv.SMOKE_SETTINGS if args.smoke else FINETUNE), "lr": 1e-4, "lr_backbone": 1e-5,
             "weights": checkpoint}
     extra = SMOKE_DATA if args.smoke else {"num_val": 200, "image_size": 128}
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for size in args.sizes:
-        data = {"num_train": size, **extra, "seed": 1, "source": source_hash}
+        data = {"num_train": size, **extra, "seed": 1, "source": source_hash, "source_weights": source_weights}
         results[size] = size_runs(args, size, extra, base, data, overrides_of)[0]
     return results
 

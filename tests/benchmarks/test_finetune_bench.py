@@ -44,6 +44,26 @@ def bench():
     return load("finetune_convergence")
 
 
+def test_a_changed_source_is_not_taken_for_the_cached_one(bench, tmp_path, monkeypatch):
+    root = tmp_path / "ft"
+    argv = ["--smoke", "--rows", "vanilla", "--sizes", "16", "--iterations", "20", "--root", str(root)]
+    bench.main(argv)
+    calls = record_train(bench, monkeypatch)
+    bench.main(argv)
+    assert calls == []  # the same source: every run read from its cache
+    # the source's weights change under the same settings (as a retrained source's do with other float sums)
+    source = root / "source" / "runs" / "fast-seed42" / "checkpoint.pth"
+    saved = torch.load(source, map_location="cpu", weights_only=False)
+    name = next(k for k, v in saved["model"].items() if v.is_floating_point())
+    saved["model"][name] = saved["model"][name] + 1e-3
+    torch.save(saved, source)
+    bench.main(argv)
+    assert [cfg.train.weights for cfg in calls] == [str(source)]  # the row again, the source not
+    calls.clear()
+    bench.main(argv)
+    assert calls == []
+
+
 def test_source_is_trained_once_and_every_row_fine_tunes_it(bench, tmp_path, monkeypatch):
     calls = record_train(bench, monkeypatch)
     root = tmp_path / "ft"
