@@ -89,13 +89,13 @@ class SetCriterion(nn.Module):
         num_boxes = mean_across_processes(num_boxes).clamp(min=1).item()
         groups = [outputs, *outputs.get("groups", [])]
         # every decoder layer of every group, computed together: a few large operations instead of many small ones
-        layers = [*outputs.get("aux_outputs", []), outputs]  # decoder layers 0..L-1 (L-1: the last)
-        sets = [x for g in groups for x in (*g.get("aux_outputs", []), g)]  # [G*L], group-major
+        sets = [x for g in groups for x in (*g.get("aux_outputs", []), g)]  # [G*L], group-major: layers 0..L-1
         terms, indices = self._set_losses(sets, targets, num_boxes)
         class_error = terms.pop("class_error").view(len(groups), -1)[:, -1].mean()  # last layers only, as logged
         losses = {**_by_layer(terms, len(groups)), "class_error": class_error}
-        if "pred_masks" in outputs:  # the first group's last layer
-            losses.update(mask_losses(outputs["pred_masks"], targets, indices[len(layers) - 1], num_boxes))
+        if "pred_masks" in outputs:  # the first group's last layer: sets[L-1]
+            last = len(outputs.get("aux_outputs", []))
+            losses.update(mask_losses(outputs["pred_masks"], targets, indices[last], num_boxes))
         if self.k_one2many > 0:
             losses.update(self._one2many_losses(sets, len(groups), targets, num_boxes))
         denoising = [self._denoising_losses(g["dn"], targets, num_boxes) for g in groups if "dn" in g]
