@@ -15,7 +15,8 @@ from detr.cli import eval as eval_cli
 from detr.cli import explain, export, predict
 from detr.cli import flags as cli_flags
 from detr.cli import train as train_cli
-from detr.config import Config, uses_sigmoid, validate_config
+from detr.config import Config, uses_sigmoid
+from detr.validation import validate_config
 
 # What only training reads: none of these may appear in `detr eval --help`.
 TRAINING_FLAGS = {"--mal_gamma", "--matcher_iou_power", "--k_one2many", "--one2many_loss_coef", "--mosaic_prob",

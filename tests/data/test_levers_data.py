@@ -66,7 +66,8 @@ def test_the_wrapper_applies_them_at_its_rates():
 
 
 def test_the_flags_are_checked():
-    from detr.config import Config, DataConfig, ModelConfig, TrainConfig, validate_config
+    from detr.config import Config, DataConfig, ModelConfig, TrainConfig
+    from detr.validation import validate_config
 
     cpu = TrainConfig(device="cpu")
     with pytest.raises(ValueError, match="--mixup_prob must be in"):

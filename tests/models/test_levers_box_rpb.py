@@ -103,7 +103,8 @@ def test_box_rpb_model_biases_every_layer_after_the_first():
 
 
 def test_box_rpb_is_refused_for_conditional_detr():
-    from detr.config import Config, ModelConfig, TrainConfig, validate_config
+    from detr.config import Config, ModelConfig, TrainConfig
+    from detr.validation import validate_config
 
     with pytest.raises(ValueError, match="BoxRPB is for plain DETR"):
         detr.create_model("conditional_detr_r50", box_rpb=True, **TINY)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from detr.checkpoint import load_checkpoint
-from detr.config import validate_config
 from detr.training import train as train_module
 from detr.training.train import train
+from detr.validation import validate_config
 
 from ..helpers.train import config, tiny_data
 

@@ -58,7 +58,7 @@ def test_the_decay_caps_the_memory_once_the_ramp_passes_it():
 
 @pytest.mark.parametrize("value", ["1", "1.5", "-0.1"])
 def test_a_decay_outside_0_1_is_refused(tmp_path, value):
-    from detr.config import validate_config
+    from detr.validation import validate_config
 
     cfg = config(tiny_data(tmp_path / "data", 2, 2), tmp_path / "out", ["--ema_decay", value])
     with pytest.raises(ValueError, match=rf"--ema_decay must be in \[0, 1\) .*got {value}"):

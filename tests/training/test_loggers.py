@@ -14,11 +14,11 @@ import pytest
 
 from detr.checkpoint import load_checkpoint
 from detr.cli.flags import build_parser
-from detr.config import validate_config
 from detr.training import loggers as loggers_module
 from detr.training import train as train_module
 from detr.training.loggers import LoggerUnavailableError
 from detr.training.train import train
+from detr.validation import validate_config
 
 from ..helpers.train import config, tiny_data
 

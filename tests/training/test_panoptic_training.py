@@ -15,7 +15,6 @@ import torch
 import detr
 from detr.checkpoint import load_checkpoint
 from detr.cli.flags import build_parser, config_from_args
-from detr.config import validate_config
 from detr.data import DatasetError, make_demo_dataset, write_id_png
 from detr.data.loaders import build_datasets, resolve_data
 from detr.data.panoptic import CocoPanoptic
@@ -24,6 +23,7 @@ from detr.evaluation.panoptic import panoptic_quality
 from detr.evaluation.segm_eval import shift_segments
 from detr.loss.criterion import create_criterion
 from detr.presets import PANOPTIC_DEMO_MASKS
+from detr.validation import validate_config
 
 from ..helpers.train import TINY_FLAGS, run_cli
 

@@ -110,7 +110,8 @@ def test_grouped_checkpoint_loads_into_the_plain_architecture_and_finetuning_cop
 
 
 def test_num_groups_zero_is_refused():
-    from detr.config import Config, ModelConfig, validate_config
+    from detr.config import Config, ModelConfig
+    from detr.validation import validate_config
 
     with pytest.raises(ValueError, match="--num_groups must be >= 1"):
         validate_config(Config(model=ModelConfig(num_groups=0)))
@@ -210,7 +211,8 @@ def test_varifocal_model_trains_and_every_consumer_reads_its_head(tmp_path):
 
 
 def test_unknown_class_loss_is_refused():
-    from detr.config import Config, ModelConfig, validate_config
+    from detr.config import Config, ModelConfig
+    from detr.validation import validate_config
 
     with pytest.raises(ValueError, match="--class_loss must be one of softmax, varifocal, focal, mal, got 'sigmoid'"):
         validate_config(Config(model=ModelConfig(class_loss="sigmoid")))
@@ -308,7 +310,8 @@ def test_a_training_step_trains_the_groups_and_the_denoising_queries():
     ("dn_number", -1, "--dn_number must be >= 0"), ("dn_box_noise", 1.5, "--dn_box_noise must be in"),
     ("dn_label_noise", -0.1, "--dn_label_noise must be in")])
 def test_bad_denoising_options_are_refused(option, value, message):
-    from detr.config import Config, ModelConfig, validate_config
+    from detr.config import Config, ModelConfig
+    from detr.validation import validate_config
 
     with pytest.raises(ValueError, match=message):
         validate_config(Config(model=ModelConfig(**{option: value})))

@@ -11,8 +11,9 @@ import detr
 from detr.checkpoint import load_checkpoint
 from detr.cli import main as cli_main
 from detr.cli.flags import build_parser, config_from_args
-from detr.config import Config, validate_config
+from detr.config import Config
 from detr.data.loaders import build_datasets, resolve_data
+from detr.validation import validate_config
 
 from ..helpers.format_writers import coco_dict, reference, save_png, write_coco2017, write_roboflow
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Config, validate_config
+from ..config import Config
+from ..validation import validate_config
 from . import show_progress
 from .eval import evaluate
 from .flags import build_parser, config_from_args, require_data

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import load_model_weights, output_folder, write_json
-from ..config import Config, DataConfig, validate_config
+from ..config import Config, DataConfig
 from ..data.coco import move_batch
 from ..data.loaders import build_datasets, make_loader, resolve_data
 from ..data.panoptic import PanopticReport
@@ -26,6 +26,7 @@ from ..models.build import build_model
 from ..postprocessing.boxes import postprocess
 from ..presets import DEMO_DRAW_THRESHOLDS
 from ..runtime import autocast, resolve_device
+from ..validation import validate_config
 from ..weights.identify import config_from_checkpoint
 from ..weights.loading import load_weights
 from .coco_eval import STAT_NAMES, bbox_cocoeval, gather_detections, save_detections, to_coco_detections

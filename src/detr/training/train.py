@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..checkpoint import output_folder
-from ..config import Config, validate_config
+from ..config import Config
 from ..data.loaders import RunData, build_datasets, make_loader, resolve_data
 from ..evaluation.data_picture import write_data_picture
 from ..evaluation.evaluate import eval_summary, evaluate, write_eval_outputs
@@ -34,6 +34,7 @@ from ..loss.criterion import create_criterion
 from ..models.build import Model, build_model
 from ..models.segmentation import DETRsegm
 from ..runtime import resolve_device
+from ..validation import validate_config
 from ..weights.finetune import load_finetune_weights, load_frozen_detector, read_finetune_weights
 from ..weights.loading import load_backbone_weights
 from .ema import create_ema
