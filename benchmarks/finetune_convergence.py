@@ -2,6 +2,10 @@
 
     python benchmarks/finetune_convergence.py --sizes 500 --rows vanilla fast groups mal iou_match one2many \\
         mosaic lr2x --root runs/finetune
+    python benchmarks/finetune_convergence.py --source_set other --sizes 500 --rows vanilla fast \\
+        --root runs/finetune-from-other
+    python benchmarks/finetune_convergence.py --target_set other_flat --sizes 500 --rows vanilla fast \\
+        --root runs/finetune-to-flat
     python benchmarks/finetune_convergence.py --smoke     # tiny data, a few iterations: a check of the script
 
 This is the regime of `detr train --data DIR --weights detr_r50`: the whole detector is trained already, only
@@ -12,6 +16,11 @@ It is then fine-tuned on `other_shapes.py`'s set (five other classes, other shap
 batch 8, a constant rate, every row through `detr.training.train.train`. Rows are option overrides on top of
 that (`ROWS`); the table counts iterations, as convergence.py's does, and is written to --root/finetune.md with
 a plot per size. Runs are cached by a hash of their options, data and source (convergence.train_run).
+
+So that a recipe is not tuned to one pair of sets, `--source_set` and `--target_set` choose others (SETS):
+`--source_set other` trains the source on other_shapes.py's textured set (5,000 images) and fine-tunes it on the
+demo's shapes; `--target_set other_flat` fine-tunes the demo's source on other_shapes.py's classes drawn on the
+demo's flat backgrounds, where the trunk's features already fit and only the classes are new.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import convergence as conv  # noqa: E402  (puts this checkout's src on sys.path)
 from other_shapes import make_other_shapes  # noqa: E402
 
 from detr.checkpoint import load_checkpoint, write_bytes  # noqa: E402
+from detr.data.demo import make_demo_dataset  # noqa: E402
 
 SOURCE_ITERATIONS, SOURCE_EVAL_EVERY = 2500, 500
 FINETUNE: dict[str, Any] = {**conv.SETTINGS, "lr": 1e-4, "lr_backbone": 1e-5}  # the official fine-tuning rates
@@ -57,11 +67,26 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 SMOKE_SOURCE = (20, 10)
 SMOKE_DATA = {"num_val": 8, "image_size": 64}
+# The synthetic sets (name -> description), and for each --source_set, the set its rows fine-tune on by default.
+SETS = {"shapes": "the demo's shapes (4 classes, flat backgrounds)",
+        "other": "other_shapes.py (5 classes, textured backgrounds)",
+        "other_flat": "other_shapes.py's 5 classes on flat backgrounds"}
+TARGET = {"shapes": "other", "other": "shapes", "other_flat": "shapes"}
+
+
+def make_set(name: str, root: Path, num_train: int, num_val: int, image_size: int, seed: int) -> dict[str, str]:
+    """Write (or reuse) the set `name` of SETS under root; its train/val image and annotation paths."""
+    if name.startswith("other"):
+        return make_other_shapes(root, num_train, num_val, image_size, seed=seed, flat=name == "other_flat")
+    paths = make_demo_dataset(root, num_train, num_val, image_size, seed=seed)
+    return {k: str(v) for k, v in paths.items() if k != "root"}
 
 
 def parse_args(argv: list[str] | None, rows: dict[str, dict[str, Any]] = ROWS, sizes: list[int] | None = None,
-               iterations: int = 1200, eval_every: int = 150, root: str = "runs/finetune") -> argparse.Namespace:
-    """The command line of this benchmark (and of backbone_convergence.py, with its own rows and defaults)."""
+               iterations: int = 1200, eval_every: int = 150, root: str = "runs/finetune",
+               source_sets: bool = False) -> argparse.Namespace:
+    """The command line of this benchmark (and of backbone_convergence.py, with its own rows and defaults);
+    `source_sets`: with --source_set and --target_set (the sets of this benchmark's source and rows)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", default=["vanilla", "fast"], metavar="NAME",
                    help=f"rows to run (default: vanilla fast; known: {', '.join(rows)}; a row a+b combines rows)")
@@ -76,7 +101,16 @@ def parse_args(argv: list[str] | None, rows: dict[str, dict[str, Any]] = ROWS, s
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as convergence.py)")
     p.add_argument("--table_only", action="store_true",
                    help="train nothing: the tables and plots of every run cached under --root")
+    if source_sets:
+        p.add_argument("--source_set", choices=list(SETS), default="shapes",
+                       help="the set the source detector learns (default shapes: the demo's)")
+        p.add_argument("--target_set", choices=list(SETS), default=None,
+                       help="the set the rows fine-tune on (default: other for the shapes source, else shapes)")
     args = p.parse_args(argv)
+    if source_sets:
+        args.target_set = args.target_set or TARGET[args.source_set]
+        if (args.source_set, args.target_set) != ("shapes", "other"):
+            root = f"{root}-{args.source_set}-to-{args.target_set}"
     for row in args.rows:
         unknown = [part for part in row.split("+") if part not in rows]
         if unknown:
@@ -98,11 +132,11 @@ def overrides_of(row: str, rows: dict[str, dict[str, Any]] = ROWS) -> dict[str, 
 
 
 def size_runs(args: argparse.Namespace, size: int, extra: dict[str, int], settings: dict[str, Any],
-              data: dict[str, Any], overrides: Callable[[str], dict[str, Any]]) -> tuple[
+              data: dict[str, Any], overrides: Callable[[str], dict[str, Any]], target: str = "other") -> tuple[
                   dict[str, list[dict[str, Any]]], argparse.Namespace, dict[str, str]]:
-    """Every row and seed trained (or read from the cache under --root/n<size>) on other_shapes.py's set of
-    `size` training images; returns {row: [result per seed]}, the runs' arguments and the data's paths."""
-    paths = make_other_shapes(args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
+    """Every row and seed trained (or read from the cache under --root/n<size>) on `size` training images of
+    the set `target` (SETS); returns {row: [result per seed]}, the runs' arguments and the data's paths."""
+    paths = make_set(target, args.root / f"data_{size}", size, extra["num_val"], extra["image_size"], seed=1)
     size_args = argparse.Namespace(**{**vars(args), "root": args.root / f"n{size}"})
     size_args.root.mkdir(parents=True, exist_ok=True)
     rows = {row: [conv.train_run(row, seed, size_args, settings, data, paths, overrides=overrides(row))
@@ -125,7 +159,12 @@ def source_detector(args: argparse.Namespace) -> tuple[str, str]:
     source_args = argparse.Namespace(root=args.root / "source", iterations=iterations, eval_every=eval_every,
                                      force=False, threads=args.threads)
     source_args.root.mkdir(parents=True, exist_ok=True)
-    paths = conv.prepare_data(source_args.root, data)
+    if args.source_set == "shapes":
+        paths = conv.prepare_data(source_args.root, data)
+    else:  # the set's name enters the cache key; the default's key stays as it was
+        paths = make_set(args.source_set, source_args.root / f"data_{args.source_set}", data["num_train"],
+                         data["num_val"], data["image_size"], data["seed"])
+        data = {**data, "set": args.source_set}
     result = conv.train_run("fast", conv.FIRST_SEED, source_args, settings, data, paths, overrides=conv.FAST)
     return str(source_args.root / "runs" / f"fast-seed{conv.FIRST_SEED}" / "checkpoint.pth"), result["hash"]
 
@@ -151,7 +190,9 @@ def finetune_runs(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for size in args.sizes:
         data = {"num_train": size, **extra, "seed": 1, "source": source_hash, "source_weights": source_weights}
-        results[size] = size_runs(args, size, extra, base, data, overrides_of)[0]
+        if args.target_set != TARGET[args.source_set]:  # the source set's usual target is named by its hash
+            data["set"] = args.target_set
+        results[size] = size_runs(args, size, extra, base, data, overrides_of, args.target_set)[0]
     return results
 
 
@@ -171,10 +212,10 @@ def cached_runs(root: Path) -> dict[int, dict[str, list[dict[str, Any]]]]:
 
 
 def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Namespace, model: str,
-          title: str = "Fine-tuning benchmark") -> str:
+          title: str = "Fine-tuning benchmark", target: str = "other") -> str:
     """One markdown table per training-set size: final AP, AP50 and iterations to vanilla's final AP."""
     lines = [f"# {title} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {conv._commit()})", "",
-             f"{model}. Trained on other_shapes.py (5 classes, textured backgrounds, 200 val images) for "
+             f"{model}. Trained on {SETS[target]}, 200 val images, for "
              f"{args.iterations} iterations of batch 8 at lr 1e-4 / backbone 1e-5 unless a row says otherwise, "
              f"constant; val COCO AP every {args.eval_every} iterations. Machine: {conv._cpu_name()}, "
              f"{args.threads} torch thread(s).", ""]
@@ -198,7 +239,7 @@ def table(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Na
 
 def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Run (or reuse) the source and every fine-tuning run asked for; write and print the tables and plots."""
-    args = parse_args(argv)
+    args = parse_args(argv, source_sets=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -208,8 +249,9 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[dict[str, An
     finally:
         torch.set_num_threads(threads)
     model = (f"Source: plain DETR (tiny trunk, d=128, 3+3 layers, 16 queries, softmax head) trained "
-             f"{SOURCE_ITERATIONS} iterations on the demo's shapes with --recipe fast; its class head is replaced")
-    write_report(args.root, "finetune", table(results, args, model), results)
+             f"{SOURCE_ITERATIONS} iterations on {SETS[args.source_set]} with --recipe fast; its class head is "
+             "replaced where the class count differs")
+    write_report(args.root, "finetune", table(results, args, model, target=args.target_set), results)
     return results
 
 

@@ -3,7 +3,7 @@
 Five classes (ring, star, diamond, hexagon, bar; category ids 1-5), 1-6 objects an image, on textured
 two-colour backgrounds (stripes, checks or noise), in COCO format with the demo set's layout (`train/`, `val/`,
 `instances_train.json`, `instances_val.json`). Bars are elongated (3:1, either way), so boxes are not all square
-as in the demo. Deterministic: the same arguments give the same bytes. The val split depends only on `num_val`
+as in the demo. With `flat`, the same classes on one-colour backgrounds, as the demo's. Deterministic: the same arguments give the same bytes. The val split depends only on `num_val`
 and the seed, so sets of different training sizes share one val set.
 """
 
@@ -94,9 +94,16 @@ def _tight(cls: int, box: list[int]) -> list[float]:
     return [float(v) for v in box]
 
 
-def _image(rng: np.random.Generator, image_size: int) -> tuple[bytes, int, int, list[tuple[int, list[float]]]]:
+def _flat_background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """[h, w, 3] uint8: one random colour with a little noise."""
+    pixels = rng.integers(0, 256, 3) + rng.normal(0, 8, (h, w, 3))
+    return pixels.clip(0, 255).astype(np.uint8)
+
+
+def _image(rng: np.random.Generator, image_size: int, flat: bool = False) -> tuple[
+        bytes, int, int, list[tuple[int, list[float]]]]:
     w, h = (int(v) for v in rng.integers(image_size, image_size + image_size // 4 + 1, 2))
-    pixels = _background(rng, w, h)
+    pixels = (_flat_background if flat else _background)(rng, w, h)
     img = Image.fromarray(pixels)
     draw = ImageDraw.Draw(img)
     objects: list[tuple[int, list[float]]] = []
@@ -120,12 +127,12 @@ def _image(rng: np.random.Generator, image_size: int) -> tuple[bytes, int, int, 
     return buf.getvalue(), w, h, objects
 
 
-def _split(root: Path, name: str, count: int, image_size: int, rng: np.random.Generator) -> None:
+def _split(root: Path, name: str, count: int, image_size: int, rng: np.random.Generator, flat: bool) -> None:
     (root / name).mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
     for image_id in range(1, count + 1):
-        data, w, h, objects = _image(rng, image_size)
+        data, w, h, objects = _image(rng, image_size, flat)
         (root / name / f"{image_id:06d}.jpg").write_bytes(data)
         images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "width": w, "height": h})
         anns += [{"id": len(anns) + k + 1, "image_id": image_id, "category_id": cls, "bbox": box,
@@ -136,16 +143,19 @@ def _split(root: Path, name: str, count: int, image_size: int, rng: np.random.Ge
 
 
 def make_other_shapes(root: str | Path, num_train: int, num_val: int = 200, image_size: int = 128,
-                      seed: int = 0) -> dict[str, str]:
+                      seed: int = 0, flat: bool = False) -> dict[str, str]:
     """Write (or reuse) the set under `root`; the train_images / train_annotations / val_images /
-    val_annotations paths, as the benchmarks hand them to `config_from_flags`."""
+    val_annotations paths, as the benchmarks hand them to `config_from_flags`. `flat`: one-colour backgrounds."""
     root = Path(root)
-    params = {"version": _VERSION, "num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
+    params: dict[str, Any] = {"version": _VERSION, "num_train": num_train, "num_val": num_val,
+                              "image_size": image_size, "seed": seed}
+    if flat:  # only then: the textured sets' markers (and so their folders) stay as they were
+        params["flat"] = True
     marker = root / "other_shapes.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == params):
         marker.unlink(missing_ok=True)
-        _split(root, "val", num_val, image_size, np.random.default_rng([seed, 1]))
-        _split(root, "train", num_train, image_size, np.random.default_rng([seed, 0]))
+        _split(root, "val", num_val, image_size, np.random.default_rng([seed, 1]), flat)
+        _split(root, "train", num_train, image_size, np.random.default_rng([seed, 0]), flat)
         marker.write_text(json.dumps(params))  # last: marks the folder complete
     return {"train_images": str(root / "train"), "train_annotations": str(root / "instances_train.json"),
             "val_images": str(root / "val"), "val_annotations": str(root / "instances_val.json")}

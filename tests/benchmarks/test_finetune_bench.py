@@ -107,6 +107,27 @@ def test_source_is_trained_once_and_every_row_fine_tunes_it(bench, tmp_path, mon
     assert calls == []
 
 
+def test_source_set_other_runs_the_other_way_round(bench, tmp_path, monkeypatch):
+    calls = record_train(bench, monkeypatch)
+    root = tmp_path / "rev"
+    bench.main(["--smoke", "--source_set", "other", "--rows", "vanilla", "--sizes", "16", "--iterations", "10",
+                "--eval_every", "10", "--root", str(root)])
+
+    source, vanilla = calls
+
+    def names(annotations: str) -> list[str]:
+        return [c["name"] for c in json.loads(Path(annotations).read_text())["categories"]]
+
+    # the source learns other_shapes.py's five classes, the row the demo's four
+    assert names(source.data.train_annotations) == ["ring", "star", "diamond", "hexagon", "bar"]
+    assert names(vanilla.data.train_annotations) == ["circle", "square", "triangle", "cross"]
+    assert vanilla.train.weights == str(root / "source" / "runs" / "fast-seed42" / "checkpoint.pth")
+    assert len(json.loads(Path(vanilla.data.train_annotations).read_text())["images"]) == 16
+    assert "Trained on the demo's shapes" in (root / "finetune.md").read_text()
+    # the set's name is in the source's cache key: a shapes source under the same root is not taken for it
+    assert json.loads((root / "source" / "fast-seed42.json").read_text())["data"]["set"] == "other"
+
+
 def test_unknown_rows_are_refused(bench, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--rows", "vanilla+nope"])
@@ -123,6 +144,23 @@ def test_other_shapes_boxes_are_the_drawn_pixels(cls, size):
     ys, xs = np.nonzero(np.asarray(img)[..., 0])
     drawn = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
     assert shapes._tight(cls, box) == pytest.approx(drawn, abs=1.0)
+
+
+def test_other_shapes_flat_backgrounds_are_one_colour(tmp_path):
+    shapes = load("other_shapes")
+    paths = shapes.make_other_shapes(tmp_path / "flat", 6, 2, 64, seed=1, flat=True)
+    coco = json.loads(Path(paths["train_annotations"]).read_text())
+    for image in coco["images"]:
+        pixels = np.asarray(Image.open(Path(paths["train_images"]) / image["file_name"]), dtype=np.float64)
+        outside = np.ones(pixels.shape[:2], bool)
+        for ann in coco["annotations"]:
+            if ann["image_id"] == image["id"]:
+                x, y, w, h = (int(round(v)) for v in ann["bbox"])
+                outside[max(0, y - 2):y + h + 2, max(0, x - 2):x + w + 2] = False
+        assert pixels[outside].std(0).max() < 15  # the noise's 8 and JPEG's ringing; stripes or checks: far more
+    assert json.loads((tmp_path / "flat" / "other_shapes.json").read_text())["flat"] is True
+    shapes.make_other_shapes(tmp_path / "textured", 2, 2, 64, seed=1)
+    assert "flat" not in json.loads((tmp_path / "textured" / "other_shapes.json").read_text())  # caches kept
 
 
 def test_backbone_bench_trains_detr_from_its_pretrained_trunk(tmp_path, monkeypatch):
