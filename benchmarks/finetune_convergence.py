@@ -64,6 +64,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "trunk_4x": {"lr_backbone": 4e-4},  # ... four times
     "trunk_8x": {"lr_backbone": 8e-4},  # ... eight times
     "rates_2x": {"lr": 2e-4, "lr_backbone": 2e-4},  # both at twice the official transformer's rate
+    "crop": {"random_crop": True},  # the paper's random resize + crop, on under --data
 }
 SMOKE_SOURCE = (20, 10)
 SMOKE_DATA = {"num_val": 8, "image_size": 64}
