@@ -3,8 +3,9 @@
 Five classes (ring, star, diamond, hexagon, bar; category ids 1-5), 1-6 objects an image, on textured
 two-colour backgrounds (stripes, checks or noise), in COCO format with the demo set's layout (`train/`, `val/`,
 `instances_train.json`, `instances_val.json`). Bars are elongated (3:1, either way), so boxes are not all square
-as in the demo. With `flat`, the same classes on one-colour backgrounds, as the demo's. Deterministic: the same arguments give the same bytes. The val split depends only on `num_val`
-and the seed, so sets of different training sizes share one val set.
+as in the demo. With `flat`, the same classes on one-colour backgrounds, as the demo's. Deterministic: the same
+arguments give the same bytes. The val split depends only on `num_val` and the seed, so sets of different
+training sizes share one val set.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _flat_background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return pixels.clip(0, 255).astype(np.uint8)
 
 
-def _image(rng: np.random.Generator, image_size: int, flat: bool = False) -> tuple[
+def _image(rng: np.random.Generator, image_size: int, flat: bool) -> tuple[
         bytes, int, int, list[tuple[int, list[float]]]]:
     w, h = (int(v) for v in rng.integers(image_size, image_size + image_size // 4 + 1, 2))
     pixels = (_flat_background if flat else _background)(rng, w, h)
